@@ -1,0 +1,32 @@
+"""`random`: a uniformly random global mask at initialisation keeping exactly K weights, then
+the masked network is trained with the mask fixed (the usual prune-at-init control)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prunebench.masking import (
+    apply_global_topk,
+    attach_fixed_masks,
+    budget_count,
+    prunable_layers,
+    stored_weight,
+)
+from prunebench.method import MethodHparams, PruningMethod
+from prunebench.registry import register_method
+
+
+@register_method("random")
+class RandomMask(PruningMethod):
+    """Scores are i.i.d. uniform, so the global top-K is a uniformly random K-subset."""
+
+    hparams_cls = MethodHparams
+    paper = "control: random mask at init"
+
+    def prepare(self, model: nn.Module) -> None:
+        attach_fixed_masks(model)
+        gen = torch.Generator().manual_seed(self.ctx.seed)
+        scores = [torch.rand(stored_weight(layer).shape, generator=gen).to(self.ctx.device)
+                  for _, layer in prunable_layers(model)]
+        total = sum(s.numel() for s in scores)
+        apply_global_topk(model, scores, budget_count(total, self.ctx.sparsity))

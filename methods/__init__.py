@@ -1,0 +1,1 @@
+"""The two proposed methods; importing this package registers them."""

@@ -1,0 +1,127 @@
+"""`python -m prunebench {prepare,run,list,aggregate,figures,report}`: the one entry point the
+workflow rules call, so any job can be rerun by pasting its command."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from prunebench import paths
+from prunebench.config import DATASETS, load_config_file, parse_overrides, resolve
+from prunebench.errors import Preempted, PrunebenchError, TrainingDiverged
+
+EXIT_ERROR = 1
+EXIT_DIVERGED = 3
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint saved, rerun the same command to resume
+
+
+def _sparsity(text: str) -> float | None:
+    if text.lower() in ("none", "emergent", ""):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sparsity {text!r} is not a number in [0, 1)") from None
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from prunebench.data import prepare
+
+    path = prepare(args.dataset, args.data_dir, root=args.root, val_fraction=args.val_fraction,
+                   url=args.url, checksum=args.checksum)
+    print(path)
+
+
+def _run_config(args: argparse.Namespace):
+    file_config = load_config_file(args.config) if args.config else {}
+    overrides = parse_overrides(args.overrides)
+    if args.epochs is not None:
+        overrides["epochs"] = str(args.epochs)
+    return resolve(args.dataset, args.arch, args.method, args.sparsity, args.seed,
+                   file_config, overrides)
+
+
+def run_dir_for(args: argparse.Namespace) -> Path:
+    if args.run_dir:
+        return Path(args.run_dir)
+    return paths.run_dir(args.out, args.dataset, args.arch, args.method, args.sparsity, args.seed)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from prunebench.registry import get_method
+    from prunebench.run import execute
+
+    get_method(args.method)
+    cfg = _run_config(args)
+    run_dir = run_dir_for(args)
+    if args.print_run_dir:
+        print(run_dir)
+        return
+    metrics = execute(cfg, run_dir)
+    print(json.dumps({k: metrics[k] for k in ("test_top1", "sparsity_achieved", "run_dir")}))
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from prunebench.models import ARCHS
+    from prunebench.registry import get_method, list_methods
+
+    print("methods:")
+    for name in list_methods():
+        cls = get_method(name)
+        kind = "budgeted" if cls.budgeted else "no budget"
+        print(f"  {name:15s} {kind:10s} {cls.paper}")
+    print("archs:    " + ", ".join(ARCHS))
+    print("datasets: " + ", ".join(DATASETS))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m prunebench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="download/read a dataset into one checksummed tensor file")
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--data-dir", default="results/data")
+    p.add_argument("--root", default="", help="imagefolder: folder or archive; others: where "
+                   "downloaded archives are kept (default <data-dir>/raw)")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--url", default="", help="download from this mirror instead")
+    p.add_argument("--checksum", default="", help="expected checksum of a mirror's archive")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("run", help="train and prune one configuration into its run folder")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--arch", required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("--sparsity", type=_sparsity, default=None,
+                   help="fraction of prunable weights removed, in [0, 1); omit for methods "
+                   "without a budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--config", default="", help="YAML with train: and methods.<name>: sections")
+    p.add_argument("--out", default="results/runs", help="root of the run folders")
+    p.add_argument("--run-dir", default="", help="exact run folder (overrides --out layout)")
+    p.add_argument("--print-run-dir", action="store_true", help="print the run folder and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="train options (lr=0.01) or method options (method.smart_rescale=false)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("list", help="list methods, archs and datasets")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except TrainingDiverged as e:
+        print(f"prunebench: training diverged: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except Preempted as e:
+        print(f"prunebench: preempted: {e}; rerun the same command to resume", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except PrunebenchError as e:
+        print(f"prunebench: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0

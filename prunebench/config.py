@@ -1,0 +1,181 @@
+"""A run's full description: grid axes, training recipe and method options, resolved in layers.
+
+Precedence, lowest first: `TrainConfig` defaults < the dataset/arch recipe (`recipe`) < a config
+file's `train:` and `methods.<name>.train:` < `key=value` overrides on the command line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prunebench.errors import PrunebenchError
+from prunebench.method import _coerce
+from prunebench.models import ARCHS
+
+DATASETS = ("digits", "cifar10", "cifar100", "tinyimagenet", "imagefolder")
+
+
+@dataclass
+class TrainConfig:
+    """The training recipe shared by every method (the method's own tensors have own settings)."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    optimizer: str = "sgd"  # sgd | adam, for the weights
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | step | constant, per step over each phase
+    val_fraction: float = 0.1  # held out from training, class-stratified, seeded
+    selection: str = "final"  # final | val: which epoch's network is extracted and tested
+    crop_padding: int = 4  # random crop with this zero padding; 0 disables
+    flip: bool = True  # random horizontal flip
+    amp: bool = True  # bf16 autocast, CUDA only
+    channels_last: bool = True  # CUDA only
+    compile: bool = False  # torch.compile the model, CUDA only
+    eval_batch_size: int = 1024
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 0, "epochs must be >= 0"),
+            (self.batch_size > 0, "batch_size must be > 0"),
+            (self.optimizer in ("sgd", "adam"), "optimizer must be one of sgd, adam"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.schedule in ("cosine", "step", "constant"),
+             "schedule must be one of cosine, step, constant"),
+            (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
+            (self.selection in ("final", "val"), "selection must be one of final, val"),
+            (self.selection == "final" or self.val_fraction > 0,
+             "selection=val needs val_fraction > 0"),
+            (self.crop_padding >= 0, "crop_padding must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise PrunebenchError(f"train config: {message}")
+
+
+def recipe(dataset: str, arch: str) -> dict[str, Any]:
+    """Per-dataset/arch defaults where the papers are silent (recorded in every run)."""
+    out: dict[str, Any] = {}
+    if dataset == "digits":
+        # 8x8 digits: no flip (digits are not mirror-symmetric), 1-pixel crop jitter, small batch
+        # so the frozen-weight methods get enough optimizer steps (METHODS.md pitfalls).
+        out.update(epochs=20, batch_size=32, crop_padding=1, flip=False)
+    elif dataset in ("cifar10", "cifar100"):
+        out.update(epochs=160, batch_size=128, crop_padding=4)
+    elif dataset == "tinyimagenet":
+        out.update(epochs=100, batch_size=256, crop_padding=4)
+    if arch.startswith("conv"):
+        # No BatchNorm: SGD at 0.1 diverges (METHODS.md pitfalls); 0.01 trains.
+        out.update(lr=0.01)
+    return out
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines one run's result."""
+
+    dataset: str
+    arch: str
+    method: str
+    sparsity: float | None
+    seed: int
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method_options: dict[str, Any] = field(default_factory=dict)
+    data_dir: str = "results/data"
+    data_root: str = ""  # for imagefolder: the tree or archive to read
+
+    def validate(self) -> None:
+        if self.dataset not in DATASETS:
+            raise PrunebenchError(
+                f"unknown dataset {self.dataset!r}; allowed: {', '.join(DATASETS)}")
+        if self.arch not in ARCHS:
+            raise PrunebenchError(f"unknown arch {self.arch!r}; allowed: {', '.join(ARCHS)}")
+        if self.sparsity is not None and not 0 <= self.sparsity < 1:
+            raise PrunebenchError(
+                f"sparsity {self.sparsity} is outside [0, 1): it is the fraction of prunable "
+                "weights removed")
+        if self.seed < 0:
+            raise PrunebenchError(f"seed must be >= 0, got {self.seed}")
+        self.train.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """Short hash of the whole config: a resumed run must match it exactly."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """`key=value` strings to a dict, with an error naming a malformed item."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise PrunebenchError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _apply_train(train: TrainConfig, values: dict[str, Any], where: str) -> None:
+    names = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for key, value in values.items():
+        if key not in names:
+            raise PrunebenchError(
+                f"{where}: unknown train option {key!r}; allowed: {', '.join(sorted(names))}")
+        setattr(train, key, _coerce(value, names[key].type, f"{where}.{key}"))
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML run/workflow config, naming the file on any error."""
+    p = Path(path)
+    if not p.is_file():
+        raise PrunebenchError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise PrunebenchError(f"config file {p} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise PrunebenchError(f"config file {p} must hold a mapping at the top level")
+    return data
+
+
+def resolve(dataset: str, arch: str, method: str, sparsity: float | None, seed: int,
+            file_config: dict[str, Any] | None = None,
+            overrides: dict[str, str] | None = None) -> RunConfig:
+    """Layer defaults, recipe, config file and overrides into one validated RunConfig.
+
+    Overrides: `epochs=5` sets a train option; `method.<option>=v` a method option;
+    `data_dir=...` / `data_root=...` the data locations.
+    """
+    file_config = file_config or {}
+    train = TrainConfig()
+    _apply_train(train, recipe(dataset, arch), "recipe")
+    _apply_train(train, file_config.get("train", {}) or {}, "config train")
+    method_section = (file_config.get("methods", {}) or {}).get(method, {}) or {}
+    _apply_train(train, method_section.get("train", {}) or {}, f"config methods.{method}.train")
+    options = dict(method_section.get("options", {}) or {})
+    run = RunConfig(dataset, arch, method, sparsity, seed, train, options)
+    for key in ("data_dir", "data_root"):
+        if key in file_config:
+            setattr(run, key, str(file_config[key]))
+    train_overrides = {}
+    for key, value in (overrides or {}).items():
+        if key.startswith("method."):
+            options[key[len("method."):]] = value
+        elif key in ("data_dir", "data_root"):
+            setattr(run, key, value)
+        else:
+            train_overrides[key] = value
+    _apply_train(train, train_overrides, "override")
+    run.validate()
+    return run

@@ -1,0 +1,230 @@
+"""Prepared datasets: one checksummed uint8 tensor file per dataset, loaded once onto the device
+and augmented there (random crop with zero padding + horizontal flip), with no per-image Python
+work in the training loop."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from prunebench import paths
+from prunebench.datasets import RawDataset, SourceArgs, get_source
+from prunebench.errors import PrunebenchError
+from prunebench.fileio import save_torch, sha256_file, write_json
+
+FORMAT_VERSION = 1
+SPLIT_SEED = 0
+
+# Published normalisation statistics (METHODS.md); other datasets use their training images.
+KNOWN_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "tinyimagenet": ((0.480, 0.448, 0.397), (0.276, 0.269, 0.282)),
+}
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a class-stratified validation split of `fraction` of the samples."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        n = int(round(fraction * len(idx)))
+        picked.append(rng.permutation(idx)[:n])
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
+
+def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    xf = x.astype(np.float64) / 255.0
+    mean = xf.mean(axis=(0, 2, 3))
+    std = xf.std(axis=(0, 2, 3))
+    return tuple(float(m) for m in mean), tuple(float(max(s, 1e-3)) for s in std)
+
+
+def prepare(name: str, data_dir: str | Path, root: str = "", val_fraction: float = 0.1,
+            url: str = "", checksum: str = "") -> Path:
+    """Read dataset `name` from its source and write `<data_dir>/<name>.pt` plus its manifest."""
+    data_dir = Path(data_dir)
+    raw: RawDataset = get_source(name)(SourceArgs(root=root, work=data_dir / "raw", url=url,
+                                                  checksum=checksum))
+    if name in KNOWN_STATS:
+        mean, std = KNOWN_STATS[name]
+    elif raw.mean is not None and raw.std is not None:
+        mean, std = raw.mean, raw.std
+    else:
+        mean, std = _channel_stats(raw.train_x)
+    blob = {
+        "train_x": torch.from_numpy(np.ascontiguousarray(raw.train_x, dtype=np.uint8)),
+        "train_y": torch.from_numpy(raw.train_y.astype(np.int64)),
+        "test_x": torch.from_numpy(np.ascontiguousarray(raw.test_x, dtype=np.uint8)),
+        "test_y": torch.from_numpy(raw.test_y.astype(np.int64)),
+        "val_idx": torch.from_numpy(stratified_split(raw.train_y, val_fraction, SPLIT_SEED)),
+    }
+    tensor_path = paths.dataset_tensors(data_dir, name)
+    save_torch(tensor_path, blob)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "dataset": name,
+        "source_root": str(root),
+        "sha256": sha256_file(tensor_path),
+        "classes": raw.classes,
+        "num_classes": len(raw.classes),
+        "image_shape": list(raw.train_x.shape[1:]),
+        "num_train": int(len(raw.train_y)),
+        "num_test": int(len(raw.test_y)),
+        "val_fraction": val_fraction,
+        "split_seed": SPLIT_SEED,
+        "mean": list(mean),
+        "std": list(std),
+    }
+    write_json(paths.dataset_manifest(data_dir, name), manifest)
+    return tensor_path
+
+
+@dataclass
+class PreparedData:
+    """A prepared dataset in host memory, with its manifest."""
+
+    tensors: dict[str, torch.Tensor]
+    manifest: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.manifest["num_classes"])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.manifest["image_shape"]
+        return int(c), int(h), int(w)
+
+
+def load_prepared(name: str, data_dir: str | Path) -> PreparedData:
+    """Load and verify `<data_dir>/<name>.pt` against the checksum in its manifest."""
+    tensor_path = paths.dataset_tensors(data_dir, name)
+    manifest_path = paths.dataset_manifest(data_dir, name)
+    if not tensor_path.is_file() or not manifest_path.is_file():
+        raise PrunebenchError(
+            f"dataset {name!r} is not prepared: {tensor_path} or {manifest_path} is missing; run "
+            f"`python -m prunebench prepare --dataset {name} --data-dir {data_dir}` first")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as e:
+        raise PrunebenchError(f"dataset manifest {manifest_path} is not valid JSON: {e}") from None
+    digest = sha256_file(tensor_path)
+    if digest != manifest.get("sha256"):
+        raise PrunebenchError(
+            f"dataset file {tensor_path} fails its checksum (sha256 {digest[:12]}..., manifest "
+            f"says {str(manifest.get('sha256'))[:12]}...): it is truncated or corrupt; prepare "
+            "it again")
+    try:
+        tensors = torch.load(tensor_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        raise PrunebenchError(f"dataset file {tensor_path} cannot be loaded: {e}") from None
+    return PreparedData(tensors, manifest)
+
+
+class DeviceData:
+    """Train/val/test splits resident on one device as uint8, batched and augmented there."""
+
+    def __init__(self, data: PreparedData, device: torch.device, val_fraction: float,
+                 channels_last: bool = False) -> None:
+        t = data.tensors
+        train_y = t["train_y"]
+        if val_fraction == data.manifest["val_fraction"]:
+            val_idx = t["val_idx"]
+        else:
+            val_idx = torch.from_numpy(stratified_split(train_y.numpy(), val_fraction, SPLIT_SEED))
+        is_val = torch.zeros(len(train_y), dtype=torch.bool)
+        is_val[val_idx] = True
+        self.device = device
+        self.num_classes = data.num_classes
+        self.channels_last = channels_last
+        self.splits = {
+            "train": (t["train_x"][~is_val].to(device), train_y[~is_val].to(device)),
+            "val": (t["train_x"][is_val].to(device), train_y[is_val].to(device)),
+            "test": (t["test_x"].to(device), t["test_y"].to(device)),
+        }
+        mean = torch.tensor(data.manifest["mean"], dtype=torch.float32, device=device)
+        std = torch.tensor(data.manifest["std"], dtype=torch.float32, device=device)
+        # x_norm = (x / 255 - mean) / std = x * scale + shift, per channel
+        self._scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
+        self._shift = (-mean / std).view(1, -1, 1, 1)
+
+    def size(self, split: str) -> int:
+        return len(self.splits[split][1])
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.addcmul(self._shift, x.float(), self._scale)
+        if self.channels_last:
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+    def train_batches_from(self, batch_size: int, generator: torch.Generator,
+                           crop_padding: int, flip: bool, order: torch.Tensor | None = None,
+                           start: int = 0
+                           ) -> tuple[Iterator[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """One epoch of shuffled, augmented training batches from step `start`, and the epoch's
+        sample order (drawn from `generator` unless given, as when resuming mid-epoch). The last
+        partial batch is dropped when at least one full batch exists."""
+        x, y = self.splits["train"]
+        n = len(y)
+        if order is None:
+            order = torch.randperm(n, generator=generator, device=generator.device)
+        order = order.to(self.device)
+        steps = max(n // batch_size, 1)
+
+        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for i in range(start, steps):
+                idx = order[i * batch_size:(i + 1) * batch_size]
+                yield self.normalize(augment(x[idx], crop_padding, flip, generator)), y[idx]
+
+        return batches(), order
+
+    def eval_batches(self, split: str, batch_size: int
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        x, y = self.splits[split]
+        for i in range(0, len(y), batch_size):
+            yield self.normalize(x[i:i + batch_size]), y[i:i + batch_size]
+
+    def balanced_batches(self, per_class: int, batch_size: int, generator: torch.Generator
+                         ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """`per_class` random training images of every class, un-augmented, in mixed batches."""
+        x, y = self.splits["train"]
+        picked = []
+        for c in range(self.num_classes):
+            idx = torch.nonzero(y == c).flatten()
+            perm = torch.randperm(len(idx), generator=generator, device=generator.device)
+            picked.append(idx[perm.to(idx.device)[:per_class]])
+        chosen = torch.cat(picked)
+        chosen = chosen[torch.randperm(len(chosen), generator=generator,
+                                       device=generator.device).to(chosen.device)]
+        for i in range(0, len(chosen), batch_size):
+            idx = chosen[i:i + batch_size]
+            yield self.normalize(x[idx]), y[idx]
+
+
+def augment(x: torch.Tensor, crop_padding: int, flip: bool, generator: torch.Generator
+            ) -> torch.Tensor:
+    """Batch random crop (zero padding `crop_padding`) and horizontal flip, on x's device."""
+    b, _, h, w = x.shape
+    dev = generator.device
+    if crop_padding > 0:
+        p = crop_padding
+        padded = F.pad(x, (p, p, p, p))
+        dy = torch.randint(0, 2 * p + 1, (b,), generator=generator, device=dev).to(x.device)
+        dx = torch.randint(0, 2 * p + 1, (b,), generator=generator, device=dev).to(x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        batch = torch.arange(b, device=x.device)[:, None, None, None]
+        chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        x = padded[batch, chans, rows, cols]
+    if flip:
+        flip_mask = torch.rand(b, generator=generator, device=dev).to(x.device) < 0.5
+        x = torch.where(flip_mask[:, None, None, None], x.flip(3), x)
+    return x

@@ -1,0 +1,148 @@
+"""Dataset sources: each turns its raw form (bundled, downloaded archive, image tree) into uint8
+arrays. `prepare` (prunebench/data.py) then writes them as one checksummed tensor file."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from prunebench.archives import safe_extract
+from prunebench.errors import PrunebenchError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+@dataclass
+class RawDataset:
+    """Images as uint8 (N, C, H, W), labels as int64, class names, normalisation statistics."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    classes: list[str]
+    mean: tuple[float, ...] | None = None  # None: computed from the training images
+    std: tuple[float, ...] | None = None
+
+
+@dataclass
+class SourceArgs:
+    """Where a source reads from (`root`: user-given path) and may write scratch files (`work`)."""
+
+    root: str
+    work: Path
+    url: str = ""
+    checksum: str = ""
+
+
+Source = Callable[[SourceArgs], RawDataset]
+SOURCES: dict[str, Source] = {}
+
+
+def register_source(name: str) -> Callable[[Source], Source]:
+    def wrap(fn: Source) -> Source:
+        SOURCES[name] = fn
+        return fn
+
+    return wrap
+
+
+def get_source(name: str) -> Source:
+    # Download-based sources live in their own module; importing it registers them.
+    import prunebench.downloads  # noqa: F401
+
+    if name not in SOURCES:
+        raise PrunebenchError(f"unknown dataset {name!r}; allowed: {', '.join(sorted(SOURCES))}")
+    return SOURCES[name]
+
+
+@register_source("digits")
+def digits(args: SourceArgs) -> RawDataset:
+    """scikit-learn's 1,797 8x8 digits (offline); a fixed stratified 80/20 train/test split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = np.clip(bunch.images * 16.0, 0, 255).astype(np.uint8)[:, None]
+    labels = bunch.target.astype(np.int64)
+    tr_x, te_x, tr_y, te_y = train_test_split(images, labels, test_size=0.2, random_state=0,
+                                              stratify=labels)
+    return RawDataset(tr_x, tr_y, te_x, te_y, [str(c) for c in range(10)])
+
+
+def _read_image(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            arr = np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise PrunebenchError(f"image {path} cannot be read: {e}") from None
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return arr.transpose(2, 0, 1)
+
+
+def read_class_tree(split_dir: Path, classes: list[str] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read `split_dir/<class>/*.jpg|png` into arrays; every image must have the same shape."""
+    if not split_dir.is_dir():
+        raise PrunebenchError(f"image folder {split_dir} does not exist")
+    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    if classes is None:
+        classes = found
+    elif found != classes:
+        missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
+        raise PrunebenchError(
+            f"class folders in {split_dir} differ from the training classes: "
+            f"missing {missing or 'none'}, unexpected {extra or 'none'}")
+    if not classes:
+        raise PrunebenchError(f"image folder {split_dir} has no class sub-folders")
+    images, labels, shape = [], [], None
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (split_dir / name).iterdir()
+                       if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise PrunebenchError(f"class folder {split_dir / name} holds no .jpg/.png image")
+        for f in files:
+            arr = _read_image(f)
+            if shape is None:
+                shape = arr.shape
+            elif arr.shape != shape:
+                raise PrunebenchError(
+                    f"image {f} has shape {arr.shape} (C,H,W), others in {split_dir} {shape}; "
+                    "all images must share one size")
+            images.append(arr)
+            labels.append(label)
+    return np.stack(images), np.asarray(labels, dtype=np.int64), classes
+
+
+@register_source("imagefolder")
+def imagefolder(args: SourceArgs) -> RawDataset:
+    """Any `root/{train,test}/<class>/*` tree, or a .tar/.tar.gz/.zip archive holding one."""
+    if not args.root:
+        raise PrunebenchError("dataset imagefolder needs data_root: a folder or archive holding "
+                              "train/<class>/* and test/<class>/*")
+    root = Path(args.root)
+    if not root.exists():
+        raise PrunebenchError(f"imagefolder data_root {root} does not exist")
+    if root.is_file():
+        root = _find_tree(safe_extract(root, args.work / "imagefolder-src"))
+    tr_x, tr_y, classes = read_class_tree(root / "train")
+    te_x, te_y, _ = read_class_tree(root / "test", classes)
+    if tr_x.shape[1:] != te_x.shape[1:]:
+        raise PrunebenchError(f"train images in {root} are {tr_x.shape[1:]} but test images are "
+                              f"{te_x.shape[1:]}")
+    return RawDataset(tr_x, tr_y, te_x, te_y, classes)
+
+
+def _find_tree(extracted: Path) -> Path:
+    """The folder holding train/ and test/ inside an extracted archive (top level or one down)."""
+    for candidate in [extracted, *sorted(p for p in extracted.iterdir() if p.is_dir())]:
+        if (candidate / "train").is_dir() and (candidate / "test").is_dir():
+            return candidate
+    raise PrunebenchError(f"no train/ and test/ folders found in the archive extracted to "
+                          f"{extracted}")

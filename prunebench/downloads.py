@@ -1,0 +1,1 @@
+"""Download-based dataset sources (cifar10, cifar100, tinyimagenet)."""

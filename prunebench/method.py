@@ -1,0 +1,173 @@
+"""The interface every pruning method implements; the engine owns everything else.
+
+A method decides which tensors train (and with which optimiser settings), how each prunable
+layer's effective weight is computed (a parametrization attached in `prepare`), any extra loss,
+what happens between training phases, and how the final hard mask is extracted.
+
+Rule for implementers: create every parametrization, parameter and buffer in `prepare`; later
+hooks only change values. A checkpoint is then just `model.state_dict()` plus `state_dict()`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from prunebench.errors import PrunebenchError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class OptimGroup:
+    """Parameters that share one optimiser and its settings."""
+
+    params: list[nn.Parameter]
+    name: str
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
+@dataclass
+class Phase:
+    """A stretch of training with its own optimiser and schedule (e.g. dense, then fine-tune)."""
+
+    name: str
+    epochs: int
+
+
+@dataclass
+class TrainSettings:
+    """The parts of the run's training recipe a method may need to build its groups."""
+
+    epochs: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    optimizer: Literal["sgd", "adam"]
+
+
+@dataclass
+class MethodContext:
+    """What the engine lends a method: budget, data samples and the loss."""
+
+    sparsity: float | None
+    num_classes: int
+    device: torch.device
+    seed: int
+    train: TrainSettings
+    sample_batches: Callable[[int, int], Iterator[Batch]] = field(repr=False)
+    """`sample_batches(per_class, batch_size)`: class-balanced, normalised, un-augmented
+    training batches (validation split excluded), deterministic given the run seed."""
+
+
+@dataclass
+class MethodHparams:
+    """Base of every method's hyper-parameter dataclass; defaults are the papers' values."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str) -> MethodHparams:
+        """Build from a plain dict, naming any unknown key and the allowed ones."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise PrunebenchError(
+                f"{where}: unknown option(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(sorted(names)) or '(none)'}"
+            )
+        typed = {}
+        for key, value in values.items():
+            typed[key] = _coerce(value, names[key].type, f"{where}.{key}")
+        return cls(**typed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    try:
+        if kind == "bool":
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind.startswith("float | None") or kind.startswith("Optional[float]"):
+            return None if value in (None, "none", "None", "null") else float(value)
+    except (TypeError, ValueError):
+        raise PrunebenchError(f"{where}: {value!r} is not a valid {kind}") from None
+    return value
+
+
+class PruningMethod:
+    """Base class: the defaults describe plain dense training with every parameter trained."""
+
+    name: ClassVar[str] = ""
+    hparams_cls: ClassVar[type[MethodHparams]] = MethodHparams
+    budgeted: ClassVar[bool] = True
+    """True when the method must keep exactly K = round((1 - sparsity) * N) prunable weights."""
+    frozen_weights: ClassVar[bool] = False
+    """True for methods that learn only a topology over the random initial weights."""
+    paper: ClassVar[str] = ""
+
+    def __init__(self, hparams: MethodHparams, ctx: MethodContext) -> None:
+        self.hp = hparams
+        self.ctx = ctx
+
+    def is_budgeted(self) -> bool:
+        """Whether this configured instance targets an exact budget (hparams may switch it)."""
+        return self.budgeted
+
+    def prepare(self, model: nn.Module) -> None:
+        """Before training: attach parametrizations, score at init, re-initialise weights."""
+
+    def phases(self) -> list[Phase]:
+        """The training phases; the default is one phase of the recipe's epochs."""
+        return [Phase("train", self.ctx.train.epochs)]
+
+    def param_groups(self, model: nn.Module, phase: Phase) -> list[OptimGroup]:
+        """Trainable tensors of `phase`; anything not listed is frozen by the engine."""
+        t = self.ctx.train
+        decay, no_decay = [], []
+        for p in model.parameters():
+            (decay if p.ndim > 1 else no_decay).append(p)
+        groups = [OptimGroup(decay, "weights", t.optimizer, t.lr, t.momentum, t.weight_decay)]
+        if no_decay:
+            groups.append(OptimGroup(no_decay, "biases_norms", t.optimizer, t.lr, t.momentum, 0.0))
+        return groups
+
+    def regularizer(self, model: nn.Module) -> torch.Tensor | None:
+        """Extra loss added to the cross-entropy at every training step (None: nothing)."""
+        return None
+
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Extra per-epoch numbers for history.csv (e.g. current emergent density)."""
+        return {}
+
+    def on_phase_end(self, model: nn.Module, phase: Phase) -> None:
+        """Between phases, e.g. prune after dense training before fine-tuning."""
+
+    def extract(self, model: nn.Module) -> dict[str, Any]:
+        """Put every parametrization in its final hard state (the engine then folds them into
+        the weights) and return method-specific metrics for `metrics.json`."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state living outside the model, saved in each checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""

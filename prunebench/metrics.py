@@ -1,0 +1,67 @@
+"""Accuracy, parameter and FLOP counting."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from prunebench.masking import prunable_layers
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+             amp: bool) -> dict[str, float]:
+    """Top-1 and top-5 accuracy (%) and mean cross-entropy over `batches`, in eval mode."""
+    model.eval()
+    correct1 = correct5 = total = 0
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    for x, y in batches:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+        out = out.float()
+        loss_sum += nn.functional.cross_entropy(out, y, reduction="sum").double().cpu()
+        k = min(5, out.shape[1])
+        top = out.topk(k, dim=1).indices
+        hits = top == y[:, None]
+        correct1 += int(hits[:, 0].sum())
+        correct5 += int(hits.any(dim=1).sum())
+        total += len(y)
+    if total == 0:
+        return {"top1": float("nan"), "top5": float("nan"), "loss": float("nan")}
+    return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total,
+            "loss": float(loss_sum) / total}
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(total, non-zero) over every parameter and buffer-free tensor of the model."""
+    total = nonzero = 0
+    for p in model.parameters():
+        total += p.numel()
+        nonzero += int(torch.count_nonzero(p))
+    return total, nonzero
+
+
+@torch.no_grad()
+def layer_macs(model: nn.Module, input_shape: tuple[int, int, int], device: torch.device
+               ) -> dict[str, int]:
+    """Multiply-accumulates of every Conv2d/Linear for one input of `input_shape` (C, H, W)."""
+    macs: dict[str, int] = {}
+    hooks = []
+    for name, layer in prunable_layers(model):
+        def hook(mod, _inp, out, name=name):
+            w = mod.weight
+            if isinstance(mod, nn.Conv2d):
+                macs[name] = int(out.shape[2] * out.shape[3] * w.numel())
+            else:
+                macs[name] = int(w.numel())
+        hooks.append(layer.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return macs

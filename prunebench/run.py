@@ -1,0 +1,254 @@
+"""One run from config to finished folder: resume or start, train, extract, measure, write.
+
+Folder contents (names in prunebench/paths.py): config.json (written first), log.txt,
+checkpoint.pt (per epoch, atomic), history.csv, layers.csv, and metrics.json written last:
+its presence means the run finished. A failed run leaves failed.json instead.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunebench import __version__, paths
+from prunebench.config import RunConfig
+from prunebench.data import DeviceData, load_prepared
+from prunebench.errors import PrunebenchError, TrainingDiverged
+from prunebench.fileio import save_torch, write_json, write_text
+from prunebench.masking import budget_count, fold, layer_densities, num_prunable
+from prunebench.method import MethodContext, PruningMethod, TrainSettings
+from prunebench.metrics import count_params, evaluate, layer_macs
+from prunebench.models import create_model
+from prunebench.registry import get_method
+from prunebench.train import Trainer, epoch_seed
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PrunebenchError(f"device {name!r} requested but CUDA is not available here; "
+                              "use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    import timm
+
+    return {
+        "prunebench_version": __version__,
+        "git_commit": git_commit(),
+        "python_version": platform.python_version(),
+        "torch_version": torch.__version__,
+        "timm_version": timm.__version__,
+        "device": str(device),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                        else platform.processor() or platform.machine()),
+        "hostname": platform.node(),
+        "num_threads": torch.get_num_threads(),
+    }
+
+
+def _make_logger(run_dir: Path) -> logging.Logger:
+    logger = logging.getLogger(f"prunebench.run.{run_dir}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    if not logger.handlers:
+        fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+        fh = logging.FileHandler(run_dir / paths.LOG)
+        fh.setFormatter(fmt)
+        logger.addHandler(fh)
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setFormatter(fmt)
+        logger.addHandler(sh)
+    return logger
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def build_method(cfg: RunConfig, data: DeviceData, device: torch.device) -> PruningMethod:
+    cls = get_method(cfg.method)
+    hp = cls.hparams_cls.from_dict(cfg.method_options, f"method {cfg.method} options")
+    t = cfg.train
+    ctx = MethodContext(
+        sparsity=cfg.sparsity, num_classes=data.num_classes, device=device, seed=cfg.seed,
+        train=TrainSettings(t.epochs, t.lr, t.momentum, t.weight_decay, t.optimizer),
+        sample_batches=lambda per_class, batch: data.balanced_batches(
+            per_class, batch, torch.Generator(device=device).manual_seed(cfg.seed)),
+    )
+    method = cls(hp, ctx)
+    if method.is_budgeted() and cfg.sparsity is None:
+        raise PrunebenchError(f"method {cfg.method} needs --sparsity: a budget in [0, 1)")
+    if not method.is_budgeted() and cfg.sparsity is not None:
+        raise PrunebenchError(
+            f"method {cfg.method} takes no --sparsity with these options (its sparsity is "
+            "emergent or zero); omit it, or switch on the method's budget option if it has one")
+    return method
+
+
+def check_folder(run_dir: Path, cfg: RunConfig) -> str:
+    """'new', 'resume' or 'done'; refuses a folder that holds a different config."""
+    config_path = run_dir / paths.CONFIG
+    if not config_path.exists():
+        return "new"
+    try:
+        saved = json.loads(config_path.read_text())
+    except json.JSONDecodeError:
+        return "new"
+    if saved.get("digest") != cfg.digest():
+        ours = _flatten(cfg.to_dict())
+        theirs = _flatten(saved.get("config", {}))
+        diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        raise PrunebenchError(
+            f"run folder {run_dir} holds a run with a different config (differs in: "
+            f"{', '.join(diff) or 'unknown'}); delete the folder or choose another --out")
+    return "done" if (run_dir / paths.METRICS).exists() else "resume"
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}_"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def execute(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """Run (or resume, or skip when finished) one config into `run_dir`; return its metrics."""
+    state = check_folder(run_dir, cfg)
+    if state == "done":
+        return json.loads((run_dir / paths.METRICS).read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / paths.FAILED).unlink(missing_ok=True)
+    write_json(run_dir / paths.CONFIG, {"digest": cfg.digest(), "config": cfg.to_dict()})
+    logger = _make_logger(run_dir)
+    log = logger.info
+    wall0 = time.perf_counter()
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.seed)
+    prepared = load_prepared(cfg.dataset, cfg.data_dir)
+    channels_last = cfg.train.channels_last and device.type == "cuda"
+    data = DeviceData(prepared, device, cfg.train.val_fraction, channels_last)
+    c, h, w = prepared.image_shape
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.arch, data.num_classes, c, h).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    method = build_method(cfg, data, device)
+    method.prepare(model)
+    ckpt_path = run_dir / paths.CHECKPOINT
+    trainer = Trainer(model, method, data, cfg.train, cfg.seed, device,
+                      save=lambda ckpt: save_torch(ckpt_path, ckpt), log=log)
+    if state == "resume" and ckpt_path.exists():
+        try:
+            ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - unreadable checkpoint: start over, say so
+            log(f"checkpoint {ckpt_path} is unreadable ({e}); starting from scratch")
+        else:
+            trainer.restore(ckpt)
+            log(f"resumed from {ckpt_path} after epoch {trainer.state.global_epoch}")
+    log(f"run {cfg.dataset}/{cfg.arch}/{cfg.method} sparsity={cfg.sparsity} seed={cfg.seed} "
+        f"on {device}")
+    try:
+        loop = trainer.run()
+    except TrainingDiverged as e:
+        write_json(run_dir / paths.FAILED, {"reason": str(e), "config": cfg.to_dict(),
+                                            "history": trainer.state.history})
+        log(f"FAILED: {e}")
+        raise
+    torch.manual_seed(epoch_seed(cfg.seed, 1_000_000))
+    model.eval()
+    extra = method.extract(model)
+    fold(model)
+    layers = layer_densities(model)
+    n_prunable = num_prunable(model)
+    kept = sum(int(r["nonzero"]) for r in layers)
+    if method.is_budgeted():
+        k = budget_count(n_prunable, cfg.sparsity)
+        if kept != k:
+            raise AssertionError(f"method {cfg.method} kept {kept} prunable weights, budget is {k}")
+    test = evaluate(model, data.eval_batches("test", cfg.train.eval_batch_size), trainer.amp)
+    val = (evaluate(model, data.eval_batches("val", cfg.train.eval_batch_size), trainer.amp)
+           if data.size("val") else {"top1": float("nan")})
+    macs = layer_macs(model, prepared.image_shape, device)
+    dense_macs = sum(macs.values())
+    eff_macs = sum(macs[r["layer"]] * float(r["density"]) for r in layers)
+    total_params, nonzero_params = count_params(model)
+    for r in layers:
+        r["macs_dense"] = macs[r["layer"]]
+    collapsed = [r["layer"] for r in layers if r["nonzero"] == 0]
+    metrics: dict[str, Any] = {
+        **_flatten({k: v for k, v in cfg.to_dict().items()
+                    if k not in ("train", "method_options")}),
+        **{f"train_{k}": v for k, v in cfg.train.__dict__.items()},
+        **{f"hp_{k}": v for k, v in method.hp.to_dict().items()},
+        "sparsity_target": cfg.sparsity,
+        "budgeted": method.is_budgeted(),
+        "paper": method.paper,
+        "frozen_weights": method.frozen_weights,
+        "test_top1": test["top1"],
+        "test_top5": test["top5"] if data.num_classes > 10 else None,
+        "test_loss": test["loss"],
+        "val_top1": val["top1"],
+        "selection": cfg.train.selection,
+        "epoch_selected": (loop.best_epoch if cfg.train.selection == "val" and loop.best_epoch > 0
+                           else loop.global_epoch),
+        "epochs_total": loop.global_epoch,
+        "num_prunable": n_prunable,
+        "kept_prunable": kept,
+        "density_achieved": kept / n_prunable,
+        "sparsity_achieved": 1 - kept / n_prunable,
+        "params_total": total_params,
+        "params_nonzero": nonzero_params,
+        "macs_dense": dense_macs,
+        "macs_effective": eff_macs,
+        "layers_collapsed": ";".join(collapsed),
+        "num_layers_collapsed": len(collapsed),
+        "train_seconds": loop.train_seconds,
+        "wall_seconds": time.perf_counter() - wall0,
+        **{f"method_{k}": v for k, v in extra.items()},
+        **environment(device),
+        "config_digest": cfg.digest(),
+        "run_dir": str(run_dir),
+    }
+    write_text(run_dir / paths.HISTORY, _csv(loop.history))
+    write_text(run_dir / paths.LAYERS, _csv(layers))
+    write_json(run_dir / paths.METRICS, metrics)
+    ckpt_path.unlink(missing_ok=True)
+    log(f"done: test_top1={test['top1']:.2f} sparsity={metrics['sparsity_achieved']:.4f} "
+        f"collapsed={len(collapsed)}")
+    for handler in list(logger.handlers):
+        handler.close()
+        logger.removeHandler(handler)
+    return metrics

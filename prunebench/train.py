@@ -1,0 +1,280 @@
+"""The training loop shared by every method: optimisers and schedules per phase, device-side
+data, bf16 autocast and channels_last on CUDA, per-epoch checkpoints, exact resume, preemption
+checkpoints on SIGTERM/SIGUSR1, and NaN detection."""
+from __future__ import annotations
+
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunebench.config import TrainConfig
+from prunebench.data import DeviceData
+from prunebench.errors import Preempted, TrainingDiverged
+from prunebench.method import OptimGroup, Phase, PruningMethod
+from prunebench.metrics import evaluate
+
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Every epoch draws its randomness from (seed, epoch), so a resumed run replays exactly."""
+    return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**63 - 1)
+
+
+def build_optimizers(groups: list[OptimGroup]) -> list[torch.optim.Optimizer]:
+    """One optimiser per kind (SGD, Adam), each with its own parameter groups."""
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for g in groups:
+        if not g.params:
+            continue
+        entry: dict[str, Any] = {"params": g.params, "lr": g.lr, "weight_decay": g.weight_decay,
+                                 "name": g.name}
+        if g.optimizer == "sgd":
+            entry["momentum"] = g.momentum
+        by_kind.setdefault(g.optimizer, []).append(entry)
+    optimizers: list[torch.optim.Optimizer] = []
+    for kind, entries in sorted(by_kind.items()):
+        if kind == "sgd":
+            optimizers.append(torch.optim.SGD(entries, lr=entries[0]["lr"]))
+        elif kind == "adam":
+            optimizers.append(torch.optim.Adam(entries, lr=entries[0]["lr"]))
+        else:
+            raise ValueError(f"unknown optimizer {kind!r}; allowed: sgd, adam")
+    return optimizers
+
+
+def lr_factor(schedule: str, step: int, total_steps: int) -> float:
+    """Multiplier of every base learning rate at `step` of a phase of `total_steps`."""
+    if schedule == "constant" or total_steps <= 0:
+        return 1.0
+    frac = min(step / total_steps, 1.0)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * frac))
+    if schedule == "step":
+        return 0.1 ** sum(frac >= m for m in (0.5, 0.75))
+    raise ValueError(f"unknown schedule {schedule!r}; allowed: cosine, step, constant")
+
+
+@dataclass
+class LoopState:
+    """Where training stands; everything in it goes into the checkpoint."""
+
+    phase: int = 0
+    epoch: int = 0  # epochs finished within the current phase
+    global_epoch: int = 0  # epochs finished over all phases
+    step_in_epoch: int = 0  # > 0 only in a mid-epoch (preemption) checkpoint
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val: float = -1.0
+    best_epoch: int = -1
+    best_state: dict[str, torch.Tensor] | None = None
+    train_seconds: float = 0.0
+
+
+class _SignalFlag:
+    """Records a preemption signal; the loop checkpoints and stops at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _SignalFlag:
+        for s in PREEMPT_SIGNALS:
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+class Trainer:
+    """Runs a method's phases on a model; `save(state_dict)` persists a checkpoint atomically."""
+
+    def __init__(self, model: nn.Module, method: PruningMethod, data: DeviceData,
+                 cfg: TrainConfig, seed: int, device: torch.device,
+                 save: Callable[[dict[str, Any]], None], log: Callable[[str], None]) -> None:
+        self.model = model
+        self.method = method
+        self.data = data
+        self.cfg = cfg
+        self.seed = seed
+        self.device = device
+        self.save = save
+        self.log = log
+        self.amp = cfg.amp and device.type == "cuda"
+        self.phases = method.phases()
+        self.state = LoopState()
+        self.forward = torch.compile(model) if cfg.compile and device.type == "cuda" else model
+        self._mid_epoch: dict[str, Any] | None = None
+
+    # -- checkpointing -------------------------------------------------------------------
+    def checkpoint(self, optimizers: list[torch.optim.Optimizer],
+                   mid_epoch: dict[str, Any] | None = None) -> dict[str, Any]:
+        s = self.state
+        return {
+            "model": self.model.state_dict(),
+            "method": self.method.state_dict(),
+            "optimizers": [o.state_dict() for o in optimizers],
+            "loop": {"phase": s.phase, "epoch": s.epoch, "global_epoch": s.global_epoch,
+                     "history": s.history, "best_val": s.best_val, "best_epoch": s.best_epoch,
+                     "train_seconds": s.train_seconds},
+            "best_state": s.best_state,
+            "mid_epoch": mid_epoch,
+        }
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.method.load_state_dict(ckpt["method"])
+        loop = ckpt["loop"]
+        self.state = LoopState(phase=loop["phase"], epoch=loop["epoch"],
+                               global_epoch=loop["global_epoch"], history=list(loop["history"]),
+                               best_val=loop["best_val"], best_epoch=loop["best_epoch"],
+                               best_state=ckpt["best_state"],
+                               train_seconds=loop["train_seconds"])
+        self._pending_optimizers = ckpt["optimizers"]
+        self._mid_epoch = ckpt.get("mid_epoch")
+
+    # -- the loop ------------------------------------------------------------------------
+    def _setup_phase(self, phase: Phase) -> list[torch.optim.Optimizer]:
+        groups = self.method.param_groups(self.model, phase)
+        trainable = {id(p) for g in groups for p in g.params}
+        for p in self.model.parameters():
+            p.requires_grad_(id(p) in trainable)
+        optimizers = build_optimizers(groups)
+        for o in optimizers:
+            for g in o.param_groups:
+                g["initial_lr"] = g["lr"]
+        pending = getattr(self, "_pending_optimizers", None)
+        if pending:
+            for o, sd in zip(optimizers, pending, strict=True):
+                o.load_state_dict(sd)
+            self._pending_optimizers = None
+        return optimizers
+
+    def _set_lr(self, optimizers: list[torch.optim.Optimizer], step: int, total: int) -> float:
+        factor = lr_factor(self.cfg.schedule, step, total)
+        for o in optimizers:
+            for g in o.param_groups:
+                g["lr"] = g["initial_lr"] * factor
+        return factor
+
+    def run(self) -> LoopState:
+        """Train every remaining phase and epoch; raise Preempted or TrainingDiverged."""
+        with _SignalFlag() as flag:
+            while self.state.phase < len(self.phases):
+                phase = self.phases[self.state.phase]
+                optimizers = self._setup_phase(phase)
+                while self.state.epoch < phase.epochs:
+                    self._train_epoch(phase, optimizers, flag)
+                self.method.on_phase_end(self.model, phase)
+                self.state.phase += 1
+                self.state.epoch = 0
+                self._pending_optimizers = None
+                if self.state.phase < len(self.phases):
+                    self.save(self.checkpoint([]))
+        if self.cfg.selection == "val" and self.state.best_state is not None:
+            self.model.load_state_dict(self.state.best_state)
+        return self.state
+
+    def _train_epoch(self, phase: Phase, optimizers: list[torch.optim.Optimizer],
+                     flag: _SignalFlag) -> None:
+        s, cfg = self.state, self.cfg
+        gen = torch.Generator(device=self.device)
+        steps_per_epoch = max(self.data.size("train") // cfg.batch_size, 1)
+        total_steps = steps_per_epoch * phase.epochs
+        mid = self._mid_epoch
+        self._mid_epoch = None
+        if mid is None:
+            gen.manual_seed(epoch_seed(self.seed, s.global_epoch))
+            torch.manual_seed(epoch_seed(self.seed, s.global_epoch) + 1)
+            order = None
+            start, loss_sum, correct, seen, elapsed = 0, 0.0, 0, 0, 0.0
+        else:
+            gen.set_state(mid["gen_state"])
+            torch.set_rng_state(mid["cpu_rng"])
+            if self.device.type == "cuda" and mid.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(mid["cuda_rng"], self.device)
+            order = mid["order"].to(self.device)
+            start, loss_sum, correct, seen, elapsed = (mid["step"], mid["loss_sum"],
+                                                       mid["correct"], mid["seen"], mid["elapsed"])
+        self.model.train()
+        t0 = time.perf_counter()
+        loss_acc = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct_acc = torch.zeros((), device=self.device, dtype=torch.int64)
+        batches, order = self.data.train_batches_from(cfg.batch_size, gen, cfg.crop_padding,
+                                                      cfg.flip, order, start)
+        step = start
+        factor = 1.0
+        for x, y in batches:
+            factor = self._set_lr(optimizers, s.epoch * steps_per_epoch + step, total_steps)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                out = self.forward(x)
+                loss = nn.functional.cross_entropy(out.float(), y)
+                reg = self.method.regularizer(self.model)
+                total = loss if reg is None else loss + reg
+            for o in optimizers:
+                o.zero_grad(set_to_none=True)
+            total.backward()
+            for o in optimizers:
+                o.step()
+            loss_acc += total.detach().double() * len(y)
+            correct_acc += (out.argmax(1) == y).sum()
+            seen += len(y)
+            step += 1
+            if flag.signum is not None and step < steps_per_epoch:
+                self._preempt(optimizers, gen, order, step, loss_sum + float(loss_acc),
+                              correct + int(correct_acc), seen,
+                              elapsed + time.perf_counter() - t0, flag.signum)
+        loss_sum += float(loss_acc)
+        correct += int(correct_acc)
+        if not math.isfinite(loss_sum):
+            raise TrainingDiverged(
+                f"loss became {loss_sum / max(seen, 1)} in epoch {s.global_epoch + 1} "
+                f"(phase {phase.name}); the last good checkpoint is kept")
+        elapsed += time.perf_counter() - t0
+        s.epoch += 1
+        s.global_epoch += 1
+        s.train_seconds += elapsed
+        row: dict[str, Any] = {
+            "epoch": s.global_epoch, "phase": phase.name, "train_loss": loss_sum / max(seen, 1),
+            "train_top1": 100.0 * correct / max(seen, 1), "lr_factor": factor,
+            "epoch_seconds": elapsed,
+        }
+        if self.data.size("val"):
+            val = evaluate(self.model, self.data.eval_batches("val", cfg.eval_batch_size),
+                           self.amp)
+            row["val_top1"] = val["top1"]
+            row["val_loss"] = val["loss"]
+            is_last_phase = s.phase == len(self.phases) - 1
+            if cfg.selection == "val" and is_last_phase and val["top1"] > s.best_val:
+                s.best_val, s.best_epoch = val["top1"], s.global_epoch
+                s.best_state = {k: v.detach().clone().cpu()
+                                for k, v in self.model.state_dict().items()}
+        row.update(self.method.epoch_metrics(self.model))
+        s.history.append(row)
+        self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in row.items()))
+        self.save(self.checkpoint(optimizers))
+        if flag.signum is not None:
+            raise Preempted(f"signal {flag.signum} received; checkpoint saved after epoch "
+                            f"{s.global_epoch}")
+
+    def _preempt(self, optimizers, gen, order, step, loss_sum, correct, seen, elapsed,
+                 signum) -> None:
+        mid = {"gen_state": gen.get_state(), "cpu_rng": torch.get_rng_state(),
+               "cuda_rng": (torch.cuda.get_rng_state(self.device)
+                            if self.device.type == "cuda" else None),
+               "order": order.cpu(), "step": step, "loss_sum": loss_sum, "correct": correct,
+               "seen": seen, "elapsed": elapsed}
+        self.save(self.checkpoint(optimizers, mid))
+        raise Preempted(f"signal {signum} received; checkpoint saved at step {step} of epoch "
+                        f"{self.state.global_epoch + 1}")
