@@ -13,12 +13,14 @@ import torch
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` then fsync and rename tmp over `path` (same folder, same filesystem)."""
+    """Call `write(tmp)` then fsync and rename tmp over `path`.
+
+    tmp lives in a hidden folder beside `path` (same filesystem, so the rename is atomic) and
+    has the same file name, so formats that embed the name (torch.save) stay byte-identical."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = tmp_dir / path.name
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
@@ -31,6 +33,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
             os.close(dir_fd)
     finally:
         tmp.unlink(missing_ok=True)
+        tmp_dir.rmdir()
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -1,0 +1,104 @@
+"""The one-run CLI: complete run folders, exact budgets, and one clear line per user error."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, REPO, cli_env
+
+
+def prunebench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "-m", "prunebench", *args], env=cli_env(), cwd=REPO,
+                          capture_output=True, text=True)
+
+
+def test_dense_digits_conv4_reaches_90_percent(digits_dir: Path, tmp_path: Path) -> None:
+    res = prunebench("run", "--dataset", "digits", "--arch", "conv4", "--method", "dense",
+                     "--seed", "0", "--out", str(tmp_path), f"data_dir={digits_dir}")
+    assert res.returncode == 0, res.stderr
+    run = tmp_path / "digits/conv4/dense/snone/seed0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_top1"] >= 90
+    assert metrics["sparsity_achieved"] == 0
+    for name in ("history.csv", "layers.csv", "log.txt", "config.json"):
+        assert (run / name).is_file()
+    for key in ("dataset", "arch", "method", "seed", "train_lr", "test_top1", "val_top1",
+                "density_achieved", "params_total", "params_nonzero", "macs_dense",
+                "macs_effective", "git_commit", "torch_version", "device", "epoch_selected",
+                "selection", "wall_seconds", "layers_collapsed"):
+        assert key in metrics, key
+    assert len((run / "history.csv").read_text().splitlines()) == 1 + metrics["epochs_total"]
+
+
+def test_random_hits_exact_budget(digits_dir: Path, tmp_path: Path) -> None:
+    res = prunebench("run", "--dataset", "digits", "--arch", "conv4", "--method", "random",
+                     "--sparsity", "0.9", "--seed", "0", "--out", str(tmp_path), "epochs=1",
+                     f"data_dir={digits_dir}")
+    assert res.returncode == 0, res.stderr
+    m = json.loads((tmp_path / "digits/conv4/random/s0.9/seed0/metrics.json").read_text())
+    assert m["kept_prunable"] == round(0.1 * m["num_prunable"])
+    layers = (tmp_path / "digits/conv4/random/s0.9/seed0/layers.csv").read_text().splitlines()
+    assert sum(int(line.split(",")[4]) for line in layers[1:]) == m["kept_prunable"]
+    assert m["macs_effective"] < 0.2 * m["macs_dense"]
+
+
+def test_print_run_dir(tmp_path: Path) -> None:
+    res = prunebench("run", "--dataset", "digits", "--arch", "conv4", "--method", "random",
+                     "--sparsity", "0.95", "--seed", "2", "--out", str(tmp_path),
+                     "--print-run-dir")
+    assert res.stdout.strip() == str(tmp_path / "digits/conv4/random/s0.95/seed2")
+    assert not (tmp_path / "digits").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dataset", "mnist", "--arch", "conv4", "--method", "dense"],
+     "unknown dataset 'mnist'; allowed: digits, cifar10"),
+    (["--dataset", "digits", "--arch", "conv5", "--method", "dense"],
+     "unknown arch 'conv5'; allowed: conv2, conv4"),
+    (["--dataset", "digits", "--arch", "conv4", "--method", "prune_it"],
+     "unknown method 'prune_it'; registered methods: dense"),
+    (["--dataset", "digits", "--arch", "conv4", "--method", "random", "--sparsity", "1.0"],
+     "sparsity 1.0 is outside [0, 1)"),
+    (["--dataset", "digits", "--arch", "conv4", "--method", "random", "--sparsity", "-0.1"],
+     "sparsity -0.1 is outside [0, 1)"),
+    (["--dataset", "digits", "--arch", "conv4", "--method", "random"],
+     "method random needs --sparsity"),
+    (["--dataset", "digits", "--arch", "conv4", "--method", "dense", "--sparsity", "0.5"],
+     "method dense takes no --sparsity"),
+    (["--dataset", "digits", "--arch", "conv4", "--method", "dense", "lr=fast"],
+     "override.lr: 'fast' is not a valid float"),
+    (["--dataset", "digits", "--arch", "conv4", "--method", "dense", "warmup=3"],
+     "unknown train option 'warmup'"),
+    (["--dataset", "digits", "--arch", "conv4", "--method", "dense", "method.tau=2"],
+     "method dense options: unknown option(s) tau"),
+    (["--dataset", "cifar10", "--arch", "conv4", "--method", "dense", "data_dir=/nonexistent"],
+     "dataset 'cifar10' is not prepared"),
+])
+def test_user_errors_are_one_line(args: list[str], message: str, digits_dir: Path,
+                                  tmp_path: Path) -> None:
+    extra = [] if any(a.startswith("data_dir=") for a in args) else [f"data_dir={digits_dir}"]
+    res = prunebench("run", *args, "--out", str(tmp_path), *extra)
+    assert res.returncode == 1, res.stderr
+    assert message in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not list(tmp_path.rglob("metrics.json"))
+
+
+def test_nan_loss_stops_with_failed_record(digits_dir: Path, tmp_path: Path) -> None:
+    res = prunebench("run", "--dataset", "digits", "--arch", "conv2", "--method", "dense",
+                     "--run-dir", str(tmp_path / "run"), "lr=1e12", "epochs=3",
+                     "schedule=constant", f"data_dir={digits_dir}")
+    assert res.returncode == 3, res.stderr
+    assert "training diverged" in res.stderr and "epoch" in res.stderr
+    assert not (tmp_path / "run/metrics.json").exists()
+    failed = json.loads((tmp_path / "run/failed.json").read_text())
+    assert "loss became" in failed["reason"]
+
+
+def test_list_shows_registered_methods() -> None:
+    res = prunebench("list")
+    assert res.returncode == 0
+    assert "dense" in res.stdout and "random" in res.stdout and "conv4" in res.stdout

@@ -1,0 +1,89 @@
+"""Exact budgets, deterministic ties, per-layer splits, folding and density accounting."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prunebench.masking import (
+    apply_global_topk,
+    attach_fixed_masks,
+    budget_count,
+    fold,
+    global_topk_masks,
+    layer_budgets,
+    layer_densities,
+    num_prunable,
+    prunable_layers,
+    stored_weight,
+)
+from prunebench.models import ARCHS, create_model
+
+
+@given(sizes=st.lists(st.integers(1, 50), min_size=1, max_size=6),
+       frac=st.floats(0, 1), seed=st.integers(0, 2**16))
+@settings(max_examples=60, deadline=None)
+def test_global_topk_keeps_exactly_k_largest(sizes: list[int], frac: float, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    # Few distinct values: many ties, which must still give exactly k.
+    scores = [torch.randint(0, 4, (n,), generator=gen).float() for n in sizes]
+    total = sum(sizes)
+    k = int(frac * total)
+    masks = global_topk_masks(scores, k)
+    assert sum(int(m.sum()) for m in masks) == k
+    flat = torch.cat(scores)
+    kept = torch.cat(masks)
+    if 0 < k < total:
+        assert flat[kept].min() >= flat[~kept].max()
+
+
+def test_ties_break_by_position_deterministically() -> None:
+    scores = [torch.ones(4), torch.ones(3)]
+    masks = global_topk_masks(scores, 5)
+    assert masks[0].tolist() == [True] * 4
+    assert masks[1].tolist() == [True, False, False]
+    assert all(torch.equal(a, b) for a, b in zip(masks, global_topk_masks(scores, 5)))
+
+
+@given(numels=st.lists(st.integers(1, 10_000), min_size=1, max_size=12), frac=st.floats(0, 1))
+def test_layer_budgets_sum_exactly(numels: list[int], frac: float) -> None:
+    k = int(frac * sum(numels))
+    counts = layer_budgets(numels, k)
+    assert sum(counts) == k
+    assert all(0 <= c <= n for c, n in zip(counts, numels))
+    assert all(abs(c - k * n / sum(numels)) < 1 for c, n in zip(counts, numels))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.99])
+def test_exact_budget_across_archs(arch: str, sparsity: float) -> None:
+    torch.manual_seed(0)
+    model = create_model(arch, 10, 3, 32)
+    attach_fixed_masks(model)
+    scores = [stored_weight(m).abs() for _, m in prunable_layers(model)]
+    k = budget_count(num_prunable(model), sparsity)
+    apply_global_topk(model, scores, k)
+    fold(model)
+    assert sum(r["nonzero"] for r in layer_densities(model)) == k
+
+
+def test_fold_leaves_plain_weights_with_zeros() -> None:
+    torch.manual_seed(0)
+    model = create_model("conv2", 10, 1, 8)
+    attach_fixed_masks(model)
+    scores = [stored_weight(m).abs() for _, m in prunable_layers(model)]
+    apply_global_topk(model, scores, 1000)
+    x = torch.randn(3, 1, 8, 8)
+    before = model(x)
+    fold(model)
+    assert not any(hasattr(m, "parametrizations") for _, m in prunable_layers(model))
+    torch.testing.assert_close(model(x), before)
+    rows = layer_densities(model)
+    assert sum(r["nonzero"] for r in rows) == 1000
+    assert all(0 <= r["density"] <= 1 for r in rows)
+
+
+def test_budget_count_rounds() -> None:
+    assert budget_count(457_792, 0.9) == 45_779
+    assert budget_count(10, 0.0) == 10
