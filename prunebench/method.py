@@ -32,6 +32,8 @@ class OptimGroup:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 0.0
+    schedule: str | None = None
+    """This group's lr schedule (cosine | step | constant); None follows the run's schedule."""
 
 
 @dataclass

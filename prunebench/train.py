@@ -34,7 +34,7 @@ def build_optimizers(groups: list[OptimGroup]) -> list[torch.optim.Optimizer]:
         if not g.params:
             continue
         entry: dict[str, Any] = {"params": g.params, "lr": g.lr, "weight_decay": g.weight_decay,
-                                 "name": g.name}
+                                 "name": g.name, "schedule": g.schedule}
         if g.optimizer == "sgd":
             entry["momentum"] = g.momentum
         by_kind.setdefault(g.optimizer, []).append(entry)
@@ -164,7 +164,8 @@ class Trainer:
         factor = lr_factor(self.cfg.schedule, step, total)
         for o in optimizers:
             for g in o.param_groups:
-                g["lr"] = g["initial_lr"] * factor
+                own = g.get("schedule")
+                g["lr"] = g["initial_lr"] * (factor if own is None else lr_factor(own, step, total))
         return factor
 
     def run(self) -> LoopState:
