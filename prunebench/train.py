@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from prunebench.config import TrainConfig
 from prunebench.data import DeviceData
@@ -215,7 +217,10 @@ class Trainer:
                                                       cfg.flip, order, start)
         step = start
         factor = 1.0
-        for x, y in batches:
+        bar = tqdm(batches, total=steps_per_epoch, initial=start, leave=False,
+                   desc=f"{phase.name} epoch {s.global_epoch + 1}",
+                   disable=not sys.stderr.isatty())
+        for x, y in bar:
             factor = self._set_lr(optimizers, s.epoch * steps_per_epoch + step, total_steps)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 out = self.forward(x)
