@@ -75,6 +75,31 @@ def cmd_list(args: argparse.Namespace) -> None:
     print("datasets: " + ", ".join(DATASETS))
 
 
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    from prunebench.aggregate import SUMMARY, SUMMARY_BY_SETTING, aggregate
+
+    runs, settings = aggregate(args.runs, args.out)
+    counts = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())
+    print(f"{Path(args.out) / SUMMARY}: {len(runs)} runs ({counts}); "
+          f"{Path(args.out) / SUMMARY_BY_SETTING}: {len(settings)} settings")
+
+
+def cmd_figures(args: argparse.Namespace) -> None:
+    from prunebench.figures import MANIFEST, build_figures
+
+    manifest = build_figures(args.results, args.published, args.out)
+    for note in manifest["skipped"]:
+        print(f"skipped {note['kind']}: {note['reason']}")
+    print(f"{Path(args.out) / MANIFEST}: {len(manifest['figures'])} figures")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from prunebench.report import build_report
+
+    print(build_report(args.results, args.published, args.config, args.out,
+                       pdf=not args.tex_only))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m prunebench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +133,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list methods, archs and datasets")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("aggregate", help="run folders -> summary.csv (one row per run) and "
+                       "summary_by_setting.csv (mean, std, n over seeds)")
+    p.add_argument("--runs", default="results/runs", help="root of the run folders")
+    p.add_argument("--out", default="results", help="folder for the two CSVs")
+    p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("figures", help="seaborn figures (PDF + PNG) and manifest.json")
+    p.add_argument("--results", default="results", help="folder holding summary*.csv")
+    p.add_argument("--published", default="config/published_results.csv")
+    p.add_argument("--out", default="results/figures")
+    p.set_defaults(func=cmd_figures)
+
+    p = sub.add_parser("report", help="render the LaTeX report and build report.pdf (latexmk)")
+    p.add_argument("--results", default="results", help="folder holding summary*.csv, figures/")
+    p.add_argument("--published", default="config/published_results.csv")
+    p.add_argument("--config", default="", help="the workflow config YAML, shown verbatim")
+    p.add_argument("--out", default="results/report")
+    p.add_argument("--tex-only", action="store_true", help="write report.tex, build no PDF")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
