@@ -1,2 +1,2 @@
 """Baselines and controls; importing this package registers them."""
-from baselines import dense, random  # noqa: F401
+from baselines import dense, edgepopup, magnitude, random, snip, supermask  # noqa: F401

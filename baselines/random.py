@@ -1,6 +1,14 @@
 """`random`: a uniformly random global mask at initialisation keeping exactly K weights, then
-the masked network is trained with the mask fixed (the usual prune-at-init control)."""
+the masked network is trained with the mask fixed (the usual prune-at-init control).
+
+Option `rescale` (off by default, like the other prune-at-init baselines) keeps each layer's
+weight norm at pruning time (see masking.apply_global_topk); without it a random mask of density
+d shrinks each layer's output by about sqrt(d).
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,11 +24,16 @@ from prunebench.method import MethodHparams, PruningMethod
 from prunebench.registry import register_method
 
 
+@dataclass
+class RandomHparams(MethodHparams):
+    rescale: bool = False  # no rescaling, as the prune-at-init papers' random controls
+
+
 @register_method("random")
 class RandomMask(PruningMethod):
     """Scores are i.i.d. uniform, so the global top-K is a uniformly random K-subset."""
 
-    hparams_cls = MethodHparams
+    hparams_cls = RandomHparams
     paper = "control: random mask at init"
 
     def prepare(self, model: nn.Module) -> None:
@@ -29,4 +42,8 @@ class RandomMask(PruningMethod):
         scores = [torch.rand(stored_weight(layer).shape, generator=gen).to(self.ctx.device)
                   for _, layer in prunable_layers(model)]
         total = sum(s.numel() for s in scores)
-        apply_global_topk(model, scores, budget_count(total, self.ctx.sparsity))
+        self.rescale_factors = apply_global_topk(
+            model, scores, budget_count(total, self.ctx.sparsity), self.hp.rescale)
+
+    def extract(self, model: nn.Module) -> dict[str, Any]:
+        return {"rescale_factors": ";".join(f"{f:.4g}" for f in self.rescale_factors)}

@@ -112,11 +112,26 @@ def attach_fixed_masks(model: nn.Module) -> list[FixedMask]:
     return [weight_transform(layer) for _, layer in prunable_layers(model)]
 
 
-def apply_global_topk(model: nn.Module, scores: list[torch.Tensor], k: int) -> None:
-    """Set every layer's FixedMask to the global top-k of `scores` (one tensor per layer)."""
+def apply_global_topk(model: nn.Module, scores: list[torch.Tensor], k: int,
+                      rescale: bool = False) -> list[float]:
+    """Set every layer's FixedMask to the global top-k of `scores` (one tensor per layer).
+
+    With `rescale`, each layer's surviving weights are multiplied by ||w|| / ||w * mask||, so the
+    layer keeps its weight norm (and the scale of the signal it passes on); an emptied layer keeps
+    factor 1. Returns the factor of every layer (all 1.0 without `rescale`)."""
     layers = prunable_layers(model)
+    factors = []
     for (_, layer), mask in zip(layers, global_topk_masks(scores, k), strict=True):
-        weight_transform(layer).set_mask(mask, stored_weight(layer))
+        stored = stored_weight(layer)
+        before = float(stored.detach().double().norm())
+        weight_transform(layer).set_mask(mask, stored)
+        after = float(stored.detach().double().norm())
+        factor = before / after if rescale and after > 0 else 1.0
+        if factor != 1.0:
+            with torch.no_grad():
+                stored.mul_(factor)
+        factors.append(factor)
+    return factors
 
 
 @torch.no_grad()

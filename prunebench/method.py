@@ -67,6 +67,11 @@ class MethodContext:
     sample_batches: Callable[[int, int], Iterator[Batch]] = field(repr=False)
     """`sample_batches(per_class, batch_size)`: class-balanced, normalised, un-augmented
     training batches (validation split excluded), deterministic given the run seed."""
+    evaluate: Callable[[nn.Module, str], dict[str, float]] | None = field(default=None,
+                                                                         repr=False)
+    """`evaluate(model, split)`: the engine's own evaluation of `model` on 'val' or 'test'
+    (top1, top5 in %, loss; eval mode), for a method whose reported figure needs more than one
+    evaluation at extract time (e.g. a mean over sampled masks). Never for training or selection."""
 
 
 @dataclass
@@ -109,6 +114,9 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return float(value)
         if kind.startswith("float | None") or kind.startswith("Optional[float]"):
             return None if value in (None, "none", "None", "null") else float(value)
+        if kind.startswith("int | None") or kind.startswith("Optional[int]"):
+            return None if value in (None, "none", "None", "null") else _coerce(value, "int",
+                                                                                 where)
     except (TypeError, ValueError):
         raise PrunebenchError(f"{where}: {value!r} is not a valid {kind}") from None
     return value

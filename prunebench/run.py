@@ -104,6 +104,8 @@ def build_method(cfg: RunConfig, data: DeviceData, device: torch.device) -> Prun
         train=TrainSettings(t.epochs, t.lr, t.momentum, t.weight_decay, t.optimizer),
         sample_batches=lambda per_class, batch: data.balanced_batches(
             per_class, batch, torch.Generator(device=device).manual_seed(cfg.seed)),
+        evaluate=lambda model, split: evaluate(
+            model, data.eval_batches(split, t.eval_batch_size), t.amp and device.type == "cuda"),
     )
     method = cls(hp, ctx)
     if method.is_budgeted() and cfg.sparsity is None:

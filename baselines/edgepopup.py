@@ -1,0 +1,122 @@
+"""`edgepopup`: find a subnetwork of a frozen random network by learned scores.
+
+Ramanujan, Wortsman, Kembhavi, Farhadi, Rastegari, "What's Hidden in a Randomly Weighted Neural
+Network?", CVPR 2020. The weights never train. Every weight has a real score s; the forward pass
+uses, in each layer, the weights whose |s| is among the top `density` fraction of that layer
+(sec. 3, Algorithm 1), and the backward pass sends the gradient straight through the top-k to
+|s|. The absolute value is taken outside the straight-through function so that autograd applies
+sign(s) to the gradient, as in the reference code (`clamped_scores`); taken inside, half the
+updates go the wrong way and the network stays at chance (METHODS.md, measured pitfalls).
+
+Defaults are the paper's (sec. 4, appendix) and its reference code's conv configs: weights
+signed Kaiming constant +-sqrt(2 / fan_in), scores Kaiming uniform (a = sqrt(5)); scores trained by
+SGD lr 0.1, momentum 0.9, weight decay 1e-4, cosine schedule. The paper's 100 epochs and batch 128
+are train-config settings (schedule, epochs and batch size come from the run's recipe).
+
+Deviations and decisions:
+- A budget `sparsity` s keeps exactly K = round((1 - s) N) weights: per-layer counts from
+  masking.layer_budgets (proportional to size, summing exactly to K) instead of the reference
+  code's int((1 - k) * numel) removed per layer, which can miss K by a few weights.
+- The reference code's `prune_rate` means the kept fraction in the top-k but the removed fraction
+  in `scale_fan`; here `density` = 1 - sparsity is the kept fraction everywhere, and option
+  `scale_fan` divides the constant by sqrt(density) (std sqrt(2 / (fan_in * density))).
+- Biases (if any) and BatchNorm affine parameters stay at their initial values (the paper uses
+  non-affine BatchNorm); running statistics update as usual.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunebench.masking import (
+    attach,
+    budget_count,
+    layer_budgets,
+    prunable_layers,
+    stored_weight,
+    topk_mask,
+    weight_transform,
+)
+from prunebench.method import MethodHparams, OptimGroup, Phase, PruningMethod
+from prunebench.registry import register_method
+
+
+@dataclass
+class EdgePopupHparams(MethodHparams):
+    lr: float = 0.1  # Ramanujan 2020 appendix / reference conv configs: SGD lr 0.1, cosine
+    momentum: float = 0.9  # reference conv configs
+    weight_decay: float = 1e-4  # reference conv configs (applied to the scores)
+    signed_constant: bool = True  # sec. 4: signed Kaiming constant; False keeps Kaiming normal
+    scale_fan: bool = False  # sec. 4 "scaled" variant: constant divided by sqrt(density)
+
+
+class _TopKStraightThrough(torch.autograd.Function):
+    """Forward: 0/1 mask of the `k` largest entries; backward: the gradient unchanged."""
+
+    @staticmethod
+    def forward(ctx, score: torch.Tensor, k: int) -> torch.Tensor:
+        return topk_mask(score, k).to(score.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+class PopupMask(nn.Module):
+    """Effective weight = weight * topk(|score|, k): the top `k` scores of this layer."""
+
+    def __init__(self, weight: torch.Tensor, k: int) -> None:
+        super().__init__()
+        self.k = k
+        self.scores = nn.Parameter(torch.empty_like(weight))
+        nn.init.kaiming_uniform_(self.scores, a=math.sqrt(5))
+
+    def mask(self) -> torch.Tensor:
+        return _TopKStraightThrough.apply(self.scores.abs(), self.k)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask()
+
+
+@torch.no_grad()
+def signed_kaiming_constant(weight: torch.Tensor, density: float = 1.0) -> None:
+    """Replace `weight` by sign(weight) * sqrt(2 / (fan_in * density)) in place (+ for zeros)."""
+    fan_in = weight[0].numel()
+    std = math.sqrt(2.0 / (fan_in * density))
+    weight.copy_(torch.where(weight >= 0, std, -std))
+
+
+@register_method("edgepopup")
+class EdgePopup(PruningMethod):
+    """Frozen random weights; per-layer top-k of learned |scores|, straight-through gradient."""
+
+    hparams_cls = EdgePopupHparams
+    frozen_weights = True
+    paper = "Ramanujan et al., What's hidden in a randomly weighted neural network?, CVPR 2020"
+
+    def prepare(self, model: nn.Module) -> None:
+        layers = prunable_layers(model)
+        density = 1.0 - self.ctx.sparsity
+        numels = [layer.weight.numel() for _, layer in layers]
+        counts = layer_budgets(numels, budget_count(sum(numels), self.ctx.sparsity))
+        if self.hp.signed_constant:
+            for _, layer in layers:
+                signed_kaiming_constant(layer.weight, density if self.hp.scale_fan else 1.0)
+        per_layer = dict(zip([name for name, _ in layers], counts, strict=True))
+        attach(model, lambda name, layer: PopupMask(layer.weight, per_layer[name]))
+
+    def param_groups(self, model: nn.Module, phase: Phase) -> list[OptimGroup]:
+        scores = [weight_transform(layer).scores for _, layer in prunable_layers(model)]
+        return [OptimGroup(scores, "scores", "sgd", self.hp.lr, self.hp.momentum,
+                           self.hp.weight_decay)]
+
+    def extract(self, model: nn.Module) -> dict[str, Any]:
+        layers = prunable_layers(model)
+        return {"init": ("signed_constant" + ("_scaled" if self.hp.scale_fan else "")
+                         if self.hp.signed_constant else "kaiming_normal"),
+                "weights_nonzero": all(bool(stored_weight(layer).ne(0).all())
+                                       for _, layer in layers)}

@@ -1,0 +1,151 @@
+"""`supermask`: learn a stochastic mask over a frozen random network.
+
+Zhou, Lan, Liu, Yosinski, "Deconstructing Lottery Tickets: Zeros, Signs, and the Supermask",
+NeurIPS 2019 (sec. 5). The weights never train. Every weight has a real logit m; each forward
+pass samples a mask Bernoulli(sigmoid(m)) (one sample per weight, shared by the batch) and the
+gradient goes straight through the sample to sigmoid(m). Dynamic weight rescaling (DWR)
+multiplies each layer's masked weights by numel / (number kept in the sample). The sparsity is
+emergent (no budget). The paper reports the mean test accuracy over 10 sampled masks.
+
+Defaults follow the reference code (uber-research/deconstructing-lottery-tickets): logits
+initialised to 0 (`sigmoid_bias`, keep probability 0.5), SGD lr 100 with momentum 0.9 and no
+weight decay (README command for supermask training), DWR on (the variant the 2022 Gumbel paper
+compares with).
+
+Deviations and decisions:
+- Weights: the suite's Kaiming-normal initialisation (as in the 2022 paper's comparison); the
+  reference code uses Glorot normal. Option `signed_constant` replaces each weight by
+  sign(w) * std(layer), as the reference code's option.
+- Reported numbers: metrics.json's `test_top1` is the engine's evaluation of the folded network,
+  whose mask is deterministic, the most likely mask (keep iff sigmoid(m) >= 0.5, i.e. m >= 0, the
+  rule of the suite's `gumbel`), with DWR computed on it; its sparsity is the reported sparsity.
+  The paper's figure, the mean (and std) test accuracy over `eval_samples` sampled masks, is
+  computed at extraction through the engine's evaluation hook and recorded as
+  `method_sampled_test_top1_mean` beside the sampled masks' mean sparsity. The samples are
+  seeded by the run seed.
+- The sample count in DWR carries the straight-through gradient, as in the reference code.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunebench.masking import attach, prunable_layers, weight_transform
+from prunebench.method import MethodHparams, OptimGroup, Phase, PruningMethod
+from prunebench.registry import register_method
+
+
+@dataclass
+class SupermaskHparams(MethodHparams):
+    lr: float = 100.0  # reference code README: SGD lr 100 for supermask training
+    momentum: float = 0.9  # reference code default (--mom)
+    weight_decay: float = 0.0  # reference code default (--l2 0)
+    logit_init: float = 0.0  # reference code --sigmoid_bias 0: keep probability 0.5
+    dynamic_rescale: bool = False  # Zhou 2019 sec. 5 DWR option; off: see module docstring
+    signed_constant: bool = False  # Zhou 2019 option: sign(w) * std(layer)
+    eval_samples: int = 10  # Zhou 2019: mean test accuracy over 10 sampled masks
+
+
+class BernoulliMask(nn.Module):
+    """Effective weight = weight * mask * (numel / kept) with mask ~ Bernoulli(sigmoid(logits)).
+
+    Training: a fresh straight-through sample per forward. Eval: `fixed` when set (one drawn
+    sample, for the sampled evaluation), otherwise the most likely mask (logits >= 0)."""
+
+    def __init__(self, weight: torch.Tensor, logit_init: float, dynamic_rescale: bool) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.full_like(weight, logit_init))
+        self.dynamic_rescale = dynamic_rescale
+        self.fixed: torch.Tensor | None = None
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A hard 0/1 sample of the mask (no gradient)."""
+        return torch.bernoulli(torch.sigmoid(self.logits.detach()), generator=generator)
+
+    def mask(self) -> torch.Tensor:
+        if self.training:
+            p = torch.sigmoid(self.logits)
+            return self.sample() + p - p.detach()
+        if self.fixed is not None:
+            return self.fixed
+        return (self.logits >= 0).to(self.logits.dtype)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        mask = self.mask()
+        out = weight * mask
+        if self.dynamic_rescale:
+            out = out * (mask.numel() / mask.sum().clamp_min(1.0))
+        return out
+
+
+@torch.no_grad()
+def signed_constant(weight: torch.Tensor) -> None:
+    """Replace `weight` by sign(weight) * std(weight) in place (+ for zeros)."""
+    std = float(weight.std())
+    weight.copy_(torch.where(weight >= 0, std, -std))
+
+
+def _masks(model: nn.Module) -> list[BernoulliMask]:
+    return [weight_transform(layer) for _, layer in prunable_layers(model)]
+
+
+@register_method("supermask")
+class Supermask(PruningMethod):
+    """Frozen weights; Bernoulli straight-through masks with DWR; emergent sparsity."""
+
+    hparams_cls = SupermaskHparams
+    budgeted = False
+    frozen_weights = True
+    paper = "Zhou et al., Deconstructing lottery tickets, NeurIPS 2019 (supermask)"
+
+    def prepare(self, model: nn.Module) -> None:
+        if self.hp.signed_constant:
+            for _, layer in prunable_layers(model):
+                signed_constant(layer.weight)
+        attach(model, lambda _name, layer: BernoulliMask(layer.weight, self.hp.logit_init,
+                                                         self.hp.dynamic_rescale))
+
+    def param_groups(self, model: nn.Module, phase: Phase) -> list[OptimGroup]:
+        logits = [m.logits for m in _masks(model)]
+        return [OptimGroup(logits, "logits", "sgd", self.hp.lr, self.hp.momentum,
+                           self.hp.weight_decay)]
+
+    @torch.no_grad()
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        masks = _masks(model)
+        total = sum(m.logits.numel() for m in masks)
+        expected = sum(float(torch.sigmoid(m.logits).sum()) for m in masks)
+        mode = sum(int((m.logits >= 0).sum()) for m in masks)
+        return {"expected_density": expected / total, "mode_density": mode / total}
+
+    @torch.no_grad()
+    def extract(self, model: nn.Module) -> dict[str, Any]:
+        masks = _masks(model)
+        total = sum(m.logits.numel() for m in masks)
+        out: dict[str, Any] = {
+            "folded_mask": "most likely: keep iff logit >= 0",
+            "expected_sparsity": 1 - sum(float(torch.sigmoid(m.logits).sum())
+                                         for m in masks) / total,
+        }
+        if self.ctx.evaluate is None or self.hp.eval_samples <= 0:
+            return out
+        gen = torch.Generator(device=self.ctx.device).manual_seed(self.ctx.seed)
+        accs, sparsities = [], []
+        for _ in range(self.hp.eval_samples):
+            for m in masks:
+                m.fixed = m.sample(gen)
+            sparsities.append(1 - sum(float(m.fixed.sum()) for m in masks) / total)
+            accs.append(self.ctx.evaluate(model, "test")["top1"])
+        for m in masks:
+            m.fixed = None
+        mean = sum(accs) / len(accs)
+        std = math.sqrt(sum((a - mean) ** 2 for a in accs) / max(len(accs) - 1, 1))
+        out.update(sampled_test_top1_mean=mean, sampled_test_top1_std=std,
+                   sampled_test_top1=";".join(f"{a:.2f}" for a in accs),
+                   sampled_sparsity_mean=sum(sparsities) / len(sparsities),
+                   eval_samples=len(accs))
+        return out

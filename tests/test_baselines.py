@@ -1,0 +1,455 @@
+"""Baselines: magnitude (MP, MP+FT, at init), SNIP, edge-popup, supermask, and the budget and
+fixed-mask properties every budgeted method must have."""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from prunebench.config import TrainConfig, resolve
+from prunebench.data import DeviceData, load_prepared, prepare
+from prunebench.masking import (
+    budget_count,
+    fold,
+    layer_budgets,
+    prunable_layers,
+    stored_weight,
+    weight_transform,
+)
+from prunebench.method import MethodContext, Phase, TrainSettings
+from prunebench.models import create_model
+from prunebench.registry import get_method, list_methods
+from prunebench.run import execute
+from prunebench.train import Trainer
+
+CPU = torch.device("cpu")
+FIXED_MASK_METHODS = ("magnitude_ft", "magnitude_init", "snip", "random")
+OWN_BUDGETED = ("magnitude", "magnitude_ft", "magnitude_init", "snip", "edgepopup", "random")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The CI/dev machines have 2 shared cores: oversubscribed intra-op threads slow these
+    # small CPU runs down by an order of magnitude. Restored after this module.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data")
+    prepare("digits", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(digits_dir) -> DeviceData:
+    return DeviceData(load_prepared("digits", digits_dir), CPU, 0.1)
+
+
+def make_ctx(sparsity, data=None, seed=0, epochs=1, lr=0.01, wd=5e-4) -> MethodContext:
+    sample = None
+    if data is not None:
+        def sample(per_class, batch):
+            return data.balanced_batches(per_class, batch, torch.Generator().manual_seed(seed))
+    return MethodContext(sparsity=sparsity, num_classes=10, device=CPU, seed=seed,
+                         train=TrainSettings(epochs, lr, 0.9, wd, "sgd"), sample_batches=sample)
+
+
+def build(name, sparsity, data=None, arch="conv2", seed=0, epochs=1, wd=5e-4, **options):
+    torch.manual_seed(seed)
+    model = create_model(arch, 10, 1, 8)
+    cls = get_method(name)
+    method = cls(cls.hparams_cls.from_dict(options, name),
+                 make_ctx(sparsity, data, seed, epochs, wd=wd))
+    return model, method
+
+
+def train(model, method, data, epochs=1, batch_size=64, wd=5e-4):
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.01, weight_decay=wd,
+                      crop_padding=1, flip=False, device="cpu")
+    Trainer(model, method, data, cfg, 0, CPU, save=lambda _c: None, log=lambda _m: None).run()
+
+
+def run(digits_dir, tmp_path, method, sparsity, arch="conv4", **overrides):
+    values = {"data_dir": str(digits_dir), "device": "cpu", **{k: str(v) for k, v in
+                                                               overrides.items()}}
+    cfg = resolve("digits", arch, method, sparsity, 0, overrides=values)
+    out = tmp_path / f"{method}_{sparsity}"
+    return execute(cfg, out), out
+
+
+def nonzero_flat(model) -> np.ndarray:
+    return np.concatenate([layer.weight.detach().flatten().numpy() != 0
+                           for _, layer in prunable_layers(model)])
+
+
+def brute_topk(values: np.ndarray, k: int) -> np.ndarray:
+    keep = np.zeros(values.size, dtype=bool)
+    keep[np.argsort(-values, kind="stable")[:k]] = True
+    return keep
+
+
+# -- magnitude --------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["magnitude", "magnitude_init"])
+@pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.99])
+def test_magnitude_keeps_exactly_the_k_largest(name, sparsity):
+    model, method = build(name, sparsity)
+    with torch.no_grad():  # a trained-looking spread of magnitudes, different per layer
+        for i, (_, layer) in enumerate(prunable_layers(model)):
+            layer.weight.normal_(0, 0.01 * (i + 1))
+    before = np.concatenate([layer.weight.detach().abs().flatten().numpy()
+                             for _, layer in prunable_layers(model)])
+    method.prepare(model)
+    method.extract(model.eval())
+    k = budget_count(before.size, sparsity)
+    kept = nonzero_flat(model)
+    assert kept.sum() == k
+    np.testing.assert_array_equal(kept, brute_topk(before, k))
+
+
+def test_magnitude_ft_prunes_between_phases_and_finetunes_with_own_lr(data):
+    model, method = build("magnitude_ft", 0.8, ft_epochs=3, ft_lr=0.003)
+    method.prepare(model)
+    phases = method.phases()
+    assert [(p.name, p.epochs) for p in phases] == [("dense", 1), ("finetune", 3)]
+    assert {g.lr for g in method.param_groups(model, phases[1])} == {0.003}
+    assert {g.lr for g in method.param_groups(model, phases[0])} == {0.01}
+    assert nonzero_flat(model).all()
+    method.on_phase_end(model, phases[0])
+    assert nonzero_flat(model).sum() == budget_count(nonzero_flat(model).size, 0.8)
+    default = build("magnitude_ft", 0.8)[1]
+    assert default.ft_lr() == pytest.approx(0.001)
+
+
+@pytest.mark.parametrize("name", FIXED_MASK_METHODS)
+def test_masked_weights_stay_exactly_zero(name, data):
+    """No gradient, momentum or weight decay revives a removed weight; the mask never moves."""
+    options = {"ft_epochs": 1} if name == "magnitude_ft" else {}
+    model, method = build(name, 0.9, data, wd=0.05, **options)
+    method.prepare(model)
+    snapshot = {}
+
+    def remember(model, phase, prune=method.on_phase_end):
+        prune(model, phase)  # magnitude_ft prunes here, after its dense phase
+        if phase.name in ("dense", "init"):
+            snapshot["pruned"] = [stored_weight(layer).detach().clone()
+                                  for _, layer in prunable_layers(model)]
+
+    if name == "magnitude_ft":
+        method.on_phase_end = remember
+    else:
+        remember(model, Phase("init", 0), prune=lambda *_: None)
+    train(model, method, data, wd=0.05)
+    k = budget_count(sum(w.numel() for w in snapshot["pruned"]), 0.9)
+    trained = 0
+    for (_, layer), pruned in zip(prunable_layers(model), snapshot["pruned"], strict=True):
+        mask = weight_transform(layer).mask
+        now = stored_weight(layer).detach()
+        assert torch.equal(mask, pruned != 0)
+        assert torch.count_nonzero(now[~mask]) == 0
+        trained += int((now[mask] != pruned[mask]).sum())
+    assert sum(int(weight_transform(layer).mask.sum()) for _, layer in
+               prunable_layers(model)) == k
+    assert trained > 0.5 * k  # the kept weights did train
+
+
+# -- SNIP -------------------------------------------------------------------------------------
+def independent_snip(model, batches, train_mode: bool) -> list[torch.Tensor]:
+    """|dL/dw * w| for the mean loss over all images, computed in one plain forward."""
+    plain = copy.deepcopy(model)
+    plain.train(train_mode)
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    weights = [layer.weight for _, layer in prunable_layers(plain)]
+    grads = torch.autograd.grad(nn.functional.cross_entropy(plain(x), y), weights)
+    return [(g * w).abs().detach() for g, w in zip(grads, weights, strict=True)]
+
+
+@pytest.mark.parametrize("batch", [100, 32])
+def test_snip_scores_are_grad_times_weight_and_mask_is_their_global_topk(batch, data):
+    model, method = build("snip", 0.95, data, score_batch_size=batch)
+    batches = list(method.ctx.sample_batches(10, 1000))
+    assert len(batches[0][1]) == 100 and torch.bincount(batches[0][1]).eq(10).all()
+    expected = independent_snip(model, batches, train_mode=True)
+    init = [layer.weight.detach().clone() for _, layer in prunable_layers(model)]
+    method.prepare(model)
+    for got, want in zip(method.scores, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6 * float(want.max()))
+    flat = torch.cat([s.flatten() for s in method.scores]).numpy()
+    k = budget_count(flat.size, 0.95)
+    masks = torch.cat([weight_transform(layer).mask.flatten()
+                       for _, layer in prunable_layers(model)]).numpy()
+    np.testing.assert_array_equal(masks, brute_topk(flat, k))
+    for (_, layer), w0 in zip(prunable_layers(model), init, strict=True):  # same init, masked
+        mask = weight_transform(layer).mask
+        assert torch.equal(stored_weight(layer).detach(), w0 * mask)
+
+
+class TinyBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+@pytest.mark.parametrize("bn_mode", ["train", "eval"])
+def test_snip_batchnorm_mode_is_used_recorded_and_leaves_no_trace(bn_mode, data):
+    torch.manual_seed(0)
+    model = TinyBN()
+    cls = get_method("snip")
+    method = cls(cls.hparams_cls(bn_mode=bn_mode), make_ctx(0.5, data))
+    expected = independent_snip(model, list(method.ctx.sample_batches(10, 100)),
+                                train_mode=bn_mode == "train")
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num" in k}
+    method.prepare(model)
+    for got, want in zip(method.scores, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6 * float(want.max()))
+    for key, value in stats.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert method.extract(model)["score_bn_mode"] == bn_mode
+
+
+def test_snip_rejects_unknown_bn_mode():
+    with pytest.raises(Exception, match="bn_mode"):
+        build("snip", 0.5, bn_mode="frozen")
+
+
+# -- edge-popup -------------------------------------------------------------------------------
+def test_edgepopup_per_layer_mask_is_top_fraction_of_abs_score():
+    model, method = build("edgepopup", 0.7)
+    method.prepare(model)
+    layers = prunable_layers(model)
+    numels = [stored_weight(layer).numel() for _, layer in layers]
+    counts = layer_budgets(numels, budget_count(sum(numels), 0.7))
+    for (_, layer), count in zip(layers, counts, strict=True):
+        pm = weight_transform(layer)
+        with torch.no_grad():
+            pm.scores.normal_()
+        w = stored_weight(layer)
+        assert torch.equal(w.abs(), torch.full_like(w, math.sqrt(2 / w[0].numel())))
+        mask = pm.mask().detach().flatten().numpy().astype(bool)
+        np.testing.assert_array_equal(mask, brute_topk(pm.scores.abs().detach().flatten()
+                                                       .numpy(), count))
+    method.extract(model.eval())
+    fold(model)
+    assert nonzero_flat(model).sum() == budget_count(sum(numels), 0.7)
+
+
+def test_edgepopup_scaled_init_uses_density():
+    model, method = build("edgepopup", 0.75, scale_fan=True)
+    method.prepare(model)
+    w = stored_weight(prunable_layers(model)[1][1])
+    assert torch.allclose(w.abs(), torch.tensor(math.sqrt(2 / (w[0].numel() * 0.25))))
+
+
+def _toy_popup(scores: list[float], weights: list[float], sparsity: float):
+    model = nn.Sequential(nn.Linear(len(scores), 1, bias=False))
+    cls = get_method("edgepopup")
+    method = cls(cls.hparams_cls(signed_constant=False), make_ctx(sparsity))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([weights]))
+    method.prepare(model)
+    pm = weight_transform(model[0])
+    with torch.no_grad():
+        pm.scores.copy_(torch.tensor([scores]))
+    return model, pm
+
+
+def test_edgepopup_score_gradient_is_straight_through_with_the_sign_of_the_score():
+    """Finite differences of the loss in the (relaxed) mask, times sign(score)."""
+    scores = [-0.9, 0.8, -0.1, 0.2, -0.7, 0.05]
+    weights = [0.5, -1.0, 2.0, 0.3, -0.4, 1.5]
+    model, pm = _toy_popup(scores, weights, sparsity=0.5)
+    x = torch.tensor([[1.0, 2.0, -1.0, 0.5, 3.0, -2.0]])
+
+    def loss_of_mask(m: torch.Tensor) -> torch.Tensor:
+        return (torch.nn.functional.linear(x.double(), torch.tensor([weights]).double() * m)
+                - 1.0).pow(2).sum()
+
+    out = model(x)
+    ((out - 1.0) ** 2).sum().backward()
+    hard = pm.mask().detach().double()
+    eps = 1e-6
+    for i in range(len(scores)):
+        up, down = hard.clone(), hard.clone()
+        up[0, i] += eps
+        down[0, i] -= eps
+        d_mask = (loss_of_mask(up) - loss_of_mask(down)) / (2 * eps)
+        want = math.copysign(1.0, scores[i]) * float(d_mask)
+        assert float(pm.scores.grad[0, i]) == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+def test_edgepopup_sgd_step_grows_the_score_of_a_helpful_weight_with_negative_score():
+    # Target 3 = weight 0 (+1) alone; it is kept (|score| is the largest) but its score is
+    # negative. Weight 1 (-1) hurts and is pruned. Descent must grow |score 0|, not shrink it.
+    model, pm = _toy_popup([-0.5, 0.1], [1.0, -1.0], sparsity=0.5)
+    x = torch.tensor([[1.0, 1.0]])
+    opt = torch.optim.SGD([pm.scores], lr=0.01)
+    ((model(x) - 3.0) ** 2).sum().backward()
+    opt.step()
+    assert pm.scores[0, 0].abs() > 0.5  # the kept helpful weight's |score| grew
+    assert pm.scores[0, 1].abs() < 0.1  # the unhelpful weight's |score| fell
+
+
+def test_edgepopup_trains_scores_only_weights_bit_identical(data):
+    model, method = build("edgepopup", 0.5, data)
+    method.prepare(model)
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if "scores" not in k}
+    scores = [weight_transform(layer).scores.detach().clone()
+              for _, layer in prunable_layers(model)]
+    train(model, method, data)
+    for key, value in frozen.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    moved = [not torch.equal(weight_transform(layer).scores, s0)
+             for (_, layer), s0 in zip(prunable_layers(model), scores, strict=True)]
+    assert all(moved)
+
+
+# -- supermask --------------------------------------------------------------------------------
+def test_supermask_samples_bernoulli_of_sigmoid_and_rescales():
+    model, method = build("supermask", None, dynamic_rescale=True)
+    method.prepare(model)
+    layer = prunable_layers(model)[2][1]  # the 1024 x 256 Linear
+    bm = weight_transform(layer)
+    with torch.no_grad():
+        bm.logits.fill_(math.log(0.2 / 0.8))
+    model.train()
+    freq = torch.stack([bm.mask().detach() for _ in range(20)]).mean()
+    assert freq.item() == pytest.approx(0.2, abs=0.003)
+    a, b = bm.mask().detach(), bm.mask().detach()
+    assert not torch.equal(a, b)  # a fresh sample per forward
+    torch.manual_seed(3)
+    eff = layer.weight.detach()
+    torch.manual_seed(3)
+    m = bm.mask().detach()
+    w = stored_weight(layer).detach()
+    torch.testing.assert_close(eff, w * m * (m.numel() / m.sum()))
+    model.eval()
+    with torch.no_grad():
+        bm.logits[0, :10] = 0.0
+        bm.logits[0, 10:20] = 1e-3
+    mode = bm.mask()
+    assert mode[0, :20].eq(1).all() and mode[0, 20:].eq(0).all()
+
+
+def test_supermask_gradient_is_straight_through_the_sample():
+    model, method = build("supermask", None)
+    method.prepare(model)
+    layer = prunable_layers(model)[4][1]
+    bm = weight_transform(layer)
+    with torch.no_grad():
+        bm.logits.normal_()
+    model.train()
+    c = torch.randn_like(stored_weight(layer))
+    (layer.weight * c).sum().backward()
+    p = torch.sigmoid(bm.logits.detach())
+    torch.testing.assert_close(bm.logits.grad, p * (1 - p) * stored_weight(layer).detach() * c)
+    groups = method.param_groups(model, Phase("train", 1))
+    assert [g.name for g in groups] == ["logits"] and groups[0].lr == 100.0
+
+
+def test_supermask_extract_averages_ten_seeded_samples_and_folds_the_mode():
+    model, method = build("supermask", None)
+    method.prepare(model)
+    seen = []
+
+    def fake_evaluate(m, split):
+        assert split == "test" and not m.training
+        masks = [weight_transform(layer).mask() for _, layer in prunable_layers(m)]
+        density = float(sum(x.sum() for x in masks) / sum(x.numel() for x in masks))
+        seen.append(density)
+        return {"top1": 100 * density, "top5": 100.0, "loss": 0.0}
+
+    method.ctx.evaluate = fake_evaluate
+    out = method.extract(model.eval())
+    assert len(seen) == 10 and len(set(seen)) == 10  # ten different samples, p = 0.5
+    assert out["sampled_test_top1_mean"] == pytest.approx(100 * sum(seen) / 10)
+    assert out["sampled_sparsity_mean"] == pytest.approx(1 - sum(seen) / 10)
+    assert all(abs(d - 0.5) < 0.01 for d in seen)
+    # eval mode after extraction: the most likely mask (all logits 0 -> keep all)
+    assert all(weight_transform(layer).mask().eq(1).all() for _, layer in prunable_layers(model))
+
+
+# -- budgets, collapse, registry --------------------------------------------------------------
+def test_layer_collapse_is_recorded(digits_dir, tmp_path):
+    # resnet18's last layer empties under global |w| at 99 %: Kaiming-uniform fc weights are
+    # small beside the convs' (as in SynFlow's magnitude-at-init collapse). Needs no training.
+    metrics, out = run(digits_dir, tmp_path, "magnitude_init", 0.99, arch="resnet18", epochs=0)
+    rows = (out / "layers.csv").read_text().splitlines()
+    empty = [r.split(",")[0] for r in rows[1:] if r.split(",")[4] == "0"]
+    assert empty and metrics["num_layers_collapsed"] == len(empty)
+    assert metrics["layers_collapsed"] == ";".join(empty)
+    assert metrics["kept_prunable"] == budget_count(metrics["num_prunable"], 0.99)
+
+
+@pytest.mark.parametrize("name", OWN_BUDGETED)
+@pytest.mark.parametrize("sparsity", [0.5, 0.99])
+def test_budgeted_baselines_hit_exactly_k(name, sparsity, digits_dir, tmp_path):
+    extra = {"method.ft_epochs": 0} if name == "magnitude_ft" else {}
+    metrics, _ = run(digits_dir, tmp_path, name, sparsity, arch="conv2", epochs=0, **extra)
+    assert metrics["kept_prunable"] == budget_count(metrics["num_prunable"], sparsity)
+    assert metrics["budgeted"] is True
+
+
+def _budgeted_methods() -> list[str]:
+    out = []
+    for name in list_methods():
+        cls = get_method(name)
+        try:
+            if cls(cls.hparams_cls(), make_ctx(0.9)).is_budgeted():
+                out.append(name)
+        except Exception:  # noqa: BLE001 - a method that cannot even be built fails below
+            out.append(name)
+    return out
+
+
+@pytest.mark.parametrize("name", _budgeted_methods())
+def test_every_budgeted_method_keeps_exactly_k_after_one_epoch(name, digits_dir, tmp_path):
+    metrics, out = run(digits_dir, tmp_path, name, 0.9, arch="conv2", epochs=1)
+    k = budget_count(metrics["num_prunable"], 0.9)
+    assert metrics["kept_prunable"] == k
+    rows = (out / "layers.csv").read_text().splitlines()
+    assert sum(int(r.split(",")[4]) for r in rows[1:]) == k
+    assert "num_layers_collapsed" in metrics and "layers_collapsed" in metrics
+
+
+# -- training well above chance on digits conv4 -----------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("name", OWN_BUDGETED)
+def test_baseline_trains_well_above_chance_at_half_sparsity(name, digits_dir, tmp_path):
+    extra = {"method.ft_epochs": 2} if name == "magnitude_ft" else {}
+    metrics, out = run(digits_dir, tmp_path, name, 0.5, epochs=3, **extra)
+    assert metrics["test_top1"] > 60.0, metrics["test_top1"]
+    assert metrics["sparsity_achieved"] == pytest.approx(0.5, abs=1e-5)
+    if name == "magnitude_ft":
+        phases = [r.split(",")[1] for r in (out / "history.csv").read_text().splitlines()[1:]]
+        assert phases == ["dense"] * 3 + ["finetune"] * 2
+
+
+@pytest.mark.slow
+def test_supermask_trains_well_above_chance(digits_dir, tmp_path):
+    metrics, _ = run(digits_dir, tmp_path, "supermask", None, epochs=12, batch_size=16)
+    assert metrics["test_top1"] > 40.0, metrics["test_top1"]
+    assert metrics["method_sampled_test_top1_mean"] > 30.0
+    assert 0.2 < metrics["sparsity_achieved"] < 0.8
+
+
+@pytest.mark.slow
+def test_magnitude_init_degrades_at_99_percent(digits_dir, tmp_path):
+    dense, _ = run(digits_dir, tmp_path, "magnitude_init", 0.5, epochs=3)
+    sparse, out = run(digits_dir, tmp_path, "magnitude_init", 0.99, epochs=3)
+    densities = [float(r.split(",")[5]) for r in (out / "layers.csv").read_text().splitlines()[1:]]
+    assert sparse["num_layers_collapsed"] > 0 or sparse["test_top1"] < dense["test_top1"] - 20
+    assert min(densities) < 0.001  # a near-empty layer: the cause, visible in layers.csv
