@@ -46,6 +46,7 @@ def _palette(labels: list[str]) -> dict[str, Any]:
 
 
 def _save(fig: plt.Figure, out_dir: Path, name: str) -> list[str]:
+    """Write `name`.pdf and `name`.png atomically; close the figure."""
     files = []
     for fmt in FORMATS:
         path = out_dir / f"{name}.{fmt}"
@@ -77,13 +78,15 @@ def _read_run_csv(runs: pd.DataFrame, results: Path, name: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _sparsity_axis(ax: plt.Axes, sparsities: list[float]) -> None:
-    """x = density on a log scale, inverted, ticks labelled as sparsity (high sparsity right)."""
+def _sparsity_axis(ax: plt.Axes, ticks: list[float], extent: list[float]) -> None:
+    """x = density on a log scale, inverted, ticks labelled as sparsity (high sparsity right);
+    `ticks` are the sparsities labelled, `extent` every sparsity drawn."""
     ax.set_xscale("log")
-    densities = sorted({round(1 - s, 6) for s in sparsities if not pd.isna(s)}, reverse=True)
-    if not densities:
+    densities = sorted({round(1 - s, 6) for s in ticks if not pd.isna(s)}, reverse=True)
+    span = [1 - s for s in [*ticks, *extent] if not pd.isna(s)]
+    if not densities or not span:
         return
-    lo, hi = min(densities), max(densities)
+    lo, hi = min(span), max(span)
     ax.set_xlim(hi * 1.4, lo / 1.4)
     ax.xaxis.set_major_locator(FixedLocator(densities))
     ax.xaxis.set_minor_locator(NullLocator())
@@ -113,14 +116,16 @@ def accuracy_vs_sparsity(runs: pd.DataFrame, settings: pd.DataFrame, published: 
         ax.errorbar(1 - row.sparsity_achieved_mean, row.test_top1_pct_mean,
                     xerr=_nan0(row.sparsity_achieved_std), yerr=_nan0(row.test_top1_pct_std),
                     fmt="D", color=palette[label], capsize=3, markersize=6)
-    xs = list(ok["sparsity_target"].dropna()) + list(ok["sparsity_achieved"].dropna())
+    ticks = list(ok["sparsity_target"].dropna()) + list(pub["sparsity"].dropna())
+    if (ok["sparsity_achieved"] == 0).any():
+        ticks.append(0.0)
+    extent = list(ok["sparsity_achieved"].dropna())
     placed_at_ours = off_axis = 0
     for row in pub.itertuples():
         color = palette.get(row.method, "black")
         if not pd.isna(row.sparsity):
             ax.scatter(1 - row.sparsity, row.accuracy, marker="*", s=140, color=color,
                        edgecolors="black", linewidths=0.6, zorder=5)
-            xs.append(row.sparsity)
             continue
         ours = free[free["method"] == row.method]
         if len(ours):
@@ -130,7 +135,7 @@ def accuracy_vs_sparsity(runs: pd.DataFrame, settings: pd.DataFrame, published: 
         else:
             ax.axhline(row.accuracy, color=color, linestyle=":", linewidth=1.2)
             off_axis += 1
-    _sparsity_axis(ax, xs)
+    _sparsity_axis(ax, ticks, extent)
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.set_title(f"{dataset} / {arch}")
     labels = sorted(set(ok["label"]) | set(pub["method"]))
@@ -215,8 +220,8 @@ def training_curves(history: pd.DataFrame, dataset: str, arch: str) -> tuple[plt
     labels = sorted(long["label"].unique())
     grid = sns.relplot(data=long, x="epoch", y="top1", hue="budget", hue_order=budgets,
                        style="metric", col="label", col_order=labels,
-                       col_wrap=min(4, len(labels)), kind="line", errorbar="sd", height=2.6,
-                       aspect=1.25, palette="viridis", facet_kws={"sharey": True})
+                       col_wrap=min(3, len(labels)), kind="line", errorbar="sd", height=2.4,
+                       aspect=1.3, palette="viridis", facet_kws={"sharey": True})
     grid.set_titles("{col_name}")
     grid.set_axis_labels("epoch", "top-1 (%)")
     for ax in grid.axes.flat:
@@ -241,9 +246,10 @@ def layer_density(layers: pd.DataFrame, dataset: str, arch: str) -> tuple[plt.Fi
     budgets = sorted(layers["budget"].unique(), key=_budget_order)
     labels = sorted(layers["label"].unique())
     grid = sns.relplot(data=layers, x="layer_pos", y="density", hue="label", hue_order=labels,
-                       col="budget", col_order=budgets, col_wrap=min(3, len(budgets)),
-                       kind="line", marker="o", errorbar="sd", height=3.0,
-                       aspect=max(1.2, len(order) / 9), palette="colorblind")
+                       col="budget", col_order=budgets,
+                       col_wrap=min(2 if len(order) > 12 else 3, len(budgets)),
+                       kind="line", marker="o", errorbar="sd", height=2.8,
+                       aspect=max(1.2, 0.3 * len(order) / 2.8), palette="colorblind")
     grid.set_titles("{col_name}")
     grid.set_axis_labels("layer", "density (fraction kept)")
     if grid.legend is not None:
@@ -282,9 +288,11 @@ def build_figures(results: str | Path, published_path: str | Path, out_dir: str 
     def add(kind: str, name: str, draw: Callable[[], tuple[plt.Figure, str]],
             **keys: str) -> None:
         fig, caption = draw()
+        width_in = float(fig.get_size_inches()[0])
         files = _save(fig, out_dir, name)
         figures.append({"kind": kind, "name": name, **keys, "files": files,
-                        "pdf": f"{name}.pdf", "png": f"{name}.png", "caption": caption})
+                        "pdf": f"{name}.pdf", "png": f"{name}.png", "width_in": width_in,
+                        "caption": caption})
 
     pairs = runs[["dataset", "arch"]].drop_duplicates().sort_values(["dataset", "arch"])
     for dataset, arch in pairs.itertuples(index=False):

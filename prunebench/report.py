@@ -37,6 +37,7 @@ from prunebench.fileio import write_text
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = REPO / "report" / "templates"
 TEMPLATE = "report.tex.j2"
+TEXT_WIDTH_IN = 6.7  # A4 with 2 cm margins: a figure this wide (before cropping) fills the line
 INSTALL_HINT = ("install one with `apt-get install texlive-latex-recommended latexmk` (Debian/"
                 "Ubuntu; `make run` does this on Debian) or use a TeX Live/MiKTeX distribution")
 LATEX_SPECIAL = {
@@ -248,12 +249,17 @@ def _figures(results: Path, out_dir: Path) -> tuple[list[dict[str, Any]], list[s
     dest.mkdir(parents=True, exist_ok=True)
     for entry in manifest.get("figures", []):
         src = manifest_path.parent / entry["pdf"]
+        if not re.fullmatch(r"[A-Za-z0-9._-]+\.pdf", entry["pdf"]):
+            notes.append(f"Figure {entry['pdf']} has a file name LaTeX cannot include.")
+            continue
         if not src.is_file():
             notes.append(f"Figure {entry['pdf']} is listed in the manifest but missing.")
             continue
         shutil.copyfile(src, dest / src.name)
-        figures.append({"path": f"figures/{src.name}", "caption": entry["caption"],
-                        "label": "fig:" + re.sub(r"[^A-Za-z0-9]+", "-", entry["name"])})
+        scale = min(1.0, float(entry.get("width_in", TEXT_WIDTH_IN)) / TEXT_WIDTH_IN)
+        figures.append({"path": Markup(f"figures/{src.name}"), "caption": entry["caption"],
+                        "width": Markup(f"{scale:.2f}"),
+                        "label": Markup("fig:" + re.sub(r"[^A-Za-z0-9]+", "-", entry["name"]))})
     for entry in manifest.get("skipped", []):
         where = " / ".join(entry[k] for k in ("dataset", "arch") if k in entry)
         notes.append(f"Figure {entry['kind']}{' for ' + where if where else ''} skipped: "
