@@ -247,6 +247,10 @@ def _figures(results: Path, out_dir: Path) -> tuple[list[dict[str, Any]], list[s
     figures, notes = [], []
     dest = out_dir / "figures"
     dest.mkdir(parents=True, exist_ok=True)
+    listed = {entry["pdf"] for entry in manifest.get("figures", [])}
+    for old in dest.glob("*.pdf"):
+        if old.name not in listed:
+            old.unlink()
     for entry in manifest.get("figures", []):
         src = manifest_path.parent / entry["pdf"]
         if not re.fullmatch(r"[A-Za-z0-9._-]+\.pdf", entry["pdf"]):

@@ -123,6 +123,21 @@ def test_digits_only_skips_comparison(tmp_path: Path,
     assert latex_escape("Figure reproduced_vs_published skipped") in text
 
 
+def test_no_finished_run_still_reports(tmp_path: Path) -> None:
+    """Only failed and unfinished runs: no figure, no mean, every run listed."""
+    make_run(tmp_path / "runs", seed=0, status="failed", reason="loss became nan")
+    make_run(tmp_path / "runs", seed=1, status="incomplete")
+    aggregate(tmp_path / "runs", tmp_path, warn=False)
+    write_published(tmp_path / "pub.csv", PUBLISHED)
+    manifest = build_figures(tmp_path, tmp_path / "pub.csv", tmp_path / "figures")
+    assert manifest["figures"] == [] and len(manifest["skipped"]) == 2
+    tex = build_report(tmp_path, tmp_path / "pub.csv", None, tmp_path / "report",
+                       pdf=False).read_text()
+    assert r"\textit{no result} {\scriptsize(0, 1 failed, 1 unfinished)}" in tex
+    assert "loss became nan" in tex and "in progress or interrupted" in tex
+    assert "No figures were drawn." in tex
+
+
 def test_latex_escape() -> None:
     assert latex_escape("a_b & 50% #1 $x$ {y}") == r"a\_b \& 50\% \#1 \$x\$ \{y\}"
     assert latex_escape("~^\\") == r"\textasciitilde{}\textasciicircum{}\textbackslash{}"
