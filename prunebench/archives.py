@@ -1,86 +1,179 @@
 """Safe extraction of downloaded or user-supplied archives (tar, tar.gz, zip).
 
-Refuses members that would escape the target folder (absolute paths, `..`), links and device
-files, and archives whose members add up to more than a size limit (decompression bombs).
+Every member is checked before anything is written: names that would escape the target folder
+(absolute paths, `..`, drive letters, empty names), links, device files and FIFOs are refused,
+and so are archives whose declared member sizes add up to more than a limit (decompression
+bombs). While copying, a member may not grow past its declared size. Errors name the archive
+and the member. `SafeZip` applies the same checks but reads members into memory, writing
+nothing (for archives of many small images, where unpacking costs more than reading).
 """
 from __future__ import annotations
 
-import os
-import shutil
 import tarfile
 import zipfile
+import zlib
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from prunebench.errors import PrunebenchError
 
 MAX_TOTAL_BYTES = 8 << 30
 MAX_MEMBERS = 2_000_000
+_S_IFMT, _S_IFLNK, _S_IFREG, _S_IFDIR = 0o170000, 0o120000, 0o100000, 0o040000
+# What a corrupt or lying member raises while it is read.
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, tarfile.TarError, OSError,
+                NotImplementedError, RuntimeError)
 
 
-def _check_name(archive: Path, name: str) -> PurePosixPath:
+def one_line(e: BaseException) -> str:
+    """An exception's text on one line (tarfile lists each method it tried on its own line)."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _check_name(archive: Path, name: str, is_dir: bool = False) -> PurePosixPath:
+    """A member's path relative to the target; `.` only for a folder entry such as `./`."""
     p = PurePosixPath(name.replace("\\", "/"))
-    if p.is_absolute() or ".." in p.parts or (p.parts and ":" in p.parts[0]):
+    parts = [q for q in p.parts if q != "."]
+    if (p.is_absolute() or ".." in p.parts or (parts and ":" in parts[0]) or "\x00" in name
+            or (not parts and not is_dir)):
         raise PrunebenchError(f"archive {archive}: member {name!r} would escape the target folder")
-    return p
+    return PurePosixPath(*parts)
 
 
-def _check_totals(archive: Path, count: int, total: int, max_bytes: int) -> None:
-    if count > MAX_MEMBERS:
-        raise PrunebenchError(f"archive {archive}: {count} members is more than {MAX_MEMBERS}")
-    if total > max_bytes:
-        raise PrunebenchError(
-            f"archive {archive}: members add up to {total} bytes, more than the {max_bytes} "
-            "allowed; refusing (possible decompression bomb)")
+class _Totals:
+    """Running member count and declared size, refused as soon as either passes its limit."""
+
+    def __init__(self, archive: Path, max_bytes: int) -> None:
+        self.archive, self.max_bytes, self.count, self.total = archive, max_bytes, 0, 0
+
+    def add(self, name: str, size: int) -> None:
+        self.count += 1
+        self.total += max(size, 0)
+        if self.count > MAX_MEMBERS:
+            raise PrunebenchError(f"archive {self.archive}: more than {MAX_MEMBERS} members")
+        if self.total > self.max_bytes:
+            raise PrunebenchError(
+                f"archive {self.archive}: members up to {name!r} add up to {self.total} bytes, "
+                f"more than the {self.max_bytes} allowed; refusing (possible decompression bomb)")
+
+
+def _zip_infos(archive: Path, zf: zipfile.ZipFile, max_bytes: int) -> list[zipfile.ZipInfo]:
+    """The members of a zip, after every check (nothing read or written yet)."""
+    totals = _Totals(archive, max_bytes)
+    infos = zf.infolist()
+    for info in infos:
+        _check_name(archive, info.filename, info.is_dir())
+        kind = (info.external_attr >> 16) & _S_IFMT
+        if kind and kind not in (_S_IFREG, _S_IFDIR):
+            what = "a symbolic link" if kind == _S_IFLNK else "a special file"
+            raise PrunebenchError(f"archive {archive}: member {info.filename!r} is {what}; only "
+                                  "regular files and folders are allowed")
+        totals.add(info.filename, info.file_size)
+    return infos
+
+
+def _tar_members(archive: Path, tf: tarfile.TarFile, max_bytes: int) -> list[tarfile.TarInfo]:
+    """The members of a tar, checked one by one while the (possibly compressed) stream is read,
+    so a bomb is refused as soon as its declared sizes pass the limit."""
+    totals = _Totals(archive, max_bytes)
+    members = []
+    try:
+        for m in tf:
+            _check_name(archive, m.name, m.isdir())
+            if not (m.isfile() or m.isdir()):
+                what = ("a symbolic link" if m.issym() else "a hard link" if m.islnk()
+                        else "a device file or FIFO")
+                raise PrunebenchError(f"archive {archive}: member {m.name!r} is {what}; only "
+                                      "regular files and folders are allowed")
+            totals.add(m.name, m.size)
+            members.append(m)
+    except _READ_ERRORS as e:
+        raise PrunebenchError(f"archive {archive} is damaged after {len(members)} members: "
+                              f"{one_line(e)}") from None
+    return members
 
 
 def safe_extract(archive: str | Path, dest: str | Path, max_bytes: int = MAX_TOTAL_BYTES) -> Path:
     """Extract `archive` into `dest` after checking every member; return `dest`."""
     archive, dest = Path(archive), Path(dest)
+    if not archive.is_file():
+        raise PrunebenchError(f"archive {archive} does not exist")
     dest.mkdir(parents=True, exist_ok=True)
+    top = dest.resolve()
     if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            infos = zf.infolist()
-            for info in infos:
-                _check_name(archive, info.filename)
-                mode = (info.external_attr >> 16) & 0o170000
-                if mode == 0o120000:
-                    raise PrunebenchError(f"archive {archive}: member {info.filename!r} is a "
-                                          "symbolic link; links are not allowed")
-            _check_totals(archive, len(infos), sum(i.file_size for i in infos), max_bytes)
-            for info in infos:
-                target = dest / _check_name(archive, info.filename)
+        try:
+            zf = zipfile.ZipFile(archive)
+        except _READ_ERRORS as e:
+            raise PrunebenchError(f"archive {archive} is not a readable zip file: "
+                                  f"{one_line(e)}") from None
+        with zf:
+            for info in _zip_infos(archive, zf, max_bytes):
+                target = _target(archive, top, info.filename, info.is_dir())
                 if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
+                    _make_dir(archive, info.filename, target)
                     continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as out:
-                    _copy_limited(src, out, info.file_size, archive, info.filename)
+                _write_member(archive, info.filename, info.file_size, lambda i=info: zf.open(i),
+                              target)
         return dest
     try:
         tf = tarfile.open(archive)
-    except (tarfile.TarError, OSError) as e:
-        raise PrunebenchError(f"archive {archive} is not a readable tar or zip file: {e}") from None
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise PrunebenchError(f"archive {archive} is not a readable tar or zip file: "
+                              f"{one_line(e)}") from None
     with tf:
-        members = tf.getmembers()
-        for m in members:
-            _check_name(archive, m.name)
-            if not (m.isfile() or m.isdir()):
-                raise PrunebenchError(f"archive {archive}: member {m.name!r} is a link or special "
-                                      "file; only regular files and folders are allowed")
-        _check_totals(archive, len(members), sum(m.size for m in members), max_bytes)
-        for m in members:
-            target = dest / _check_name(archive, m.name)
+        for m in _tar_members(archive, tf, max_bytes):
+            target = _target(archive, top, m.name, m.isdir())
             if m.isdir():
-                target.mkdir(parents=True, exist_ok=True)
+                _make_dir(archive, m.name, target)
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            src = tf.extractfile(m)
-            with src, open(target, "wb") as out:
-                _copy_limited(src, out, m.size, archive, m.name)
+            _write_member(archive, m.name, m.size, lambda m=m: tf.extractfile(m), target)
     return dest
 
 
-def _copy_limited(src, out, declared: int, archive: Path, name: str) -> None:
+def _target(archive: Path, top: Path, name: str, is_dir: bool) -> Path:
+    """Where member `name` goes; also refused if a link already inside `top` leads out."""
+    target = top / _check_name(archive, name, is_dir)
+    if target == top:
+        return target
+    parent = target.parent.resolve()
+    if parent != top and top not in parent.parents:
+        raise PrunebenchError(f"archive {archive}: member {name!r} would be written outside "
+                              f"{top} (through an existing link)")
+    if target.is_symlink():
+        raise PrunebenchError(f"archive {archive}: member {name!r} would overwrite the link "
+                              f"{target}")
+    return target
+
+
+def _make_dir(archive: Path, name: str, target: Path) -> None:
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PrunebenchError(f"archive {archive}: folder member {name!r} cannot be created: "
+                              f"{one_line(e)}") from None
+
+
+def _write_member(archive: Path, name: str, declared: int, open_member: Callable[[], IO[bytes]],
+                  target: Path) -> None:
+    """Copy one member to `target`; on any failure remove the partial file and say why."""
+    _make_dir(archive, name, target.parent)
+    try:
+        with open_member() as src, open(target, "wb") as out:
+            _copy_limited(src, out, declared, archive, name)
+    except PrunebenchError:
+        target.unlink(missing_ok=True)
+        raise
+    except _READ_ERRORS as e:
+        if target.is_file():
+            target.unlink()
+        raise PrunebenchError(f"archive {archive}: member {name!r} cannot be extracted (corrupt, "
+                              f"larger than its header says, or clashing with a folder): "
+                              f"{one_line(e)}") from None
+
+
+def _copy_limited(src: IO[bytes], out: IO[bytes], declared: int, archive: Path,
+                  name: str) -> None:
     """Copy at most `declared` bytes; a member that inflates past its header is refused."""
     written = 0
     while chunk := src.read(1 << 20):
@@ -91,6 +184,46 @@ def _copy_limited(src, out, declared: int, archive: Path, name: str) -> None:
         out.write(chunk)
 
 
-def remove_tree(path: str | Path) -> None:
-    if os.path.isdir(path):
-        shutil.rmtree(path)
+class SafeZip:
+    """A zip archive whose members passed the `safe_extract` checks, read into memory.
+
+    `names` maps each file member's normalised path (`a/b.jpg`) to its entry; `read` returns a
+    member's bytes. Reading from several threads at once is safe (zipfile locks its file).
+    """
+
+    def __init__(self, archive: str | Path, max_bytes: int = MAX_TOTAL_BYTES) -> None:
+        self.archive = Path(archive)
+        if not zipfile.is_zipfile(self.archive):
+            raise PrunebenchError(f"archive {self.archive} is not a zip file")
+        try:
+            self._zf = zipfile.ZipFile(self.archive)
+        except _READ_ERRORS as e:
+            raise PrunebenchError(f"archive {self.archive} is not a readable zip file: "
+                                  f"{one_line(e)}") from None
+        infos = _zip_infos(self.archive, self._zf, max_bytes)
+        self.names = {str(_check_name(self.archive, i.filename)): i
+                      for i in infos if not i.is_dir()}
+
+    def read(self, name: str) -> bytes:
+        info = self.names.get(name)
+        if info is None:
+            raise PrunebenchError(f"archive {self.archive} has no member {name!r}")
+        try:
+            with self._zf.open(info) as src:
+                data = src.read(info.file_size + 1)
+        except _READ_ERRORS as e:
+            raise PrunebenchError(f"archive {self.archive}: member {name!r} is corrupt or larger "
+                                  f"than its header says: {one_line(e)}") from None
+        if len(data) > info.file_size:
+            raise PrunebenchError(f"archive {self.archive}: member {name!r} is larger than its "
+                                  "header says; refusing")
+        return data
+
+    def close(self) -> None:
+        self._zf.close()
+
+    def __enter__(self) -> SafeZip:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,201 @@
+"""safe_extract and SafeZip: hostile members are refused before anything is written, with an error
+naming the archive and the member; good archives unpack exactly."""
+from __future__ import annotations
+
+import io
+import os
+import struct
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from prunebench import archives
+from prunebench.archives import SafeZip, safe_extract
+from prunebench.errors import PrunebenchError
+
+
+def make_tar(path: Path, members: list[tuple[str, bytes | None, bytes]], mode: str = "w:gz"
+             ) -> Path:
+    """members: (name, tar type or None for a regular file, data or link target)."""
+    with tarfile.open(path, mode) as tf:
+        for name, kind, data in members:
+            info = tarfile.TarInfo(name)
+            if kind is None:
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+            else:
+                info.type = kind
+                if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+                    info.linkname = data.decode()
+                tf.addfile(info)
+    return path
+
+
+def make_zip(path: Path, members: list[tuple[str, bytes]], symlinks: dict[str, str] | None = None
+             ) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members:
+            zf.writestr(name, data)
+        for name, target in (symlinks or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (0o120777 << 16)
+            zf.writestr(info, target)
+    return path
+
+
+def outside_is_untouched(tmp_path: Path, archive: Path, dest: Path) -> None:
+    """Only the archive and the (empty) target exist: nothing was written anywhere else."""
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([archive.name, dest.name])
+    assert list(dest.iterdir()) == []
+
+
+def refused(archive: Path, dest: Path, member: str, words: str, **kw) -> str:
+    with pytest.raises(PrunebenchError) as e:
+        safe_extract(archive, dest, **kw)
+    msg = str(e.value)
+    assert str(archive) in msg and (not member or repr(member) in msg) and words in msg, msg
+    assert "\n" not in msg
+    return msg
+
+
+def test_good_tar_and_zip_unpack_exactly(tmp_path: Path) -> None:
+    files = {"top/a.txt": b"alpha", "top/sub/b.bin": bytes(range(256)) * 10}
+    tar = make_tar(tmp_path / "t.tar.gz", [("./", tarfile.DIRTYPE, b""), ("top", tarfile.DIRTYPE,
+                                           b"")] + [(n, None, d) for n, d in files.items()])
+    zp = make_zip(tmp_path / "z.zip", list(files.items()))
+    for archive in (tar, zp):
+        dest = safe_extract(archive, tmp_path / f"out-{archive.suffix}")
+        got = {p.relative_to(dest).as_posix(): p.read_bytes()
+               for p in dest.rglob("*") if p.is_file()}
+        assert got == files
+
+
+@pytest.mark.parametrize("name", ["../evil.txt", "a/../../evil.txt", "/tmp/abs-evil.txt",
+                                  "C:/evil.txt"])
+def test_tar_member_escaping_is_refused(tmp_path: Path, name: str) -> None:
+    archive = make_tar(tmp_path / "bad.tar.gz", [("ok.txt", None, b"fine"), (name, None, b"x")])
+    dest = tmp_path / "out"
+    refused(archive, dest, name, "escape")
+    outside_is_untouched(tmp_path, archive, dest)
+    assert not Path("/tmp/abs-evil.txt").exists()
+
+
+@pytest.mark.parametrize("name", ["../evil.txt", "/abs-evil.txt", "..\\evil.txt"])
+def test_zip_member_escaping_is_refused(tmp_path: Path, name: str) -> None:
+    archive = make_zip(tmp_path / "bad.zip", [("ok.txt", b"fine"), (name, b"x")])
+    dest = tmp_path / "out"
+    refused(archive, dest, name, "escape")
+    outside_is_untouched(tmp_path, archive, dest)
+
+
+@pytest.mark.parametrize("kind,words", [(tarfile.SYMTYPE, "symbolic link"),
+                                        (tarfile.LNKTYPE, "hard link"),
+                                        (tarfile.FIFOTYPE, "device file or FIFO"),
+                                        (tarfile.CHRTYPE, "device file or FIFO")])
+def test_tar_links_and_special_files_are_refused(tmp_path: Path, kind: bytes, words: str) -> None:
+    archive = make_tar(tmp_path / "bad.tar", [("ok.txt", None, b"fine"),
+                                              ("link", kind, b"/etc/passwd")], mode="w")
+    dest = tmp_path / "out"
+    refused(archive, dest, "link", words)
+    outside_is_untouched(tmp_path, archive, dest)
+
+
+def test_zip_symlink_is_refused_by_extract_and_safezip(tmp_path: Path) -> None:
+    archive = make_zip(tmp_path / "bad.zip", [("ok.txt", b"fine")], {"link": "/etc/passwd"})
+    dest = tmp_path / "out"
+    refused(archive, dest, "link", "symbolic link")
+    outside_is_untouched(tmp_path, archive, dest)
+    with pytest.raises(PrunebenchError, match="symbolic link"):
+        SafeZip(archive)
+
+
+def test_tar_bomb_refused_before_writing(tmp_path: Path) -> None:
+    archive = make_tar(tmp_path / "bomb.tar.gz", [("small.bin", None, b"x" * 100),
+                                                  ("huge.bin", None, bytes(5000))])
+    dest = tmp_path / "out"
+    refused(archive, dest, "huge.bin", "decompression bomb", max_bytes=1000)
+    outside_is_untouched(tmp_path, archive, dest)
+
+
+def test_zip_bomb_refused_before_writing(tmp_path: Path) -> None:
+    archive = make_zip(tmp_path / "bomb.zip", [("zeros.bin", bytes(4 << 20))])
+    assert archive.stat().st_size < 20_000  # 4 MiB of zeros deflate to a few KiB
+    dest = tmp_path / "out"
+    refused(archive, dest, "zeros.bin", "decompression bomb", max_bytes=1 << 20)
+    outside_is_untouched(tmp_path, archive, dest)
+    with pytest.raises(PrunebenchError, match="decompression bomb"):
+        SafeZip(archive, max_bytes=1 << 20)
+
+
+def test_too_many_members_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(archives, "MAX_MEMBERS", 3)
+    archive = make_zip(tmp_path / "many.zip", [(f"f{i}", b"") for i in range(5)])
+    dest = tmp_path / "out"
+    refused(archive, dest, "", "more than 3 members")
+    outside_is_untouched(tmp_path, archive, dest)
+
+
+def lying_zip(path: Path, real: bytes, declared: int) -> Path:
+    """A zip whose one member `big.bin` inflates to `real` but whose headers declare fewer
+    bytes (both the local header and the central directory are patched)."""
+    make_zip(path, [("big.bin", real)])
+    raw = bytearray(path.read_bytes())
+    local = raw.index(b"PK\x03\x04")
+    struct.pack_into("<I", raw, local + 22, declared)
+    central = raw.index(b"PK\x01\x02")
+    struct.pack_into("<I", raw, central + 24, declared)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_zip_member_larger_than_its_header_is_refused(tmp_path: Path) -> None:
+    archive = lying_zip(tmp_path / "lying.zip", bytes(range(256)) * 400, declared=1000)
+    assert zipfile.ZipFile(archive).getinfo("big.bin").file_size == 1000
+    dest = tmp_path / "out"
+    refused(archive, dest, "big.bin", "larger than its header")
+    assert [p for p in dest.rglob("*") if p.is_file()] == []  # the partial file was removed
+    with SafeZip(archive) as zf, pytest.raises(PrunebenchError, match="big.bin"):
+        zf.read("big.bin")
+
+
+def test_copy_guard_stops_a_stream_longer_than_declared(tmp_path: Path) -> None:
+    out = io.BytesIO()
+    with pytest.raises(PrunebenchError, match="larger than its header"):
+        archives._copy_limited(io.BytesIO(b"x" * 5000), out, 4000, tmp_path / "a.zip", "m")
+    assert len(out.getvalue()) <= 4000
+
+
+def test_existing_link_inside_target_cannot_lead_out(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "out"
+    dest.mkdir()
+    os.symlink(outside, dest / "link")
+    archive = make_tar(tmp_path / "t.tar.gz", [("link/evil.txt", None, b"x")])
+    refused(archive, dest, "link/evil.txt", "outside")
+    assert list(outside.iterdir()) == []
+
+
+def test_truncated_and_non_archives_give_one_line_errors(tmp_path: Path) -> None:
+    good = make_tar(tmp_path / "t.tar.gz", [(f"f{i}.bin", None, os.urandom(20_000))
+                                            for i in range(5)])
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    text = tmp_path / "notes.txt"
+    text.write_text("not an archive")
+    for archive in (cut, text, tmp_path / "missing.tar"):
+        with pytest.raises(PrunebenchError) as e:
+            safe_extract(archive, tmp_path / "out")
+        assert str(archive) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_safezip_reads_members_without_writing(tmp_path: Path) -> None:
+    archive = make_zip(tmp_path / "z.zip", [("d/a.txt", b"alpha"), ("d/", b"")])
+    with SafeZip(archive) as zf:
+        assert sorted(zf.names) == ["d/a.txt"]
+        assert zf.read("d/a.txt") == b"alpha"
+        with pytest.raises(PrunebenchError, match="no member 'd/b.txt'"):
+            zf.read("d/b.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z.zip"]
