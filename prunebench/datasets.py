@@ -2,16 +2,23 @@
 arrays. `prepare` (prunebench/data.py) then writes them as one checksummed tensor file."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import io
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from prunebench.archives import safe_extract
+from prunebench.archives import one_line, safe_extract
 from prunebench.errors import PrunebenchError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+READ_THREADS = 8  # most image decoding threads (fewer when fewer CPUs are allotted)
+READ_CHUNK = 512  # images per thread-pool task
 
 
 @dataclass
@@ -72,18 +79,73 @@ def digits(args: SourceArgs) -> RawDataset:
     return RawDataset(tr_x, tr_y, te_x, te_y, [str(c) for c in range(10)])
 
 
-def _read_image(path: Path) -> np.ndarray:
+def _read_image(item: Path | str, mode: str | None,
+                load: Callable[[Any], bytes] | None = None) -> np.ndarray:
+    """One image as uint8 (C, H, W): converted to `mode`, else kept if grayscale or RGB.
+    `item` is a path, or a name that `load` turns into the file's bytes."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(load(item)) if load else item) as img:
             img.load()
-            arr = np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
+            if mode is not None and img.mode != mode:
+                img = img.convert(mode)
+            elif mode is None and img.mode not in ("L", "RGB"):
+                img = img.convert("RGB")
+            arr = np.asarray(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise PrunebenchError(f"image {path} cannot be read: {e}") from None
+        raise PrunebenchError(f"image {item} cannot be read: {one_line(e)}") from None
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return arr.transpose(2, 0, 1)
+
+
+def read_threads() -> int:
+    """Decoding threads: the CPUs this process may use (as SLURM allots them), at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(READ_THREADS, cpus))
+
+
+def read_images(items: Sequence[Any], mode: str | None = None,
+                load: Callable[[Any], bytes] | None = None) -> np.ndarray:
+    """Decode images (paths, or names that `load` turns into bytes) into one uint8 (N, C, H, W)
+    array; every image must have the same shape.
+
+    Decoding runs in a thread pool (Pillow and zlib release the GIL while decoding); an error
+    names the first bad image in `items` order.
+    """
+    if not items:
+        raise PrunebenchError("no images to read")
+    first = _read_image(items[0], mode, load)
+    out = np.empty((len(items), *first.shape), dtype=np.uint8)
+    out[0] = first
+
+    def work(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            arr = _read_image(items[i], mode, load)
+            if arr.shape != first.shape:
+                raise PrunebenchError(
+                    f"image {items[i]} is {'x'.join(map(str, arr.shape))} (CxHxW) but "
+                    f"{items[0]} is {'x'.join(map(str, first.shape))}; all images must share "
+                    "one size and channel count")
+            out[i] = arr
+
+    chunks = [(lo, min(lo + READ_CHUNK, len(items))) for lo in range(1, len(items), READ_CHUNK)]
+    threads = read_threads()
+    if threads == 1:
+        for lo, hi in chunks:
+            work(lo, hi)
+        return out
+    pool = ThreadPoolExecutor(max_workers=threads)
+    try:
+        for future in [pool.submit(work, lo, hi) for lo, hi in chunks]:
+            future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return out
 
 
 def read_class_tree(split_dir: Path, classes: list[str] | None = None
@@ -101,23 +163,15 @@ def read_class_tree(split_dir: Path, classes: list[str] | None = None
             f"missing {missing or 'none'}, unexpected {extra or 'none'}")
     if not classes:
         raise PrunebenchError(f"image folder {split_dir} has no class sub-folders")
-    images, labels, shape = [], [], None
+    files, labels = [], []
     for label, name in enumerate(classes):
-        files = sorted(p for p in (split_dir / name).iterdir()
-                       if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
+        found_files = sorted(p for p in (split_dir / name).iterdir()
+                             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not found_files:
             raise PrunebenchError(f"class folder {split_dir / name} holds no .jpg/.png image")
-        for f in files:
-            arr = _read_image(f)
-            if shape is None:
-                shape = arr.shape
-            elif arr.shape != shape:
-                raise PrunebenchError(
-                    f"image {f} has shape {arr.shape} (C,H,W), others in {split_dir} {shape}; "
-                    "all images must share one size")
-            images.append(arr)
-            labels.append(label)
-    return np.stack(images), np.asarray(labels, dtype=np.int64), classes
+        files += found_files
+        labels += [label] * len(found_files)
+    return read_images(files), np.asarray(labels, dtype=np.int64), classes
 
 
 @register_source("imagefolder")
@@ -129,8 +183,21 @@ def imagefolder(args: SourceArgs) -> RawDataset:
     root = Path(args.root)
     if not root.exists():
         raise PrunebenchError(f"imagefolder data_root {root} does not exist")
-    if root.is_file():
-        root = _find_tree(safe_extract(root, args.work / "imagefolder-src"))
+    if not root.is_file():
+        return _read_tree(root)
+    scratch = args.work / "imagefolder-extracted"
+    shutil.rmtree(scratch, ignore_errors=True)  # never mix in an earlier archive's files
+    try:
+        tree = _find_tree(safe_extract(root, scratch))
+        try:
+            return _read_tree(tree)
+        except PrunebenchError as e:
+            raise PrunebenchError(f"{e} (in archive {root})") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _read_tree(root: Path) -> RawDataset:
     tr_x, tr_y, classes = read_class_tree(root / "train")
     te_x, te_y, _ = read_class_tree(root / "test", classes)
     if tr_x.shape[1:] != te_x.shape[1:]:

@@ -1,0 +1,462 @@
+"""Dataset sources end to end: tiny fake archives in the real formats (CIFAR python tarballs with
+Python-2-style pickles, the TinyImageNet zip layout) served by a local HTTP server, prepared
+through the real download path; image folders and archives; the shared CIFAR-10 JPEG copy."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import struct
+import subprocess
+import tarfile
+import threading
+import zipfile
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import PYTHON, REPO, cli_env
+from PIL import Image
+
+from prunebench import datasets, downloads
+from prunebench.data import load_prepared, prepare
+from prunebench.errors import PrunebenchError
+
+SHARED_CIFAR_JPEG = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-jpeg.tar.gz"
+
+
+# -- a local HTTP server -------------------------------------------------------------------------
+
+class Server:
+    """Serves files from `root` on 127.0.0.1 and records every requested path."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                server.requests.append(self.path)
+                super().do_GET()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0),
+                                         functools.partial(Handler, directory=str(root)))
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("served")
+    make_cifar10_tarball(root / "cifar-10-python.tar.gz")
+    make_cifar100_tarball(root / "cifar-100-python.tar.gz")
+    make_tinyimagenet_zip(root / "tiny-imagenet-200.zip")
+    server = Server(root)
+    yield server
+    server.close()
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+# -- fake CIFAR tarballs -------------------------------------------------------------------------
+
+class Py2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2 `str` opcodes, as cPickle did for the official CIFAR files."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
+def py2_pickle(obj: object) -> bytes:
+    buf = io.BytesIO()
+    Py2Pickler(buf, protocol=2).dump(obj)
+    # numpy 1.x, which wrote the originals, lived at numpy.core
+    return buf.getvalue().replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+
+
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                 "truck"]
+CIFAR100_NAMES = [f"fine{i:02d}" for i in range(100)]
+
+
+def cifar_images(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 3072), dtype=np.uint8)
+
+
+def add_bytes(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tf.addfile(info, io.BytesIO(data))
+
+
+def cifar10_batch(i: int) -> dict[bytes, object]:
+    """Batch `i` (1..5 train, 6 test): 3 images, labels 3i, 3i+1, 3i+2 mod 10."""
+    return {b"batch_label": f"batch {i}".encode(), b"labels": [(3 * i + k) % 10 for k in range(3)],
+            b"data": cifar_images(3, i), b"filenames": [f"img{i}_{k}.png".encode()
+                                                         for k in range(3)]}
+
+
+def make_cifar10_tarball(path: Path) -> None:
+    with tarfile.open(path, "w:gz") as tf:
+        add_bytes(tf, "cifar-10-batches-py/batches.meta", py2_pickle({
+            b"label_names": [n.encode() for n in CIFAR10_NAMES], b"num_cases_per_batch": 3,
+            b"num_vis": 3072}))
+        for i in range(1, 6):
+            add_bytes(tf, f"cifar-10-batches-py/data_batch_{i}", py2_pickle(cifar10_batch(i)))
+        add_bytes(tf, "cifar-10-batches-py/test_batch", py2_pickle(cifar10_batch(6)))
+        add_bytes(tf, "cifar-10-batches-py/readme.html", b"<html></html>")
+
+
+def cifar100_split(n: int, seed: int) -> dict[bytes, object]:
+    fine = [(seed * 37 + 11 * k) % 100 for k in range(n)]
+    return {b"filenames": [b"x.png"] * n, b"batch_label": b"b", b"fine_labels": fine,
+            b"coarse_labels": [f // 5 for f in fine], b"data": cifar_images(n, 100 + seed)}
+
+
+def make_cifar100_tarball(path: Path) -> None:
+    with tarfile.open(path, "w:gz") as tf:
+        add_bytes(tf, "cifar-100-python/meta", py2_pickle({
+            b"fine_label_names": [n.encode() for n in CIFAR100_NAMES],
+            b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)]}))
+        add_bytes(tf, "cifar-100-python/train", py2_pickle(cifar100_split(7, 1)))
+        add_bytes(tf, "cifar-100-python/test", py2_pickle(cifar100_split(4, 2)))
+        add_bytes(tf, "cifar-100-python/file.txt~", b"")
+
+
+# -- fake TinyImageNet zip -----------------------------------------------------------------------
+
+TINY_WNIDS = ["n09999999", "n01443537", "n04067472"]  # wnids.txt is not sorted
+TINY_TRAIN = 3  # images per class
+# (file name, wnid) in val_annotations.txt order: the official val folder is flat and unsorted
+TINY_VAL = [("val_0.JPEG", "n04067472"), ("val_1.JPEG", "n01443537"), ("val_2.JPEG", "n09999999"),
+            ("val_3.JPEG", "n01443537"), ("val_4.JPEG", "n04067472")]
+
+
+def tiny_colour(kind: str, wnid: str, k: int) -> tuple[int, int, int]:
+    """A solid colour (survives JPEG within a few levels) that identifies one image."""
+    return (40 * sorted(TINY_WNIDS).index(wnid) + 20, 30 * k + 10, 60 if kind == "train" else 200)
+
+
+def jpeg(colour: tuple[int, int, int], size: int = 64, grey: bool = False) -> bytes:
+    img = Image.new("RGB", (size, size), colour)
+    if grey:
+        img = img.convert("L")
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def make_tinyimagenet_zip(path: Path) -> None:
+    base = "tiny-imagenet-200/"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(base + "wnids.txt", "\n".join(TINY_WNIDS) + "\n")
+        zf.writestr(base + "words.txt", "".join(f"{w}\tthing {w}\n" for w in TINY_WNIDS))
+        for w in TINY_WNIDS:
+            zf.writestr(f"{base}train/{w}/{w}_boxes.txt", "")
+            for k in range(TINY_TRAIN):
+                zf.writestr(f"{base}train/{w}/images/{w}_{k}.JPEG",
+                            jpeg(tiny_colour("train", w, k), grey=(w, k) == ("n01443537", 1)))
+        ann = []
+        for k, (name, w) in enumerate(TINY_VAL):
+            zf.writestr(f"{base}val/images/{name}", jpeg(tiny_colour("val", w, k)))
+            ann.append(f"{name}\t{w}\t0\t0\t63\t63\n")
+        zf.writestr(base + "val/val_annotations.txt", "".join(ann))
+        zf.writestr(base + "test/images/test_0.JPEG", jpeg((1, 2, 3)))
+
+
+# -- download sources end to end -----------------------------------------------------------------
+
+def test_official_sources_are_pinned() -> None:
+    a = downloads.ARCHIVES
+    assert a["cifar10"].url == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    assert a["cifar10"].checksum == "md5:c58f30108f718f92721af3b95e74349a"
+    assert a["cifar100"].url == "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+    assert a["cifar100"].checksum == "md5:eb9058c3a382ffc7106e4002c42a8d85"
+    assert a["tinyimagenet"].url == "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+    assert a["tinyimagenet"].checksum == "md5:90528d7ca1a48142e341f4ef8d21d0de"
+
+
+def test_cifar10_downloaded_and_parsed(served: Server, tmp_path: Path) -> None:
+    archive = served.root / "cifar-10-python.tar.gz"
+    prepare("cifar10", tmp_path, url=served.url(archive.name), checksum=md5(archive))
+    data = load_prepared("cifar10", tmp_path)
+    t, m = data.tensors, data.manifest
+    assert m["classes"] == CIFAR10_NAMES and m["num_classes"] == 10
+    assert m["image_shape"] == [3, 32, 32] and (m["num_train"], m["num_test"]) == (15, 3)
+    train = [cifar10_batch(i) for i in range(1, 6)]
+    expect_x = np.concatenate([b[b"data"] for b in train]).reshape(-1, 3, 32, 32)
+    assert np.array_equal(t["train_x"].numpy(), expect_x)
+    assert t["train_y"].tolist() == [y for b in train for y in b[b"labels"]]
+    assert np.array_equal(t["test_x"].numpy(), cifar10_batch(6)[b"data"].reshape(-1, 3, 32, 32))
+    assert t["test_y"].tolist() == cifar10_batch(6)[b"labels"]
+    # channel-first layout: the first 1024 values of a row are the red plane
+    assert np.array_equal(t["train_x"][0, 0].numpy().ravel(), train[0][b"data"][0, :1024])
+    assert m["mean"] == pytest.approx([0.4914, 0.4822, 0.4465])  # the published statistics
+    assert (tmp_path / "raw" / archive.name).is_file()
+    assert not (tmp_path / "raw" / "cifar10-extracted").exists()
+
+
+def test_cifar100_uses_fine_labels(served: Server, tmp_path: Path) -> None:
+    archive = served.root / "cifar-100-python.tar.gz"
+    prepare("cifar100", tmp_path, url=served.url(archive.name), checksum=md5(archive))
+    data = load_prepared("cifar100", tmp_path)
+    assert data.manifest["classes"] == CIFAR100_NAMES
+    assert data.tensors["train_y"].tolist() == cifar100_split(7, 1)[b"fine_labels"]
+    assert data.tensors["test_y"].tolist() == cifar100_split(4, 2)[b"fine_labels"]
+    assert tuple(data.tensors["test_x"].shape) == (4, 3, 32, 32)
+    assert np.array_equal(data.tensors["test_x"].numpy().reshape(4, -1),
+                          cifar100_split(4, 2)[b"data"])
+
+
+def test_tinyimagenet_classes_sorted_and_val_regrouped(served: Server, tmp_path: Path) -> None:
+    archive = served.root / "tiny-imagenet-200.zip"
+    prepare("tinyimagenet", tmp_path, url=served.url(archive.name), checksum=md5(archive))
+    data = load_prepared("tinyimagenet", tmp_path)
+    t, classes = data.tensors, data.manifest["classes"]
+    assert classes == sorted(TINY_WNIDS)
+    assert tuple(t["train_x"].shape) == (9, 3, 64, 64)
+    assert tuple(t["test_x"].shape) == (5, 3, 64, 64)
+    assert t["train_y"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    for i, (w, k) in enumerate((w, k) for w in sorted(TINY_WNIDS) for k in range(TINY_TRAIN)):
+        got = t["train_x"][i].float().mean(dim=(1, 2))
+        want = np.array(tiny_colour("train", w, k), dtype=np.float32)
+        if (w, k) == ("n01443537", 1):  # stored grayscale: three equal channels
+            assert got[0] == got[1] == got[2]
+            want = np.full(3, Image.new("RGB", (1, 1), tuple(map(int, want))).convert("L")
+                           .getpixel((0, 0)), dtype=np.float32)
+        assert np.abs(got.numpy() - want).max() <= 3, (i, got, want)
+    # val regrouped by class (sorted wnid), then by file name; val serves as the test split
+    order = sorted((sorted(TINY_WNIDS).index(w), name, k) for k, (name, w) in enumerate(TINY_VAL))
+    assert t["test_y"].tolist() == [c for c, _, _ in order] == [0, 0, 1, 1, 2]
+    for i, (c, _, k) in enumerate(order):
+        want = np.array(tiny_colour("val", sorted(TINY_WNIDS)[c], k), dtype=np.float32)
+        assert np.abs(t["test_x"][i].float().mean(dim=(1, 2)).numpy() - want).max() <= 3
+    assert not any(p.is_dir() for p in (tmp_path / "raw").iterdir())  # nothing unpacked
+
+
+def test_wrong_checksum_refused_and_file_removed(served: Server, tmp_path: Path) -> None:
+    archive = served.root / "cifar-10-python.tar.gz"
+    with pytest.raises(PrunebenchError) as e:  # a mirror serving another file: pinned md5 fails
+        prepare("cifar10", tmp_path, url=served.url(archive.name))
+    msg = str(e.value)
+    dest = tmp_path / "raw" / archive.name
+    assert str(dest) in msg and "c58f30108f718f92721af3b95e74349a" in msg and md5(archive) in msg
+    assert "\n" not in msg
+    assert list((tmp_path / "raw").iterdir()) == []  # neither the file nor a partial download
+    with pytest.raises(PrunebenchError, match="expected 0{32}"):
+        prepare("cifar10", tmp_path, url=served.url(archive.name), checksum="md5:" + "0" * 32)
+    assert list((tmp_path / "raw").iterdir()) == []
+
+
+def test_sha256_override_accepted(served: Server, tmp_path: Path) -> None:
+    archive = served.root / "cifar-10-python.tar.gz"
+    sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    prepare("cifar10", tmp_path, url=served.url(archive.name), checksum=f"sha256:{sha}")
+    assert load_prepared("cifar10", tmp_path).manifest["num_train"] == 15
+
+
+def test_verified_archive_not_downloaded_again(served: Server, tmp_path: Path) -> None:
+    archive = served.root / "cifar-10-python.tar.gz"
+    url, digest = served.url(archive.name), md5(archive)
+    before = len(served.requests)
+    prepare("cifar10", tmp_path, url=url, checksum=digest)
+    assert len(served.requests) == before + 1
+    prepare("cifar10", tmp_path, url=url, checksum=digest)
+    assert len(served.requests) == before + 1
+    # an archive placed by hand under --root is used as it is
+    root = tmp_path / "archives"
+    root.mkdir()
+    shutil.copy(archive, root / archive.name)
+    prepare("cifar10", tmp_path / "other", root=str(root), url=url, checksum=digest)
+    assert len(served.requests) == before + 1
+    # a damaged copy is replaced by a fresh download
+    (root / archive.name).write_bytes(b"truncated")
+    prepare("cifar10", tmp_path / "other", root=str(root), url=url, checksum=digest)
+    assert len(served.requests) == before + 2 and md5(root / archive.name) == digest
+
+
+def test_download_failure_is_one_line(served: Server, tmp_path: Path) -> None:
+    url = served.url("no-such-file.tar.gz")
+    with pytest.raises(PrunebenchError) as e:
+        prepare("cifar10", tmp_path, url=url, checksum="0" * 32)
+    assert url in str(e.value) and "404" in str(e.value) and "\n" not in str(e.value)
+    assert list((tmp_path / "raw").iterdir()) == []
+    with pytest.raises(PrunebenchError, match="checksum 'abc' is not valid"):
+        prepare("cifar10", tmp_path, url=url, checksum="abc")
+
+
+def test_cifar_pickle_cannot_run_code(served: Server, tmp_path: Path) -> None:
+    """Even with a matching checksum, a batch file naming any global but numpy's array
+    builders is refused before it runs."""
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self) -> tuple:
+            return (os.system, (f"touch {marker}",))
+
+    bad = tmp_path / "evil.tar.gz"
+    with tarfile.open(bad, "w:gz") as tf:
+        add_bytes(tf, "cifar-10-batches-py/batches.meta", pickle.dumps(Evil(), protocol=2))
+    with pytest.raises(PrunebenchError, match="batches.meta cannot be read.*not allowed"):
+        prepare("cifar10", tmp_path / "d", url=bad.as_uri(), checksum=md5(bad))
+    assert not marker.exists()
+
+
+def test_cli_prepare_cifar10(served: Server, tmp_path: Path) -> None:
+    archive = served.root / "cifar-10-python.tar.gz"
+    proc = subprocess.run(
+        [PYTHON, "-m", "prunebench", "prepare", "--dataset", "cifar10", "--data-dir",
+         str(tmp_path), "--url", served.url(archive.name), "--checksum", md5(archive)],
+        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(tmp_path / "cifar10.pt")
+    assert load_prepared("cifar10", tmp_path).manifest["num_test"] == 3
+
+
+# -- imagefolder ---------------------------------------------------------------------------------
+
+def colour(label: int, k: int) -> tuple[int, int, int]:
+    return (50 * label + 10, 20 * k + 5, 99)
+
+
+def make_tree(root: Path, classes: tuple[str, ...] = ("cat", "dog"), n: int = 3,
+              size: int = 8) -> Path:
+    """root/{train,test}/<class>/<k>.png|jpg, solid colours; PNG except one JPEG per class."""
+    for split in ("train", "test"):
+        for label, name in enumerate(classes):
+            d = root / split / name
+            d.mkdir(parents=True)
+            for k in range(n):
+                img = Image.new("RGB", (size, size), colour(label, k))
+                img.save(d / (f"{k}.jpg" if k == n - 1 else f"{k}.png"), quality=95)
+            (d / "notes.txt").write_text("ignored")
+    return root
+
+
+def check_tree_data(data_dir: Path, n: int = 3) -> None:
+    data = load_prepared("imagefolder", data_dir)
+    t = data.tensors
+    assert data.manifest["classes"] == ["cat", "dog"]
+    assert tuple(t["train_x"].shape) == tuple(t["test_x"].shape) == (2 * n, 3, 8, 8)
+    assert t["train_y"].tolist() == [0] * n + [1] * n
+    for i in range(2 * n):
+        want = np.array(colour(i // n, i % n))
+        got = t["train_x"][i, :, 0, 0].numpy().astype(int)
+        assert np.abs(got - want).max() <= (3 if i % n == n - 1 else 0)  # JPEG or exact PNG
+
+
+def test_imagefolder_tree(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "tree")
+    prepare("imagefolder", tmp_path / "data", root=str(tree))
+    check_tree_data(tmp_path / "data")
+
+
+def test_imagefolder_archive(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "tree")
+    archive = tmp_path / "tree.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(tree, arcname="mydata")
+    data_dir = tmp_path / "data"
+    (data_dir / "raw" / "imagefolder-extracted" / "train" / "stale").mkdir(parents=True)
+    prepare("imagefolder", data_dir, root=str(archive))
+    check_tree_data(data_dir)
+    assert not (data_dir / "raw" / "imagefolder-extracted").exists()
+
+
+def one_line_error(data_dir: Path, root: Path) -> str:
+    with pytest.raises(PrunebenchError) as e:
+        prepare("imagefolder", data_dir, root=str(root))
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_imagefolder_class_mismatch_names_the_folder(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "tree")
+    (tree / "test" / "dog").rename(tree / "test" / "wolf")
+    msg = one_line_error(tmp_path / "data", tree)
+    assert str(tree / "test") in msg and "['dog']" in msg and "['wolf']" in msg
+
+
+def test_imagefolder_unreadable_image_names_the_file(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "tree")
+    bad = tree / "train" / "dog" / "1.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    assert str(bad) in one_line_error(tmp_path / "data", tree)
+
+
+def test_imagefolder_mixed_sizes_names_the_file(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "tree")
+    odd = tree / "test" / "cat" / "1.png"
+    Image.new("RGB", (9, 8)).save(odd)
+    msg = one_line_error(tmp_path / "data", tree)
+    assert str(odd) in msg and "3x8x9" in msg
+
+
+def test_imagefolder_errors_inside_an_archive_name_it(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "tree")
+    (tree / "train" / "cat" / "0.png").write_bytes(b"not an image")
+    archive = tmp_path / "tree.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted(tree.rglob("*")):
+            zf.write(p, p.relative_to(tree).as_posix())
+    msg = one_line_error(tmp_path / "data", archive)
+    assert "train/cat/0.png" in msg and str(archive) in msg
+
+
+def test_parallel_read_reports_first_bad_file(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(datasets, "READ_CHUNK", 2)
+    monkeypatch.setattr(datasets, "read_threads", lambda: 4)
+    files = []
+    for k in range(21):
+        f = tmp_path / f"{k:02d}.png"
+        Image.new("RGB", (4, 4), (k, 2 * k, 3 * k)).save(f)
+        files.append(f)
+    x = datasets.read_images(files)
+    assert x.shape == (21, 3, 4, 4) and x[:, 1, 0, 0].tolist() == [2 * k for k in range(21)]
+    Image.new("RGB", (5, 4)).save(files[17])
+    files[13].write_bytes(b"junk")
+    with pytest.raises(PrunebenchError, match="13.png cannot be read"):
+        datasets.read_images(files)
+
+
+@pytest.mark.slow
+def test_shared_cifar10_jpeg_copy(tmp_path: Path) -> None:
+    """The real CIFAR-10 (JPEG re-encoded) through the imagefolder path."""
+    if not SHARED_CIFAR_JPEG.is_file():
+        pytest.skip(f"the shared CIFAR-10 JPEG copy is absent ({SHARED_CIFAR_JPEG})")
+    prepare("imagefolder", tmp_path, root=str(SHARED_CIFAR_JPEG))
+    data = load_prepared("imagefolder", tmp_path)
+    t, m = data.tensors, data.manifest
+    assert (m["num_train"], m["num_test"]) == (50_000, 10_000)
+    assert m["image_shape"] == [3, 32, 32] and m["num_classes"] == 10
+    assert m["classes"] == sorted(CIFAR10_NAMES)
+    assert np.bincount(t["train_y"].numpy()).tolist() == [5000] * 10
+    assert np.bincount(t["test_y"].numpy()).tolist() == [1000] * 10
+    assert m["mean"] == pytest.approx([0.491, 0.482, 0.447], abs=0.003)
