@@ -41,7 +41,9 @@ def budget_label(sparsity: float) -> str:
 
 
 def _palette(labels: list[str]) -> dict[str, Any]:
-    colors = sns.color_palette("colorblind", n_colors=max(len(labels), 1))
+    """One colour per method label, the same in every figure of a results set."""
+    name = "colorblind" if len(labels) <= 10 else "husl"
+    colors = sns.color_palette(name, n_colors=max(len(labels), 1))
     return dict(zip(labels, colors, strict=False))
 
 
@@ -141,14 +143,14 @@ def accuracy_vs_sparsity(runs: pd.DataFrame, settings: pd.DataFrame, published: 
     labels = sorted(set(ok["label"]) | set(pub["method"]))
     handles = [Line2D([], [], color=palette.get(lab, "black"), marker="o", label=lab)
                for lab in labels]
-    handles += [Line2D([], [], color="grey", marker="o", label="ours, budget: mean ± std"),
-                Line2D([], [], color="grey", marker="D", linestyle="",
+    handles += [Line2D([], [], color="black", marker="o", label="ours, budget: mean ± std"),
+                Line2D([], [], color="black", marker="D", linestyle="",
                        label="ours, no budget: mean ± std (x and y)")]
     if len(pub):
-        handles.append(Line2D([], [], color="grey", marker="*", markersize=11, linestyle="",
+        handles.append(Line2D([], [], color="white", marker="*", markersize=11, linestyle="",
                               markeredgecolor="black", label="published"))
     if off_axis:
-        handles.append(Line2D([], [], color="grey", linestyle=":",
+        handles.append(Line2D([], [], color="black", linestyle=":",
                               label="published, sparsity not reported"))
     ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     n_seeds = sorted(set(ok["seed"].dropna().astype(int)))
@@ -239,7 +241,8 @@ def _budget_order(label: str) -> tuple[int, float]:
     return (0, 0.0) if label == "no budget" else (1, float(label.split()[-1]))
 
 
-def layer_density(layers: pd.DataFrame, dataset: str, arch: str) -> tuple[plt.Figure, str]:
+def layer_density(layers: pd.DataFrame, dataset: str, arch: str, palette: dict[str, Any]
+                  ) -> tuple[plt.Figure, str]:
     """Per-layer density of the extracted networks, mean ± std over seeds."""
     order = (layers.groupby("layer")["row_index"].min().sort_values().index.tolist())
     layers = layers.assign(layer_pos=layers["layer"].map({n: i for i, n in enumerate(order)}))
@@ -249,7 +252,7 @@ def layer_density(layers: pd.DataFrame, dataset: str, arch: str) -> tuple[plt.Fi
                        col="budget", col_order=budgets,
                        col_wrap=min(2 if len(order) > 12 else 3, len(budgets)),
                        kind="line", marker="o", errorbar="sd", height=2.8,
-                       aspect=max(1.2, 0.3 * len(order) / 2.8), palette="colorblind")
+                       aspect=max(1.2, 0.3 * len(order) / 2.8), palette=palette)
     grid.set_titles("{col_name}")
     grid.set_axis_labels("layer", "density (fraction kept)")
     if grid.legend is not None:
@@ -324,7 +327,7 @@ def build_figures(results: str | Path, published_path: str | Path, out_dir: str 
         else:
             layers = _tag(layers, tagged)
             add("layer_density", _slug("layer_density", dataset, arch),
-                lambda lay=layers, d=dataset, a=arch: layer_density(lay, d, a),
+                lambda lay=layers, d=dataset, a=arch: layer_density(lay, d, a, palette),
                 dataset=dataset, arch=arch)
     matched = match_published(settings, published)
     if matched.empty:
