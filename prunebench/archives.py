@@ -26,7 +26,7 @@ _READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, tarfile.TarError, OSEr
                 NotImplementedError, RuntimeError)
 
 
-def one_line(e: BaseException) -> str:
+def one_line(e: object) -> str:
     """An exception's text on one line (tarfile lists each method it tried on its own line)."""
     return " ".join(str(e).split()) or type(e).__name__
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from prunebench import paths
+from prunebench.archives import one_line
 from prunebench.datasets import RawDataset, SourceArgs, get_source
 from prunebench.errors import PrunebenchError
 from prunebench.fileio import save_torch, sha256_file, write_json
@@ -116,6 +117,9 @@ def load_prepared(name: str, data_dir: str | Path) -> PreparedData:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as e:
         raise PrunebenchError(f"dataset manifest {manifest_path} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict):
+        raise PrunebenchError(f"dataset manifest {manifest_path} holds a {type(manifest).__name__}"
+                              f", not an object; prepare the dataset again")
     digest = sha256_file(tensor_path)
     if digest != manifest.get("sha256"):
         raise PrunebenchError(
@@ -125,7 +129,8 @@ def load_prepared(name: str, data_dir: str | Path) -> PreparedData:
     try:
         tensors = torch.load(tensor_path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise PrunebenchError(f"dataset file {tensor_path} cannot be loaded: {e}") from None
+        raise PrunebenchError(f"dataset file {tensor_path} cannot be loaded: "
+                              f"{one_line(e)}") from None
     return PreparedData(tensors, manifest)
 
 
