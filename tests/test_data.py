@@ -62,8 +62,8 @@ def test_augment_flip_mirrors_about_half() -> None:
     gen = torch.Generator().manual_seed(0)
     out = augment(x, crop_padding=0, flip=True, generator=gen)
     flipped = torch.tensor([torch.equal(o, xi.flip(2)) and not torch.equal(o, xi)
-                            for o, xi in zip(out, x)])
-    same = torch.tensor([torch.equal(o, xi) for o, xi in zip(out, x)])
+                            for o, xi in zip(out, x, strict=True)])
+    same = torch.tensor([torch.equal(o, xi) for o, xi in zip(out, x, strict=True)])
     assert bool((flipped | same).all())
     assert 0.45 < flipped.float().mean() < 0.55
 

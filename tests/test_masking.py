@@ -43,7 +43,7 @@ def test_ties_break_by_position_deterministically() -> None:
     masks = global_topk_masks(scores, 5)
     assert masks[0].tolist() == [True] * 4
     assert masks[1].tolist() == [True, False, False]
-    assert all(torch.equal(a, b) for a, b in zip(masks, global_topk_masks(scores, 5)))
+    assert all(torch.equal(a, b) for a, b in zip(masks, global_topk_masks(scores, 5), strict=True))
 
 
 @given(numels=st.lists(st.integers(1, 10_000), min_size=1, max_size=12), frac=st.floats(0, 1))
@@ -51,8 +51,8 @@ def test_layer_budgets_sum_exactly(numels: list[int], frac: float) -> None:
     k = int(frac * sum(numels))
     counts = layer_budgets(numels, k)
     assert sum(counts) == k
-    assert all(0 <= c <= n for c, n in zip(counts, numels))
-    assert all(abs(c - k * n / sum(numels)) < 1 for c, n in zip(counts, numels))
+    assert all(0 <= c <= n for c, n in zip(counts, numels, strict=True))
+    assert all(abs(c - k * n / sum(numels)) < 1 for c, n in zip(counts, numels, strict=True))
 
 
 @pytest.mark.parametrize("arch", ARCHS)

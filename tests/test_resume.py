@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import PYTHON, REPO, cli_env
 
 VOLATILE = {"train_seconds", "wall_seconds", "run_dir"}
