@@ -5,14 +5,15 @@ Every member is checked before anything is written: names that would escape the 
 and so are archives whose declared member sizes add up to more than a limit (decompression
 bombs). While copying, a member may not grow past its declared size. Errors name the archive
 and the member. `SafeZip` applies the same checks but reads members into memory, writing
-nothing (for archives of many small images, where unpacking costs more than reading).
+nothing, and `read_files` reads a tar's or zip's files into memory the same way (for archives
+of many small images, where unpacking and deleting costs more than reading).
 """
 from __future__ import annotations
 
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -73,11 +74,10 @@ def _zip_infos(archive: Path, zf: zipfile.ZipFile, max_bytes: int) -> list[zipfi
     return infos
 
 
-def _tar_members(archive: Path, tf: tarfile.TarFile, max_bytes: int) -> list[tarfile.TarInfo]:
+def _iter_tar(archive: Path, tf: tarfile.TarFile, max_bytes: int) -> Iterator[tarfile.TarInfo]:
     """The members of a tar, checked one by one while the (possibly compressed) stream is read,
     so a bomb is refused as soon as its declared sizes pass the limit."""
     totals = _Totals(archive, max_bytes)
-    members = []
     try:
         for m in tf:
             _check_name(archive, m.name, m.isdir())
@@ -87,11 +87,18 @@ def _tar_members(archive: Path, tf: tarfile.TarFile, max_bytes: int) -> list[tar
                 raise PrunebenchError(f"archive {archive}: member {m.name!r} is {what}; only "
                                       "regular files and folders are allowed")
             totals.add(m.name, m.size)
-            members.append(m)
+            yield m
     except _READ_ERRORS as e:
-        raise PrunebenchError(f"archive {archive} is damaged after {len(members)} members: "
+        raise PrunebenchError(f"archive {archive} is damaged after {totals.count} members: "
                               f"{one_line(e)}") from None
-    return members
+
+
+def _open_tar(archive: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(archive)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise PrunebenchError(f"archive {archive} is not a readable tar or zip file: "
+                              f"{one_line(e)}") from None
 
 
 def safe_extract(archive: str | Path, dest: str | Path, max_bytes: int = MAX_TOTAL_BYTES) -> Path:
@@ -116,13 +123,8 @@ def safe_extract(archive: str | Path, dest: str | Path, max_bytes: int = MAX_TOT
                 _write_member(archive, info.filename, info.file_size, lambda i=info: zf.open(i),
                               target)
         return dest
-    try:
-        tf = tarfile.open(archive)
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise PrunebenchError(f"archive {archive} is not a readable tar or zip file: "
-                              f"{one_line(e)}") from None
-    with tf:
-        for m in _tar_members(archive, tf, max_bytes):
+    with _open_tar(archive) as tf:
+        for m in list(_iter_tar(archive, tf, max_bytes)):  # check all before writing any
             target = _target(archive, top, m.name, m.isdir())
             if m.isdir():
                 _make_dir(archive, m.name, target)
@@ -200,9 +202,9 @@ class SafeZip:
         except _READ_ERRORS as e:
             raise PrunebenchError(f"archive {self.archive} is not a readable zip file: "
                                   f"{one_line(e)}") from None
-        infos = _zip_infos(self.archive, self._zf, max_bytes)
+        self.infos = _zip_infos(self.archive, self._zf, max_bytes)
         self.names = {str(_check_name(self.archive, i.filename)): i
-                      for i in infos if not i.is_dir()}
+                      for i in self.infos if not i.is_dir()}
 
     def read(self, name: str) -> bytes:
         info = self.names.get(name)
@@ -227,3 +229,49 @@ class SafeZip:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_files(archive: str | Path, keep: Callable[[str], bool] = lambda name: True,
+               max_bytes: int = MAX_TOTAL_BYTES) -> tuple[dict[str, bytes], set[str]]:
+    """The bytes of every file member that `keep` accepts, by normalised path (`a/b.jpg`), and
+    every folder (listed or implied), after the `safe_extract` checks; nothing is written.
+    For archives of many small files, where unpacking and deleting costs more than reading."""
+    archive = Path(archive)
+    if not archive.is_file():
+        raise PrunebenchError(f"archive {archive} does not exist")
+    files: dict[str, bytes] = {}
+    dirs: set[str] = set()
+    if zipfile.is_zipfile(archive):
+        with SafeZip(archive, max_bytes) as zf:
+            dirs.update(str(_check_name(archive, i.filename, True))
+                        for i in zf.infos if i.is_dir())
+            for name in zf.names:
+                if keep(name):
+                    files[name] = zf.read(name)
+    else:
+        with _open_tar(archive) as tf:
+            for m in _iter_tar(archive, tf, max_bytes):
+                name = str(_check_name(archive, m.name, m.isdir()))
+                if m.isdir():
+                    dirs.add(name)
+                elif keep(name):
+                    files[name] = _read_tar_member(archive, tf, m)
+    for name in list(files) + list(dirs):
+        dirs.update(str(p) for p in PurePosixPath(name).parents)
+    dirs.discard(".")
+    return files, dirs
+
+
+def _read_tar_member(archive: Path, tf: tarfile.TarFile, m: tarfile.TarInfo) -> bytes:
+    try:
+        src = tf.extractfile(m)
+        assert src is not None  # regular files always have a reader
+        with src:
+            data = src.read(m.size + 1)
+    except _READ_ERRORS as e:
+        raise PrunebenchError(f"archive {archive}: member {m.name!r} cannot be read: "
+                              f"{one_line(e)}") from None
+    if len(data) != m.size:
+        raise PrunebenchError(f"archive {archive}: member {m.name!r} has {len(data)} bytes, its "
+                              f"header says {m.size}")
+    return data

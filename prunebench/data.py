@@ -42,9 +42,19 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarr
 
 
 def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    xf = x.astype(np.float64) / 255.0
-    mean = xf.mean(axis=(0, 2, 3))
-    std = xf.std(axis=(0, 2, 3))
+    """Per-channel mean and std of uint8 images in [0, 1], in ~64 MB float64 chunks (a float
+    copy of a whole dataset would take 8x its size, twice)."""
+    n, c = x.shape[0], x.shape[1]
+    per_image = max(int(np.prod(x.shape[1:])), 1)
+    step = max(1, (64 << 20) // (8 * per_image))
+    total, squares = np.zeros(c), np.zeros(c)
+    for i in range(0, n, step):
+        chunk = x[i:i + step].astype(np.float64)
+        total += chunk.sum(axis=(0, 2, 3))
+        squares += np.square(chunk).sum(axis=(0, 2, 3))
+    count = max(n * x.shape[2] * x.shape[3], 1) * 255.0 ** 2
+    mean = total * 255.0 / count
+    std = np.sqrt(np.maximum(squares / count - mean ** 2, 0.0))
     return tuple(float(m) for m in mean), tuple(float(max(s, 1e-3)) for s in std)
 
 

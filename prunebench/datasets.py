@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from prunebench.archives import one_line, safe_extract
+from prunebench.archives import one_line, read_files
 from prunebench.errors import PrunebenchError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -148,30 +147,74 @@ def read_images(items: Sequence[Any], mode: str | None = None,
     return out
 
 
+def _check_classes(where: str, found: list[str], classes: list[str] | None) -> list[str]:
+    """The training classes (`found` in train/), or an error if a test split's folders differ."""
+    if classes is None:
+        classes = found
+    elif found != classes:
+        missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
+        raise PrunebenchError(
+            f"class folders in {where} differ from the training classes: "
+            f"missing {missing or 'none'}, unexpected {extra or 'none'}")
+    if not classes:
+        raise PrunebenchError(f"image folder {where} has no class sub-folders")
+    return classes
+
+
+def _labelled(where: str, classes: list[str], per_class: dict[str, list[Any]]
+              ) -> tuple[list[Any], np.ndarray]:
+    items: list[Any] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        found = sorted(per_class.get(name, []))
+        if not found:
+            raise PrunebenchError(f"class folder {where}/{name} holds no .jpg/.png image")
+        items += found
+        labels += [label] * len(found)
+    return items, np.asarray(labels, dtype=np.int64)
+
+
 def read_class_tree(split_dir: Path, classes: list[str] | None = None
                     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read `split_dir/<class>/*.jpg|png` into arrays; every image must have the same shape."""
     if not split_dir.is_dir():
         raise PrunebenchError(f"image folder {split_dir} does not exist")
     found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-    if classes is None:
-        classes = found
-    elif found != classes:
-        missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
-        raise PrunebenchError(
-            f"class folders in {split_dir} differ from the training classes: "
-            f"missing {missing or 'none'}, unexpected {extra or 'none'}")
-    if not classes:
-        raise PrunebenchError(f"image folder {split_dir} has no class sub-folders")
-    files, labels = [], []
-    for label, name in enumerate(classes):
-        found_files = sorted(p for p in (split_dir / name).iterdir()
-                             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not found_files:
-            raise PrunebenchError(f"class folder {split_dir / name} holds no .jpg/.png image")
-        files += found_files
-        labels += [label] * len(found_files)
-    return read_images(files), np.asarray(labels, dtype=np.int64), classes
+    classes = _check_classes(str(split_dir), found, classes)
+    per_class = {c: [p for p in (split_dir / c).iterdir()
+                     if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()] for c in classes}
+    files, labels = _labelled(str(split_dir), classes, per_class)
+    return read_images(files), labels, classes
+
+
+def _read_archive_tree(archive: Path) -> RawDataset:
+    """An imagefolder archive read in memory (nothing unpacked): its train/ and test/ trees at
+    the top or one folder down."""
+    files, dirs = read_files(archive, keep=lambda name: name.lower().endswith(IMAGE_SUFFIXES))
+    tops = [""] + sorted(d + "/" for d in dirs if "/" not in d)
+    base = next((t for t in tops if f"{t}train" in dirs and f"{t}test" in dirs), None)
+    if base is None:
+        raise PrunebenchError(f"archive {archive} has no train/ and test/ folders at its top "
+                              "or one folder down")
+    per_split: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
+    for name in files:
+        parts = name[len(base):].split("/") if name.startswith(base) else []
+        if len(parts) == 3 and parts[0] in per_split:
+            per_split[parts[0]].setdefault(parts[1], []).append(name)
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    classes: list[str] | None = None
+    for split in ("train", "test"):
+        where = f"{archive}:{base}{split}"
+        found = sorted(d[len(f"{base}{split}/"):] for d in dirs
+                       if d.startswith(f"{base}{split}/") and d.count("/") == base.count("/") + 1)
+        classes = _check_classes(where, found, classes)
+        items, labels = _labelled(where, classes, per_split[split])
+        try:
+            out[split] = read_images(items, load=files.__getitem__), labels
+        except PrunebenchError as e:
+            raise PrunebenchError(f"{e} (in archive {archive})") from None
+    assert classes is not None
+    return _raw(str(archive), *out["train"], *out["test"], classes)
 
 
 @register_source("imagefolder")
@@ -183,33 +226,16 @@ def imagefolder(args: SourceArgs) -> RawDataset:
     root = Path(args.root)
     if not root.exists():
         raise PrunebenchError(f"imagefolder data_root {root} does not exist")
-    if not root.is_file():
-        return _read_tree(root)
-    scratch = args.work / "imagefolder-extracted"
-    shutil.rmtree(scratch, ignore_errors=True)  # never mix in an earlier archive's files
-    try:
-        tree = _find_tree(safe_extract(root, scratch))
-        try:
-            return _read_tree(tree)
-        except PrunebenchError as e:
-            raise PrunebenchError(f"{e} (in archive {root})") from None
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _read_tree(root: Path) -> RawDataset:
+    if root.is_file():
+        return _read_archive_tree(root)
     tr_x, tr_y, classes = read_class_tree(root / "train")
     te_x, te_y, _ = read_class_tree(root / "test", classes)
+    return _raw(str(root), tr_x, tr_y, te_x, te_y, classes)
+
+
+def _raw(where: str, tr_x: np.ndarray, tr_y: np.ndarray, te_x: np.ndarray, te_y: np.ndarray,
+         classes: list[str]) -> RawDataset:
     if tr_x.shape[1:] != te_x.shape[1:]:
-        raise PrunebenchError(f"train images in {root} are {tr_x.shape[1:]} but test images are "
+        raise PrunebenchError(f"train images in {where} are {tr_x.shape[1:]} but test images are "
                               f"{te_x.shape[1:]}")
     return RawDataset(tr_x, tr_y, te_x, te_y, classes)
-
-
-def _find_tree(extracted: Path) -> Path:
-    """The folder holding train/ and test/ inside an extracted archive (top level or one down)."""
-    for candidate in [extracted, *sorted(p for p in extracted.iterdir() if p.is_dir())]:
-        if (candidate / "train").is_dir() and (candidate / "test").is_dir():
-            return candidate
-    raise PrunebenchError(f"no train/ and test/ folders found in the archive extracted to "
-                          f"{extracted}")

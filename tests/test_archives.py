@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from prunebench import archives
-from prunebench.archives import SafeZip, safe_extract
+from prunebench.archives import SafeZip, read_files, safe_extract
 from prunebench.errors import PrunebenchError
 
 
@@ -199,3 +199,24 @@ def test_safezip_reads_members_without_writing(tmp_path: Path) -> None:
         with pytest.raises(PrunebenchError, match="no member 'd/b.txt'"):
             zf.read("d/b.txt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["z.zip"]
+
+
+def test_read_files_applies_the_same_checks_and_writes_nothing(tmp_path: Path) -> None:
+    files = {"top/a.png": b"alpha", "top/sub/b.jpg": b"beta", "top/c.txt": b"skip"}
+    tar = make_tar(tmp_path / "t.tar.gz", [("./", tarfile.DIRTYPE, b""), ("./top/empty",
+                                           tarfile.DIRTYPE, b"")]
+                   + [("./" + n, None, d) for n, d in files.items()])
+    zp = make_zip(tmp_path / "z.zip", list(files.items()) + [("top/empty/", b"")])
+    for archive in (tar, zp):
+        got, dirs = read_files(archive, keep=lambda n: not n.endswith(".txt"))
+        assert got == {"top/a.png": b"alpha", "top/sub/b.jpg": b"beta"}
+        assert dirs == {"top", "top/sub", "top/empty"}
+    bad = [make_tar(tmp_path / "esc.tar", [("../evil", None, b"x")], mode="w"),
+           make_tar(tmp_path / "link.tar", [("l", tarfile.SYMTYPE, b"/etc")], mode="w"),
+           make_zip(tmp_path / "bomb.zip", [("zeros", bytes(1 << 20))])]
+    for archive, words in zip(bad, ["escape", "symbolic link", "decompression bomb"],
+                              strict=True):
+        with pytest.raises(PrunebenchError, match=words):
+            read_files(archive, max_bytes=1000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["t.tar.gz", "z.zip", "esc.tar", "link.tar", "bomb.zip"])

@@ -377,16 +377,27 @@ def test_imagefolder_tree(tmp_path: Path) -> None:
     check_tree_data(tmp_path / "data")
 
 
-def test_imagefolder_archive(tmp_path: Path) -> None:
-    tree = make_tree(tmp_path / "tree")
-    archive = tmp_path / "tree.tar.gz"
+def tar_of(tree: Path, archive: Path, arcname: str = "mydata") -> Path:
     with tarfile.open(archive, "w:gz") as tf:
-        tf.add(tree, arcname="mydata")
+        tf.add(tree, arcname=arcname)
+    return archive
+
+
+def zip_of(tree: Path, archive: Path) -> Path:
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted(tree.rglob("*")):
+            zf.write(p, p.relative_to(tree).as_posix())
+    return archive
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_imagefolder_archive(tmp_path: Path, kind: str) -> None:
+    tree = make_tree(tmp_path / "tree")
+    archive = (tar_of if kind == "tar.gz" else zip_of)(tree, tmp_path / f"tree.{kind}")
     data_dir = tmp_path / "data"
-    (data_dir / "raw" / "imagefolder-extracted" / "train" / "stale").mkdir(parents=True)
     prepare("imagefolder", data_dir, root=str(archive))
     check_tree_data(data_dir)
-    assert not (data_dir / "raw" / "imagefolder-extracted").exists()
+    assert sorted(p.name for p in data_dir.iterdir()) == ["imagefolder.json", "imagefolder.pt"]
 
 
 def one_line_error(data_dir: Path, root: Path) -> str:
@@ -396,11 +407,15 @@ def one_line_error(data_dir: Path, root: Path) -> str:
     return str(e.value)
 
 
-def test_imagefolder_class_mismatch_names_the_folder(tmp_path: Path) -> None:
+@pytest.mark.parametrize("packed", [False, True])
+def test_imagefolder_class_mismatch_names_the_folder(tmp_path: Path, packed: bool) -> None:
     tree = make_tree(tmp_path / "tree")
     (tree / "test" / "dog").rename(tree / "test" / "wolf")
-    msg = one_line_error(tmp_path / "data", tree)
-    assert str(tree / "test") in msg and "['dog']" in msg and "['wolf']" in msg
+    root = tar_of(tree, tmp_path / "tree.tar.gz") if packed else tree
+    msg = one_line_error(tmp_path / "data", root)
+    where = f"{root}:mydata/test" if packed else str(tree / "test")
+    assert f"class folders in {where} differ" in msg
+    assert "missing ['dog']" in msg and "unexpected ['wolf']" in msg
 
 
 def test_imagefolder_unreadable_image_names_the_file(tmp_path: Path) -> None:
@@ -421,12 +436,9 @@ def test_imagefolder_mixed_sizes_names_the_file(tmp_path: Path) -> None:
 def test_imagefolder_errors_inside_an_archive_name_it(tmp_path: Path) -> None:
     tree = make_tree(tmp_path / "tree")
     (tree / "train" / "cat" / "0.png").write_bytes(b"not an image")
-    archive = tmp_path / "tree.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        for p in sorted(tree.rglob("*")):
-            zf.write(p, p.relative_to(tree).as_posix())
+    archive = zip_of(tree, tmp_path / "tree.zip")
     msg = one_line_error(tmp_path / "data", archive)
-    assert "train/cat/0.png" in msg and str(archive) in msg
+    assert "image train/cat/0.png cannot be read" in msg and f"(in archive {archive})" in msg
 
 
 def test_parallel_read_reports_first_bad_file(tmp_path: Path,
@@ -460,3 +472,14 @@ def test_shared_cifar10_jpeg_copy(tmp_path: Path) -> None:
     assert np.bincount(t["train_y"].numpy()).tolist() == [5000] * 10
     assert np.bincount(t["test_y"].numpy()).tolist() == [1000] * 10
     assert m["mean"] == pytest.approx([0.491, 0.482, 0.447], abs=0.003)
+
+
+def test_channel_stats_match_float_computation() -> None:
+    from prunebench.data import _channel_stats
+
+    x = np.random.default_rng(0).integers(0, 256, (3000, 3, 32, 32), dtype=np.uint8)
+    x[:, 0] //= 3  # distinct channels
+    xf = x.astype(np.float64) / 255.0
+    mean, std = _channel_stats(x)
+    assert np.allclose(mean, xf.mean(axis=(0, 2, 3)), atol=1e-12)
+    assert np.allclose(std, xf.std(axis=(0, 2, 3)), atol=1e-12)
