@@ -43,6 +43,13 @@ class Server:
         class Handler(SimpleHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 server.requests.append(self.path)
+                if self.path.startswith("/cut/"):  # promises 1,000,000 bytes, sends 10
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000000")
+                    self.end_headers()
+                    self.wfile.write(b"0123456789")
+                    self.close_connection = True
+                    return
                 super().do_GET()
 
             def log_message(self, *args: object) -> None:
@@ -309,6 +316,28 @@ def test_download_failure_is_one_line(served: Server, tmp_path: Path) -> None:
     assert list((tmp_path / "raw").iterdir()) == []
     with pytest.raises(PrunebenchError, match="checksum 'abc' is not valid"):
         prepare("cifar10", tmp_path, url=url, checksum="abc")
+
+
+def test_interrupted_download_leaves_nothing(served: Server, tmp_path: Path) -> None:
+    url = served.url("cut/cifar-10-python.tar.gz")
+    with pytest.raises(PrunebenchError) as e:
+        prepare("cifar10", tmp_path, url=url, checksum="0" * 32)
+    assert url in str(e.value) and "\n" not in str(e.value)
+    assert list((tmp_path / "raw").iterdir()) == []
+
+
+def test_tinyimagenet_bad_annotations_named(tmp_path: Path) -> None:
+    bad = tmp_path / "tiny.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("tiny-imagenet-200/wnids.txt", "n01443537\n")
+        zf.writestr("tiny-imagenet-200/train/n01443537/images/n01443537_0.JPEG", jpeg((1, 2, 3)))
+        zf.writestr("tiny-imagenet-200/val/images/val_0.JPEG", jpeg((1, 2, 3)))
+        zf.writestr("tiny-imagenet-200/val/val_annotations.txt",
+                    "val_0.JPEG\tn01443537\t0\t0\t9\t9\nval_1.JPEG\tn99999999\t0\t0\t9\t9\n")
+    with pytest.raises(PrunebenchError) as e:
+        prepare("tinyimagenet", tmp_path / "d", url=bad.as_uri(), checksum=md5(bad))
+    msg = str(e.value)
+    assert "val/val_annotations.txt line 2" in msg and "n99999999" in msg and "\n" not in msg
 
 
 def test_cifar_pickle_cannot_run_code(served: Server, tmp_path: Path) -> None:
