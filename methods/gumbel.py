@@ -33,17 +33,21 @@ Decisions where the paper is silent, and deviations:
   model's initialisation. The engine freezes both (they are in no optimiser group).
 - Validation during training and extraction use the deterministic mask m >= 0 (the mask that is
   finally tested), not a sample; training-set accuracy in history.csv is that of sampled masks.
-- Learning rates are constant (`lr_schedule`), as in the authors' code, which sets no scheduler
-  (1000 epochs with early stopping on CIFAR); the run's schedule (cosine by default) decays the
-  lr before the masks leave the initial plateau on short recipes: digits conv4, batch 32,
-  20 epochs gave 13.9 % test accuracy under cosine and 75.0 % with constant lr.
+- The logits' and scales' learning rates are constant (`lr_schedule`), as in the authors' code,
+  which sets no scheduler (up to 1000 epochs with early stopping on CIFAR); the run's schedule
+  (cosine by default) decays them before the masks leave the initial plateau on short recipes.
+  Digits conv4, batch 32, 20 epochs, seed 0: 13.9 % test accuracy under cosine, 75.0 % with
+  constant lr; the same recipe with 60 epochs: 97.8 % at 49.4 % emergent sparsity.
 - With `smart_rescale = False` the scale stays at exactly 1 (frozen, multiplies exactly).
 - Extension beyond the paper (`budget = True`, off by default): a penalty
   budget_weight * (sum sigmoid(m) - K)^2 / N pulls the expected kept count toward
   K = round((1 - sparsity) * N), and extraction keeps exactly the global top-K logits (stable
-  tie-break), so gumbel can be compared at the other methods' budgets. The 1 / N normalisation
-  gives each logit a gradient 2 * budget_weight * (mean sigmoid(m) - density) * sigmoid'(m), of
-  the order of the classification gradients once multiplied by the logits' large lr.
+  tie-break), so gumbel can be compared at the other methods' budgets. Each logit's penalty
+  gradient is 2 * budget_weight * (mean sigmoid(m) - density) * sigmoid'(m). budget_weight = 1
+  pushed every logit to keep probability ~0 within the first epoch (digits conv4, 0.9);
+  1e-3 (the default) brings mean sigmoid(m) to the target density without overshoot, but as it
+  lowers every logit alike before the masks have learned anything, the network stayed at chance
+  within 20 epochs at 0.9: the extension needs a warm-up or a longer schedule to be useful.
 """
 from __future__ import annotations
 
@@ -84,7 +88,7 @@ class GumbelHparams(MethodHparams):
     rescale_momentum: float = 0.9  # paper
     lr_schedule: str = "constant"  # paper code (ASLP main.py): no lr scheduler; "run" = run's
     budget: bool = False  # extension beyond the paper: penalty toward K + exact top-K by logit
-    budget_weight: float = 1.0  # extension: decision (see module docstring)
+    budget_weight: float = 1e-3  # extension: decision, measured (see module docstring)
 
 
 def logistic_noise(like: torch.Tensor) -> torch.Tensor:
@@ -173,8 +177,8 @@ class Gumbel(PruningMethod):
 
     def prepare(self, model: nn.Module) -> None:
         reinitialise(model, self.hp.init, self.ctx.seed)
-        attach(model, lambda _name, layer: GumbelMask(layer.weight, self.hp.tau,
-                                                      self.hp.logit_init))
+        hp = self.hp
+        attach(model, lambda _name, layer: GumbelMask(layer.weight, hp.tau, hp.logit_init))
 
     def param_groups(self, model: nn.Module, phase: Phase) -> list[OptimGroup]:
         hp = self.hp

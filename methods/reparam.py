@@ -25,12 +25,17 @@ Decisions where the paper is silent, and deviations:
 - Weights, biases and norms follow the run's training recipe (METHODS.md: SGD lr 0.1, momentum
   0.9, weight decay 5e-4; the digits/conv recipe lowers lr to 0.01); t gets no weight decay.
 - How t is learned: the paper-faithful setting is t itself under the weights' SGD
-  (`t_param=t t_optimizer=sgd t_lr=<weights' lr> lam=1`). Measured on digits conv4
-  (METHODS.md, "Measured pitfalls"), the gradient reaching t is ~1e-5 against a value of 100, so
-  t never moves, the soft budget is never reached and the hard top-K destroys accuracy
-  (soft 99 %, hard 35 % at 90 %). The defaults therefore learn log t with Adam (lr 0.05), which
+  (`t_param=t t_optimizer=sgd t_lr=<weights' lr> lam=1`). The gradient reaching t is ~1e-5
+  against a value of 100 (METHODS.md, "Measured pitfalls"), so t never moves, the soft budget is
+  never reached and the hard top-K destroys accuracy. Measured here (digits conv4, 20 epochs,
+  batch 32, seed 0, sparsity 0.9): t stayed in [99.97, 100], C/N = 0.72 against 0.10, soft test
+  accuracy 98.9 %, hard 28.3 %. The defaults therefore learn log t with Adam (lr 0.05), which
   moves t by a fraction of itself per step whatever the gradient's scale, and use lambda = 10;
-  both are decisions, recorded in every run's hparams (see the README for the measurements).
+  both are decisions. Same recipe with log t / Adam, hard test accuracy at sparsity 0.9 / 0.97:
+  lambda 1 -> 95.6 / -, lambda 10 -> 98.6 / 85.8, lambda 30 -> 97.5 / 91.4, lambda 100 ->
+  - / 13.6 (the budget loss wins and the network dies: C/N met exactly, soft accuracy at
+  chance). lambda trades the soft-to-hard gap against the soft network's accuracy; 10 is the
+  prototype's value and the best of these at 0.9.
 - After extraction the parametrization's forward is w_hat * mask (buffers set in `extract`),
   so the engine's fold bakes exactly the top-K w_hat values into the weights: the pruned network
   is the trained network minus the removed weights, as in the paper.
@@ -73,7 +78,7 @@ T_OPTIMIZERS = ("sgd", "adam")
 class ReparamHparams(MethodHparams):
     n: int = 4  # paper: exponent of h_t
     t_init: float = 100.0  # paper: initial t of every layer
-    lam: float = 10.0  # decision (paper: 1); with lam = 1 the soft budget lags (README)
+    lam: float = 10.0  # decision (paper: 1); with 1 the soft budget lags (docstring numbers)
     t_param: str = "log_t"  # decision (paper: t); t does not move under SGD (METHODS.md pitfall)
     t_optimizer: str = "adam"  # decision (paper silent: the weights' SGD); see t_param
     t_lr: float = 0.05  # decision, measured: the log t / Adam setting that converged

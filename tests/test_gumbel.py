@@ -164,10 +164,18 @@ def test_budget_extension_keeps_exactly_k() -> None:
 
 @pytest.mark.slow
 def test_digits_conv4_learns_on_frozen_weights(digits_dir: Path, tmp_path: Path) -> None:
-    cfg = resolve("digits", "conv4", "gumbel", None, 0, {},
-                  {"data_dir": str(digits_dir), "epochs": "5", "device": "cpu",
-                   "method.logit_init": "2"})
-    metrics = execute(cfg, tmp_path / "run")
-    assert metrics["frozen_weights"] and not metrics["budgeted"]
-    assert metrics["test_top1"] > 50.0, metrics["test_top1"]
-    assert 0.0 < metrics["sparsity_achieved"] < 1.0
+    """Short run through the engine. From the paper's keep probability 1/2 the digits loss sits
+    at ln(10) for ~500 steps (METHODS.md pitfalls; ~15 epochs here), so this test starts the
+    same learning rule at keep probability sigmoid(2) = 0.88, which learns within a few epochs.
+    The untrained control (0 epochs: every weight kept, frozen random) is at chance."""
+    results = {}
+    for epochs in (0, 8):
+        cfg = resolve("digits", "conv4", "gumbel", None, 0, {},
+                      {"data_dir": str(digits_dir), "epochs": str(epochs), "device": "cpu",
+                       "method.logit_init": "2"})
+        results[epochs] = execute(cfg, tmp_path / f"e{epochs}")
+    untrained, trained = results[0], results[8]
+    assert trained["frozen_weights"] and not trained["budgeted"]
+    assert untrained["test_top1"] < 20.0, untrained["test_top1"]
+    assert trained["test_top1"] > 50.0, trained["test_top1"]
+    assert trained["sparsity_achieved"] > 0.0

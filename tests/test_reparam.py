@@ -209,6 +209,8 @@ def test_digits_conv4_beats_random_at_90(digits_dir: Path, tmp_path: Path) -> No
         results[method] = execute(cfg, tmp_path / method)
     reparam, random = results["reparam"], results["random"]
     assert reparam["kept_prunable"] == random["kept_prunable"]
-    assert reparam["test_top1"] > random["test_top1"] + 2.0, (reparam["test_top1"],
-                                                              random["test_top1"])
+    # measured: reparam 83.3 %, random 10.0 % (this 6-epoch recipe, seed 0)
+    assert reparam["test_top1"] > 50.0, reparam["test_top1"]
+    assert reparam["test_top1"] > random["test_top1"] + 10.0, (reparam["test_top1"],
+                                                               random["test_top1"])
     assert math.isfinite(reparam["method_soft_density"])
