@@ -1,0 +1,252 @@
+"""The SLURM profile on a one-node SLURM started by the test (slurm-wlm + munge, installed with
+apt-get when missing and possible; skipped with the reason otherwise): train_run jobs go
+through sbatch with their GPU request, and a SIGTERM-ed job is resubmitted and resumes.
+
+The cluster is private to the test: its own munged socket and key, slurm.conf, state folders and
+ports in a temporary folder. Clients find slurm.conf through SLURM_CONF, except the `srun` the
+executor plugin runs inside each job, which drops every SLURM_* variable: it finds the config the
+way clients on a configless compute node do, at /run/slurm/conf, which the test links to its
+folder (on a machine with no SLURM configuration of its own) and removes afterwards. Every daemon
+is stopped by the pid the test started."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from test_workflow import REPO, SNAKEMAKE, _copy_workflow, _env, _tiny_config, _write_config
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+DAEMONS = ("munged", "slurmctld", "slurmd")
+SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
+NODE_CONF = Path("/run/slurm/conf")  # slurmd's config cache on a configless node
+# Test-only executor settings (../shared/SLURM-TESTING.md): without accounting `sacct` fails, so
+# poll with squeue; no account to guess; short waits before and between status checks.
+TEST_PROFILE = {
+    "slurm-status-command": "squeue",
+    "slurm-no-account": True,
+    "slurm-init-seconds-before-status-checks": 1,
+    "seconds-between-status-checks": 2,
+    "slurm-keep-successful-logs": True,
+    "latency-wait": 5,
+    "jobs": 4,
+    "retries": 1,
+}
+
+
+def _install_or_skip() -> None:
+    if all(shutil.which(d) for d in DAEMONS) and shutil.which("sbatch"):
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip("SLURM is not installed and cannot be (needs root and apt-get): "
+                    "apt-get install slurm-wlm munge")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "slurm-wlm", "munge"]
+    if subprocess.run(cmd, env=env, capture_output=True, timeout=900).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=900)
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        if out.returncode != 0:
+            pytest.skip(f"apt-get install slurm-wlm munge failed: {out.stderr[-500:]}")
+    if not all(shutil.which(d) for d in DAEMONS):
+        pytest.skip("slurm-wlm/munge installed but their daemons are not on PATH")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node_line(host: str) -> str:
+    """This machine as `slurmd -C` sees it (CPUs, sockets, cores, memory), with one fake GPU."""
+    out = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, timeout=60).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("NodeName="))
+    fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+    keep = ("CPUs", "Boards", "SocketsPerBoard", "CoresPerSocket", "ThreadsPerCore",
+            "RealMemory")
+    spec = " ".join(f"{k}={fields[k]}" for k in keep if k in fields)
+    return f"NodeName={host} NodeAddr=127.0.0.1 {spec} Gres=gpu:1 State=UNKNOWN"
+
+
+def _slurm_conf(root: Path, host: str, munge_socket: Path) -> Path:
+    conf = root / "slurm.conf"
+    conf.write_text("\n".join([
+        "ClusterName=prunebench-test",
+        f"SlurmctldHost={host}(127.0.0.1)",
+        f"SlurmctldPort={_free_port()}",
+        f"SlurmdPort={_free_port()}",
+        "SlurmUser=root",
+        "SlurmdUser=root",
+        f"AuthInfo=socket={munge_socket}",
+        f"StateSaveLocation={root}/state",
+        f"SlurmdSpoolDir={root}/spool",
+        f"SlurmctldPidFile={root}/slurmctld.pid",
+        f"SlurmdPidFile={root}/slurmd.pid",
+        f"SlurmctldLogFile={root}/slurmctld.log",
+        f"SlurmdLogFile={root}/slurmd.log",
+        "ProctrackType=proctrack/linuxproc",
+        "TaskPlugin=task/none",
+        "SelectType=select/cons_tres",
+        "SelectTypeParameters=CR_Core_Memory",
+        "GresTypes=gpu",
+        "MpiDefault=none",
+        "ReturnToService=2",
+        "AccountingStorageType=accounting_storage/none",
+        "JobAcctGatherType=jobacct_gather/none",
+        "SchedulerType=sched/builtin",
+        "KillWait=10",
+        "MinJobAge=300",
+        _node_line(host),
+        f"PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP",
+        "",
+    ]))
+    (root / "gres.conf").write_text("Name=gpu File=/dev/null\n")
+    for sub in ("state", "spool"):
+        (root / sub).mkdir()
+    return conf
+
+
+def _wait(what: str, check, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A running one-node SLURM; yields the environment its clients need (SLURM_CONF)."""
+    _install_or_skip()
+    if SYSTEM_CONF.exists() or NODE_CONF.exists() or NODE_CONF.is_symlink():
+        pytest.skip(f"this machine has a SLURM configuration ({SYSTEM_CONF} or {NODE_CONF}); "
+                    "the test starts its own cluster only where there is none")
+    root = tmp_path_factory.mktemp("slurm")
+    host = socket.gethostname().split(".")[0]
+    key, munge_socket = root / "munge.key", root / "munge.socket"
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o400)
+    conf = _slurm_conf(root, host, munge_socket)
+    env = {**_env(), "SLURM_CONF": str(conf)}
+    started: list[subprocess.Popen] = []
+    made_parent = not NODE_CONF.parent.exists()
+    NODE_CONF.parent.mkdir(exist_ok=True)
+    NODE_CONF.symlink_to(root, target_is_directory=True)
+    try:
+        started.append(subprocess.Popen(
+            ["munged", "--foreground", "--force", f"--socket={munge_socket}",
+             f"--key-file={key}", f"--pid-file={root}/munged.pid",
+             f"--log-file={root}/munged.log", f"--seed-file={root}/munged.seed"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _wait("munged", munge_socket.exists)
+        for daemon in ("slurmctld", "slurmd"):
+            started.append(subprocess.Popen([daemon, "-D", "-f", str(conf)], env=env,
+                                            stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL))
+
+        def node_idle() -> bool:
+            for proc in started:
+                assert proc.poll() is None, f"{proc.args[0]} exited: see logs in {root}"
+            out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True,
+                                 text=True, timeout=30)
+            return out.stdout.strip() == "idle"
+
+        _wait("the SLURM node", node_idle, timeout=120)
+        yield env
+    finally:
+        for proc in reversed(started):
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        NODE_CONF.unlink()
+        if made_parent:
+            NODE_CONF.parent.rmdir()
+
+
+def _test_profile(workdir: Path) -> str:
+    """profiles/slurm with the test-only settings, written beside it in the working copy."""
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    profile.update(TEST_PROFILE)
+    profile["default-resources"].update(mem_mb=500, runtime=10)
+    folder = workdir / "profiles" / "slurm-test"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
+    return "profiles/slurm-test"
+
+
+def _gpu_config(methods: list[str], epochs: int) -> dict:
+    config = _tiny_config(methods, epochs=epochs)
+    config["resources"] = {"train": {"gpu": 1, "cpus_per_task": 1, "mem_mb": 1000,
+                                     "runtime": 10}, "train_overrides": []}
+    return config
+
+
+def _run(workdir: Path, env: dict[str, str], config: dict, timeout: int = 600
+         ) -> subprocess.Popen:
+    return subprocess.Popen(
+        [SNAKEMAKE, "--profile", _test_profile(workdir), "--configfile",
+         _write_config(workdir, config), "--verbose", "aggregate_runs"],
+        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_train_jobs_run_through_sbatch_with_their_gpu(slurm: dict[str, str],
+                                                     tmp_path: Path) -> None:
+    workdir = _copy_workflow(tmp_path)
+    proc = _run(workdir, slurm, _gpu_config(["dense", "random"], epochs=1))
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-6000:]
+    jobids = re.findall(r"submitted with SLURM jobid (\d+)", output)
+    assert len(jobids) == 2, output[-6000:]  # the two train_run jobs; the others are local
+    sbatch = [ln for ln in output.splitlines() if "sbatch call: sbatch " in ln]
+    assert sbatch and all("--gpus=1" in ln for ln in sbatch), sbatch
+    assert all("--signal=TERM@120" in ln for ln in sbatch), sbatch
+    logs = sorted((workdir / ".snakemake/slurm_logs/rule_train_run").rglob("*.log"))
+    assert len(logs) == 2, logs
+    for run in ("dense/snone", "random/s0.9"):
+        assert (workdir / f"results/runs/digits/conv2/{run}/seed0/metrics.json").exists()
+    assert (workdir / "results/summary.csv").exists()
+
+
+def _slurm_jobs(env: dict[str, str]) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i"], env=env,
+                         capture_output=True, text=True, timeout=30)
+    return out.stdout.split()
+
+
+def test_terminated_job_is_resubmitted_and_resumes(slurm: dict[str, str],
+                                                  tmp_path: Path) -> None:
+    """What `--signal=TERM@120` does before a time limit (and preemption does): SIGTERM to the
+    job's steps. The run checkpoints and exits 75, the job fails, Snakemake resubmits it
+    (retries) and the new job resumes from the checkpoint."""
+    workdir = _copy_workflow(tmp_path)
+    run_dir = workdir / "results/runs/digits/conv2/dense/snone/seed0"
+    proc = _run(workdir, slurm, _gpu_config(["dense"], epochs=40))
+    try:
+        _wait("the first checkpoint", lambda: proc.poll() is None
+              and (run_dir / "checkpoint.pt").exists(), timeout=300)
+        jobs = _slurm_jobs(slurm)
+        assert len(jobs) == 1, jobs
+        subprocess.run(["scancel", "--signal=TERM", jobs[0]], env=slurm, check=True,
+                       timeout=30)
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-6000:]
+    jobids = re.findall(r"submitted with SLURM jobid (\d+)", output)
+    assert len(jobids) == 2 and jobids[0] == jobs[0], output[-6000:]
+    log = (run_dir / "log.txt").read_text()
+    assert "resumed from" in log, log
+    assert (run_dir / "metrics.json").exists()
