@@ -38,7 +38,6 @@ from prunebench.masking import (
     layer_budgets,
     prunable_layers,
     stored_weight,
-    topk_mask,
     weight_transform,
 )
 from prunebench.method import MethodHparams, OptimGroup, Phase, PruningMethod
@@ -54,12 +53,25 @@ class EdgePopupHparams(MethodHparams):
     scale_fan: bool = False  # sec. 4 "scaled" variant: constant divided by sqrt(density)
 
 
+def fast_topk_mask(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the `k` largest entries, equal to masking.topk_mask (ties to the lower
+    index) but by selection instead of a full sort: it runs at every forward pass."""
+    flat = score.detach().flatten()
+    if k <= 0 or k >= flat.numel():
+        return torch.full_like(score, k > 0, dtype=torch.bool)
+    threshold = torch.topk(flat, k, sorted=False).values.min()
+    keep = flat > threshold
+    ties = torch.nonzero(flat == threshold).flatten()
+    keep[ties[: k - int(keep.sum())]] = True
+    return keep.view_as(score)
+
+
 class _TopKStraightThrough(torch.autograd.Function):
     """Forward: 0/1 mask of the `k` largest entries; backward: the gradient unchanged."""
 
     @staticmethod
     def forward(ctx, score: torch.Tensor, k: int) -> torch.Tensor:
-        return topk_mask(score, k).to(score.dtype)
+        return fast_topk_mask(score, k).to(score.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:

@@ -13,8 +13,11 @@ Deviations and decisions:
 - One-shot, global threshold over every Conv2d/Linear weight (first and last layer included),
   exactly K kept; Han et al. prune per layer and iteratively.
 - The fine-tuning recipe is not stated in the 2021 paper: by default a quarter of the recipe's
-  epochs (`ft_epochs`) at a tenth of its learning rate (`ft_lr`; Han et al. retrain at a lower
-  learning rate than the initial training), same momentum, weight decay and schedule shape.
+  epochs (`ft_epochs`) with the recipe's own learning rate, momentum, weight decay and schedule
+  restarted from the top (`ft_lr`), i.e. learning-rate rewinding (Renda, Frankle, Carbin, ICLR
+  2020). Han et al. retrain at a lower rate, which suits their small iterative steps; after a
+  one-shot 90 % cut it barely recovers (digits conv4, 20 + 5 epochs: 66.1 % at lr/10 against
+  95.6 % at the recipe's lr).
 - The dense phase of `magnitude_ft` is, seed for seed, the training of `magnitude`, so MP and MP+FT
   differ only by the fine-tuning.
 - With `selection=val`, `magnitude` selects the epoch on the *dense* network's validation accuracy
@@ -51,7 +54,7 @@ class MagnitudeHparams(MethodHparams):
 @dataclass
 class MagnitudeFtHparams(MethodHparams):
     ft_epochs: int | None = None  # papers silent; None: a quarter of the recipe's epochs
-    ft_lr: float | None = None  # papers silent; None: 1/10 of the recipe's lr (Han 2015: lower)
+    ft_lr: float | None = None  # papers silent; None: the recipe's lr (LR rewinding, Renda 2020)
 
 
 @dataclass
@@ -93,7 +96,7 @@ class MagnitudeFinetune(PruningMethod):
     paper = "Han et al. NeurIPS 2015; MP+FT as in Dupont et al. ICIP 2021"
 
     def ft_lr(self) -> float:
-        return self.hp.ft_lr if self.hp.ft_lr is not None else 0.1 * self.ctx.train.lr
+        return self.hp.ft_lr if self.hp.ft_lr is not None else self.ctx.train.lr
 
     def ft_epochs(self) -> int:
         if self.hp.ft_epochs is not None:

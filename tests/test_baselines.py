@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from baselines.edgepopup import fast_topk_mask
 from prunebench.config import TrainConfig, resolve
 from prunebench.data import DeviceData, load_prepared, prepare
 from prunebench.masking import (
@@ -19,6 +20,7 @@ from prunebench.masking import (
     layer_budgets,
     prunable_layers,
     stored_weight,
+    topk_mask,
     weight_transform,
 )
 from prunebench.method import MethodContext, Phase, TrainSettings
@@ -126,7 +128,7 @@ def test_magnitude_ft_prunes_between_phases_and_finetunes_with_own_lr(data):
     method.on_phase_end(model, phases[0])
     assert nonzero_flat(model).sum() == budget_count(nonzero_flat(model).size, 0.8)
     default = build("magnitude_ft", 0.8)[1]
-    assert default.ft_lr() == pytest.approx(0.001)
+    assert default.ft_lr() == pytest.approx(0.01) and default.ft_epochs() == 1
 
 
 @pytest.mark.parametrize("name", FIXED_MASK_METHODS)
@@ -245,6 +247,16 @@ def test_edgepopup_per_layer_mask_is_top_fraction_of_abs_score():
     method.extract(model.eval())
     fold(model)
     assert nonzero_flat(model).sum() == budget_count(sum(numels), 0.7)
+
+
+def test_edgepopup_fast_topk_equals_the_engines_stable_topk():
+    gen = torch.Generator().manual_seed(0)
+    for n in (1, 7, 1000):
+        for ties in (False, True):
+            x = (torch.randint(0, 3, (n,), generator=gen).float() if ties
+                 else torch.randn(n, generator=gen))
+            for k in {0, 1, n // 3, n // 2, n - 1, n}:
+                assert torch.equal(fast_topk_mask(x, k), topk_mask(x, k)), (n, ties, k)
 
 
 def test_edgepopup_scaled_init_uses_density():
@@ -440,16 +452,20 @@ def test_baseline_trains_well_above_chance_at_half_sparsity(name, digits_dir, tm
 
 @pytest.mark.slow
 def test_supermask_trains_well_above_chance(digits_dir, tmp_path):
-    metrics, _ = run(digits_dir, tmp_path, "supermask", None, epochs=12, batch_size=16)
-    assert metrics["test_top1"] > 40.0, metrics["test_top1"]
-    assert metrics["method_sampled_test_top1_mean"] > 30.0
+    # conv2: with 50 % masks on frozen weights the signal shrinks layer by layer and conv4 needs
+    # ~500 steps before the masks take off (METHODS.md pitfalls); conv2 leaves chance at once.
+    metrics, _ = run(digits_dir, tmp_path, "supermask", None, arch="conv2", epochs=5,
+                     batch_size=16)
+    assert metrics["test_top1"] > 50.0, metrics["test_top1"]
+    assert metrics["method_sampled_test_top1_mean"] > 40.0
     assert 0.2 < metrics["sparsity_achieved"] < 0.8
 
 
 @pytest.mark.slow
 def test_magnitude_init_degrades_at_99_percent(digits_dir, tmp_path):
-    dense, _ = run(digits_dir, tmp_path, "magnitude_init", 0.5, epochs=3)
+    # Global |w| at init on conv4 keeps 5 of conv4's 147,456 weights at 99 %: the record must
+    # show it (a collapsed layer or accuracy near chance, and the near-empty layer in layers.csv).
     sparse, out = run(digits_dir, tmp_path, "magnitude_init", 0.99, epochs=3)
     densities = [float(r.split(",")[5]) for r in (out / "layers.csv").read_text().splitlines()[1:]]
-    assert sparse["num_layers_collapsed"] > 0 or sparse["test_top1"] < dense["test_top1"] - 20
-    assert min(densities) < 0.001  # a near-empty layer: the cause, visible in layers.csv
+    assert sparse["num_layers_collapsed"] > 0 or sparse["test_top1"] < 40.0
+    assert min(densities) < 0.001
