@@ -437,6 +437,44 @@ def test_every_budgeted_method_keeps_exactly_k_after_one_epoch(name, digits_dir,
     assert "num_layers_collapsed" in metrics and "layers_collapsed" in metrics
 
 
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", OWN_BUDGETED + ("supermask",))
+def test_resume_after_first_epoch_is_identical(name, data):
+    """A checkpoint taken after epoch 1, restored into a freshly prepared model, continues to
+    exactly the state of an uninterrupted run (magnitude_ft: its pruning step lies between)."""
+    sparsity = None if name == "supermask" else 0.8
+    options = {"ft_epochs": 1} if name == "magnitude_ft" else {}
+    epochs = 1 if name == "magnitude_ft" else 2
+    cfg = TrainConfig(epochs=epochs, batch_size=128, lr=0.01, crop_padding=1, flip=False,
+                      device="cpu")
+
+    def trainer(save):
+        model, method = build(name, sparsity, data, epochs=epochs, **options)
+        method.prepare(model)
+        return Trainer(model, method, data, cfg, 0, CPU, save=save, log=lambda _m: None)
+
+    reference = trainer(lambda _c: None)
+    reference.run()
+    saved = {}
+
+    def save_then_stop(ckpt):
+        saved["ckpt"] = copy.deepcopy(ckpt)
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        trainer(save_then_stop).run()
+    resumed = trainer(lambda _c: None)
+    resumed.restore(saved["ckpt"])
+    resumed.run()
+    want, got = reference.model.state_dict(), resumed.model.state_dict()
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
+
+
 # -- training well above chance on digits conv4 -----------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("name", OWN_BUDGETED)
