@@ -3,12 +3,12 @@
 Ramanujan, Wortsman, Kembhavi, Farhadi, Rastegari, "What's Hidden in a Randomly Weighted Neural
 Network?", CVPR 2020. The weights never train. Every weight has a real score s; the forward pass
 uses, in each layer, the weights whose |s| is among the top `density` fraction of that layer
-(sec. 3, Algorithm 1), and the backward pass sends the gradient straight through the top-k to
+(sec. 3), and the backward pass sends the gradient straight through the top-k to
 |s|. The absolute value is taken outside the straight-through function so that autograd applies
 sign(s) to the gradient, as in the reference code (`clamped_scores`); taken inside, half the
 updates go the wrong way and the network stays at chance (METHODS.md, measured pitfalls).
 
-Defaults are the paper's (sec. 4, appendix) and its reference code's conv configs: weights
+Defaults are the paper's (sec. 4) and its reference code's conv configs: weights
 signed Kaiming constant +-sqrt(2 / fan_in), scores Kaiming uniform (a = sqrt(5)); scores trained by
 SGD lr 0.1, momentum 0.9, weight decay 1e-4, cosine schedule. The paper's 100 epochs and batch 128
 are train-config settings (schedule, epochs and batch size come from the run's recipe).
@@ -46,7 +46,7 @@ from prunebench.registry import register_method
 
 @dataclass
 class EdgePopupHparams(MethodHparams):
-    lr: float = 0.1  # Ramanujan 2020 appendix / reference conv configs: SGD lr 0.1, cosine
+    lr: float = 0.1  # Ramanujan 2020 reference conv configs: SGD lr 0.1, cosine
     momentum: float = 0.9  # reference conv configs
     weight_decay: float = 1e-4  # reference conv configs (applied to the scores)
     signed_constant: bool = True  # sec. 4: signed Kaiming constant; False keeps Kaiming normal

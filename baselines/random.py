@@ -3,7 +3,10 @@ the masked network is trained with the mask fixed (the usual prune-at-init contr
 
 Option `rescale` (off by default, like the other prune-at-init baselines) keeps each layer's
 weight norm at pruning time (see masking.apply_global_topk); without it a random mask of density
-d shrinks each layer's output by about sqrt(d).
+d shrinks each layer's output by about sqrt(d), and on the BatchNorm-free conv nets the logits
+start near 0 and SGD barely moves them. Measured on digits conv4 (20 epochs, lr 0.01, seed 0):
+random 80 % / 90 % 10.0 / 10.0 % without, 98.9 / 97.8 % with it; magnitude_init 90 % 96.1 -> 98.6;
+snip 90 % 98.3 -> 23.1 (its mask already carries the signal; rescaling then blows it up).
 """
 from __future__ import annotations
 

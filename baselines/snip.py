@@ -2,7 +2,7 @@
 
 Lee, Ajanthan, Torr, "SNIP: Single-shot Network Pruning based on Connection Sensitivity",
 ICLR 2019. At initialisation, the saliency of weight j is |dL/dc_j| at c = 1 for a multiplicative
-gate c on it, i.e. |dL/dw_j * w_j| (eq. 5; the paper normalises by the sum, which does not change
+gate c on it, i.e. |dL/dw_j * w_j| (sec. 4; the paper normalises by the sum, which does not change
 the ranking); keep the global top-K, then train the masked network from the same initialisation
 with the mask fixed.
 
