@@ -117,8 +117,8 @@ class GumbelMask(nn.Module):
         self.register_buffer("extracted", torch.zeros((), dtype=torch.bool, device=weight.device))
 
     def eval_mask(self) -> torch.Tensor:
-        """The deterministic mask: the extracted one, else m >= 0."""
-        return self.final_mask if bool(self.extracted) else self.logits >= 0
+        """The deterministic mask: the extracted one, else m >= 0 (no device sync)."""
+        return torch.where(self.extracted, self.final_mask, self.logits >= 0)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self.training:

@@ -36,7 +36,7 @@ Decisions where the paper is silent, and deviations:
   - / 13.6 (the budget loss wins and the network dies: C/N met exactly, soft accuracy at
   chance). lambda trades the soft-to-hard gap against the soft network's accuracy; 10 is the
   prototype's value and the best of these at 0.9.
-- After extraction the parametrization's forward is w_hat * mask (buffers set in `extract`),
+- After extraction the parametrization's forward is w_hat * mask (the buffer set in `extract`),
   so the engine's fold bakes exactly the top-K w_hat values into the weights: the pruned network
   is the trained network minus the removed weights, as in the paper.
 - `extract` records how far the soft budget converged: C / N, the count and fraction of weights
@@ -106,8 +106,8 @@ class BudgetReparam(nn.Module):
         self.log_scale = t_param == "log_t"
         raw = math.log(t_init) if self.log_scale else t_init
         self.t_raw = nn.Parameter(torch.tensor(raw, dtype=weight.dtype, device=weight.device))
+        # all ones until `extract` installs the top-K (multiplying always avoids a device sync)
         self.register_buffer("mask", torch.ones_like(weight, dtype=torch.bool))
-        self.register_buffer("hard", torch.zeros((), dtype=torch.bool, device=weight.device))
 
     def t(self) -> torch.Tensor:
         return self.t_raw.exp() if self.log_scale else self.t_raw
@@ -116,10 +116,7 @@ class BudgetReparam(nn.Module):
         return gate(weight, self.t(), self.n)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        w_hat = weight * self.gate(weight)
-        if bool(self.hard):
-            return w_hat * self.mask
-        return w_hat
+        return weight * self.gate(weight) * self.mask
 
 
 def budget_loss(cost: torch.Tensor, k: int, c_init: float) -> torch.Tensor:
@@ -212,7 +209,6 @@ class Reparam(PruningMethod):
         removed = math.sqrt(removed_sq / total_sq) if total_sq else 0.0
         for (_, r), m in zip(pairs, masks, strict=True):
             r.mask.copy_(m)
-            r.hard.fill_(True)
         return {
             "soft_cost": cost,
             "soft_density": cost / n,
@@ -228,10 +224,10 @@ class Reparam(PruningMethod):
 
     def _soft_accuracy(self, model: nn.Module) -> dict[str, float]:
         """Accuracy of the soft network before the hard step, when the engine lends evaluate."""
-        evaluate = getattr(self.ctx, "evaluate", None)
-        if evaluate is None:
+        if self.ctx.evaluate is None:
             return {}
-        return {f"soft_{split}_top1": evaluate(model, split)["top1"] for split in ("val", "test")}
+        return {f"soft_{split}_top1": self.ctx.evaluate(model, split)["top1"]
+                for split in ("val", "test")}
 
     def state_dict(self) -> dict[str, Any]:
         return {"c_init": self.c_init, "k": self.k}

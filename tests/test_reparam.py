@@ -191,6 +191,25 @@ def test_final_network_keeps_exactly_k_largest_w_hat() -> None:
     assert extra["target_density"] == pytest.approx(k / num_prunable(model))
 
 
+def test_soft_accuracy_is_measured_before_the_hard_step() -> None:
+    model = small_model()
+    seen = []
+
+    def evaluate(m: nn.Module, split: str) -> dict[str, float]:
+        hard = [not bool(weight_transform(layer).mask.all()) for _, layer in prunable_layers(m)]
+        seen.append((split, any(hard)))
+        return {"top1": 42.0, "top5": 100.0, "loss": 1.0}
+
+    ctx = make_ctx(0.9)
+    ctx.evaluate = evaluate
+    method = Reparam(ReparamHparams(), ctx)
+    method.prepare(model)
+    model.eval()
+    extra = method.extract(model)
+    assert seen == [("val", False), ("test", False)]
+    assert extra["soft_val_top1"] == extra["soft_test_top1"] == 42.0
+
+
 def test_bad_options_are_named() -> None:
     from prunebench.errors import PrunebenchError
 
