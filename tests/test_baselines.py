@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from torch import nn
 
 from baselines.edgepopup import fast_topk_mask
 from prunebench.config import TrainConfig, resolve
-from prunebench.data import DeviceData, load_prepared, prepare
+from prunebench.data import DeviceData, load_prepared
 from prunebench.masking import (
     budget_count,
     fold,
@@ -45,14 +44,7 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data")
-    prepare("digits", out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def data(digits_dir) -> DeviceData:
+def data(digits_dir) -> DeviceData:  # digits_dir: the session fixture in conftest.py
     return DeviceData(load_prepared("digits", digits_dir), CPU, 0.1)
 
 
