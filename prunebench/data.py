@@ -197,7 +197,9 @@ class DeviceData:
         def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for i in range(start, steps):
                 idx = order[i * batch_size:(i + 1) * batch_size]
-                yield self.normalize(augment(x[idx], crop_padding, flip, generator)), y[idx]
+                # index_select copies whole images; x[idx] costs ~100x more on CPU (benchmarks/)
+                yield (self.normalize(augment(x.index_select(0, idx), crop_padding, flip,
+                                              generator)), y.index_select(0, idx))
 
         return batches(), order
 
@@ -226,20 +228,27 @@ class DeviceData:
 
 def augment(x: torch.Tensor, crop_padding: int, flip: bool, generator: torch.Generator
             ) -> torch.Tensor:
-    """Batch random crop (zero padding `crop_padding`) and horizontal flip, on x's device."""
-    b, _, h, w = x.shape
+    """Batch random crop (zero padding `crop_padding`) and horizontal flip, on x's device.
+
+    One gather from the padded batch does both (the flip is folded into the column index):
+    ~6x faster on CPU than a 4-D advanced-indexing crop followed by a flip, with the same
+    random draws (dy, dx, then flip) and bit-identical output."""
+    if crop_padding <= 0 and not flip:
+        return x
+    b, c, h, w = x.shape
     dev = generator.device
-    if crop_padding > 0:
-        p = crop_padding
-        padded = F.pad(x, (p, p, p, p))
+    p = max(crop_padding, 0)
+    if p > 0:
+        x = F.pad(x, (p, p, p, p))
         dy = torch.randint(0, 2 * p + 1, (b,), generator=generator, device=dev).to(x.device)
         dx = torch.randint(0, 2 * p + 1, (b,), generator=generator, device=dev).to(x.device)
-        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-        batch = torch.arange(b, device=x.device)[:, None, None, None]
-        chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-        x = padded[batch, chans, rows, cols]
+    else:
+        dy = dx = torch.zeros(b, dtype=torch.int64, device=x.device)
+    cols = torch.arange(w, device=x.device).expand(b, w)
     if flip:
-        flip_mask = torch.rand(b, generator=generator, device=dev).to(x.device) < 0.5
-        x = torch.where(flip_mask[:, None, None, None], x.flip(3), x)
-    return x
+        flipped = torch.rand(b, generator=generator, device=dev).to(x.device) < 0.5
+        cols = torch.where(flipped[:, None], w - 1 - cols, cols)
+    rows = dy[:, None] + torch.arange(h, device=x.device)
+    offsets = rows[:, :, None] * (w + 2 * p) + (dx[:, None] + cols)[:, None, :]
+    out = torch.gather(x.reshape(b, c, -1), 2, offsets.view(b, 1, h * w).expand(b, c, h * w))
+    return out.view(b, c, h, w)
