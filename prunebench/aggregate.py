@@ -70,14 +70,16 @@ def config_digest(config: dict[str, Any]) -> str:
 
 
 def find_run_dirs(runs_root: Path) -> list[Path]:
-    """Every folder below `runs_root` holding a run's config, metrics or failure record."""
+    """Every folder below `runs_root` holding a run's config, metrics or failure record.
+    Hidden folders are skipped: a process killed inside an atomic write leaves its temp folder
+    (`.config.json.*.tmp/config.json`), which is not a run."""
     markers = {paths.CONFIG, paths.METRICS, paths.FAILED}
     found = []
     for dirpath, dirnames, filenames in os.walk(runs_root):
         if markers & set(filenames):
             found.append(Path(dirpath))
             dirnames.clear()  # a run folder holds no nested runs
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
     return sorted(found)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,11 @@ class TrainConfig:
             (self.epochs >= 0, "epochs must be >= 0"),
             (self.batch_size > 0, "batch_size must be > 0"),
             (self.optimizer in ("sgd", "adam"), "optimizer must be one of sgd, adam"),
-            (self.lr > 0, "lr must be > 0"),
+            (math.isfinite(self.lr) and self.lr > 0, "lr must be a finite number > 0"),
+            (math.isfinite(self.momentum) and self.momentum >= 0,
+             "momentum must be a finite number >= 0"),
+            (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+             "weight_decay must be a finite number >= 0"),
             (self.schedule in ("cosine", "step", "constant"),
              "schedule must be one of cosine, step, constant"),
             (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
@@ -55,6 +61,9 @@ class TrainConfig:
             (self.selection == "final" or self.val_fraction > 0,
              "selection=val needs val_fraction > 0"),
             (self.crop_padding >= 0, "crop_padding must be >= 0"),
+            (self.eval_batch_size > 0, "eval_batch_size must be > 0"),
+            (re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device) is not None,
+             "device must be auto, cpu, cuda or cuda:N"),
         ]
         for ok, message in checks:
             if not ok:

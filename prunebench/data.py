@@ -137,11 +137,52 @@ def load_prepared(name: str, data_dir: str | Path) -> PreparedData:
             f"says {str(manifest.get('sha256'))[:12]}...): it is truncated or corrupt; prepare "
             "it again")
     try:
+        # weights_only: tensors and plain containers only; a crafted pickle is refused unrun
         tensors = torch.load(tensor_path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
         raise PrunebenchError(f"dataset file {tensor_path} cannot be loaded: "
                               f"{one_line(e)}") from None
+    _check_contents(tensors, manifest, tensor_path, manifest_path)
     return PreparedData(tensors, manifest)
+
+
+MANIFEST_KEYS = ("num_classes", "image_shape", "num_train", "num_test", "val_fraction", "mean",
+                 "std")
+
+
+def _check_contents(tensors: Any, manifest: dict[str, Any], tensor_path: Path,
+                    manifest_path: Path) -> None:
+    """The file holds the tensors its manifest describes (a file and manifest that agree on the
+    checksum may still come from elsewhere); anything else is refused in one line."""
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise PrunebenchError(f"dataset manifest {manifest_path} lacks {', '.join(missing)}; "
+                              "prepare the dataset again")
+
+    def refuse(what: str) -> None:
+        raise PrunebenchError(f"dataset file {tensor_path} {what}; prepare it again")
+
+    if not isinstance(tensors, dict):
+        refuse(f"holds a {type(tensors).__name__}, not the prepared tensors")
+    names = ("train_x", "train_y", "test_x", "test_y", "val_idx")
+    absent = [k for k in names if not isinstance(tensors.get(k), torch.Tensor)]
+    if absent:
+        refuse(f"lacks tensor(s) {', '.join(absent)}")
+    image_shape, num_classes = tuple(manifest["image_shape"]), manifest["num_classes"]
+    for split in ("train", "test"):
+        x, y, n = tensors[f"{split}_x"], tensors[f"{split}_y"], manifest[f"num_{split}"]
+        if x.dtype != torch.uint8 or tuple(x.shape) != (n, *image_shape):
+            refuse(f"has {split}_x {x.dtype} {tuple(x.shape)}, but its manifest says uint8 "
+                   f"{(n, *image_shape)}")
+        if y.dtype != torch.int64 or tuple(y.shape) != (n,):
+            refuse(f"has {split}_y {y.dtype} {tuple(y.shape)}, but its manifest says int64 "
+                   f"({n},)")
+        if n and not (0 <= int(y.min()) and int(y.max()) < num_classes):
+            refuse(f"has {split}_y labels outside 0..{num_classes - 1}")
+    v = tensors["val_idx"]
+    if v.dtype != torch.int64 or v.ndim != 1 or (
+            len(v) and not (0 <= int(v.min()) and int(v.max()) < manifest["num_train"])):
+        refuse("has val_idx that are not indices of training images")
 
 
 class DeviceData:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,17 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     finally:
         tmp.unlink(missing_ok=True)
         tmp_dir.rmdir()
+
+
+def remove_stale_temps(folder: str | Path, names: list[str] | None = None) -> list[Path]:
+    """Remove the hidden temp folders `atomic_write` leaves when its process is killed inside it
+    (only those of `names`, if given); return them. Call only where no other process writes."""
+    folder = Path(folder)
+    patterns = [f".{n}.*.tmp" for n in names] if names is not None else [".*.tmp"]
+    stale = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_dir()})
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
 
 
 def write_text(path: str | Path, text: str) -> None:

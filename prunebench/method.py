@@ -10,6 +10,7 @@ hooks only change values. A checkpoint is then just `model.state_dict()` plus `s
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -111,15 +112,23 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 raise ValueError(value)
             return int(value)
         if kind == "float":
-            return float(value)
+            return _finite(float(value))
         if kind.startswith("float | None") or kind.startswith("Optional[float]"):
-            return None if value in (None, "none", "None", "null") else float(value)
+            return None if value in (None, "none", "None", "null") else _finite(float(value))
         if kind.startswith("int | None") or kind.startswith("Optional[int]"):
             return None if value in (None, "none", "None", "null") else _coerce(value, "int",
                                                                                  where)
     except (TypeError, ValueError):
-        raise PrunebenchError(f"{where}: {value!r} is not a valid {kind}") from None
+        finite = " (a finite number)" if "float" in kind else ""
+        raise PrunebenchError(f"{where}: {value!r} is not a valid {kind}{finite}") from None
     return value
+
+
+def _finite(x: float) -> float:
+    """NaN or infinity as a setting only makes a run diverge later: refuse it up front."""
+    if not math.isfinite(x):
+        raise ValueError(x)
+    return x
 
 
 class PruningMethod:

@@ -10,6 +10,7 @@ LOG = "log.txt"
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
 FAILED = "failed.json"  # a run that stopped on an error (e.g. NaN loss) and why
+LOCK = ".lock"  # held (flock) by the one process writing the run folder
 
 
 def dataset_tensors(data_dir: str | Path, name: str) -> Path:

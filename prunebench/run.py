@@ -3,33 +3,46 @@
 Folder contents (names in prunebench/paths.py): config.json (written first), log.txt,
 checkpoint.pt (per epoch, atomic), history.csv, layers.csv, and metrics.json written last:
 its presence means the run finished. A failed run leaves failed.json instead.
+
+Faults: one process at a time writes a folder (an flock on `.lock`); a run killed anywhere is
+rerun with the same command and ends with the result of an uninterrupted run. Temp folders
+left by a kill inside an atomic write are removed at the next start, a checkpoint that cannot
+be loaded or belongs to another config is ignored (the run starts afresh: same result, more
+time), and SIGTERM/SIGUSR1 outside the training loop also exit 75 (Preempted).
 """
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import logging
+import os
 import platform
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from prunebench import __version__, paths
+from prunebench.archives import one_line
 from prunebench.config import RunConfig
-from prunebench.data import DeviceData, load_prepared
-from prunebench.errors import PrunebenchError, TrainingDiverged
-from prunebench.fileio import save_torch, write_json, write_text
+from prunebench.data import DeviceData, PreparedData, load_prepared
+from prunebench.errors import Preempted, PrunebenchError, TrainingDiverged
+from prunebench.fileio import remove_stale_temps, save_torch, write_json, write_text
 from prunebench.masking import budget_count, fold, layer_densities, num_prunable
 from prunebench.method import MethodContext, PruningMethod, TrainSettings
 from prunebench.metrics import count_params, evaluate, layer_macs
 from prunebench.models import create_model
 from prunebench.registry import get_method
-from prunebench.train import Trainer, epoch_seed
+from prunebench.train import PREEMPT_SIGNALS, Trainer, epoch_seed
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -146,39 +159,110 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+@contextmanager
+def folder_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `run_dir/.lock` (freed by the kernel even on SIGKILL); refuse
+    a folder another process holds. Filesystems without locks are used unlocked."""
+    fd = os.open(run_dir / paths.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise PrunebenchError(
+                f"run folder {run_dir} is in use by another prunebench process ({holder}); "
+                "wait for it to end or stop it, then rerun") from None
+        except OSError:
+            pass  # no flock on this filesystem: the workflow still runs one job per folder
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {platform.node()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def preempt_outside_training() -> Iterator[None]:
+    """SIGTERM/SIGUSR1 raise Preempted (exit 75) anywhere in a run; the training loop installs
+    its own handler, which checkpoints first. Outside it the last checkpoint is kept as is."""
+    def handle(signum: int, _frame: Any) -> None:
+        raise Preempted(f"signal {signum} received outside the training loop; the last "
+                        "checkpoint is kept")
+
+    old = {s: signal.signal(s, handle) for s in PREEMPT_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
 def execute(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Run (or resume, or skip when finished) one config into `run_dir`; return its metrics."""
     state = check_folder(run_dir, cfg)
-    if state == "done":
+    if state == "done" and not (run_dir / paths.CHECKPOINT).exists():
         return json.loads((run_dir / paths.METRICS).read_text())
-    run_dir.mkdir(parents=True, exist_ok=True)
+    wall0 = time.perf_counter()
+    with preempt_outside_training():
+        # Missing or corrupt data and a missing device stop here, before the folder is touched.
+        device = resolve_device(cfg.train.device)
+        prepared = load_prepared(cfg.dataset, cfg.data_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with folder_lock(run_dir):
+            state = check_folder(run_dir, cfg)  # again: another process may have finished it
+            stale = remove_stale_temps(run_dir)
+            if state == "done":  # killed after metrics.json was written: finish the cleanup
+                (run_dir / paths.CHECKPOINT).unlink(missing_ok=True)
+                return json.loads((run_dir / paths.METRICS).read_text())
+            try:
+                return _train_and_measure(cfg, run_dir, state, stale, device, prepared, wall0)
+            except Preempted as e:
+                _make_logger(run_dir).info(f"preempted: {e}")
+                raise
+
+
+def _train_and_measure(cfg: RunConfig, run_dir: Path, state: str, stale: list[Path],
+                       device: torch.device, prepared: PreparedData, wall0: float
+                       ) -> dict[str, Any]:
     (run_dir / paths.FAILED).unlink(missing_ok=True)
     write_json(run_dir / paths.CONFIG, {"digest": cfg.digest(), "config": cfg.to_dict()})
     logger = _make_logger(run_dir)
     log = logger.info
-    wall0 = time.perf_counter()
-    device = resolve_device(cfg.train.device)
+    for p in stale:
+        log(f"removed {p.name}, a temp folder left by a process killed while writing")
     torch.manual_seed(cfg.seed)
-    prepared = load_prepared(cfg.dataset, cfg.data_dir)
     channels_last = cfg.train.channels_last and device.type == "cuda"
     data = DeviceData(prepared, device, cfg.train.val_fraction, channels_last)
     c, h, w = prepared.image_shape
-    torch.manual_seed(cfg.seed)
-    model = create_model(cfg.arch, data.num_classes, c, h).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    method = build_method(cfg, data, device)
-    method.prepare(model)
     ckpt_path = run_dir / paths.CHECKPOINT
-    trainer = Trainer(model, method, data, cfg.train, cfg.seed, device,
-                      save=lambda ckpt: save_torch(ckpt_path, ckpt), log=log)
+    digest = cfg.digest()
+
+    def build() -> tuple[nn.Module, PruningMethod, Trainer]:
+        torch.manual_seed(cfg.seed)
+        model = create_model(cfg.arch, data.num_classes, c, h).to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        method = build_method(cfg, data, device)
+        method.prepare(model)
+        trainer = Trainer(
+            model, method, data, cfg.train, cfg.seed, device, log=log,
+            save=lambda ckpt: save_torch(ckpt_path, {**ckpt, "config_digest": digest}))
+        return model, method, trainer
+
+    model, method, trainer = build()
     if state == "resume" and ckpt_path.exists():
         try:
+            # weights_only: a checkpoint is data, never code (a crafted pickle is refused)
             ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        except Exception as e:  # noqa: BLE001 - unreadable checkpoint: start over, say so
-            log(f"checkpoint {ckpt_path} is unreadable ({e}); starting from scratch")
-        else:
+            if not isinstance(ckpt, dict) or ckpt.get("config_digest") != digest:
+                raise ValueError(f"it was not written by this run (config {digest})")
             trainer.restore(ckpt)
+        except Exception as e:  # noqa: BLE001 - unusable checkpoint: start over, say so
+            log(f"checkpoint {ckpt_path} cannot be used ({one_line(e)[:300]}); starting from "
+                "scratch")
+            model, method, trainer = build()
+        else:
             log(f"resumed from {ckpt_path} after epoch {trainer.state.global_epoch}")
     log(f"run {cfg.dataset}/{cfg.arch}/{cfg.method} sparsity={cfg.sparsity} seed={cfg.seed} "
         f"on {device}")

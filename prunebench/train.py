@@ -184,6 +184,9 @@ class Trainer:
                 self._pending_optimizers = None
                 if self.state.phase < len(self.phases):
                     self.save(self.checkpoint([]))
+                if flag.signum is not None:  # arrived after the epoch's own check
+                    raise Preempted(f"signal {flag.signum} received; checkpoint saved after "
+                                    f"epoch {self.state.global_epoch}")
         if self.cfg.selection == "val" and self.state.best_state is not None:
             self.model.load_state_dict(self.state.best_state)
         return self.state

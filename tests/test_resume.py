@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import PYTHON, REPO, cli_env
 
-VOLATILE = {"train_seconds", "wall_seconds", "run_dir"}
+VOLATILE = {"train_seconds", "wall_seconds", "run_dir", "git_commit"}  # others commit meanwhile
 
 
 def run_cmd(method: str, sparsity: str | None, out: Path, data: Path, epochs: int = 4
