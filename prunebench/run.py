@@ -159,24 +159,34 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# How long a run waits for its folder's lock before giving up: on NFS, the lock of a process on
+# a node that crashed outlives it until the server's lease expires (90 s by default).
+LOCK_WAIT_SECONDS = 120.0
+
+
 @contextmanager
 def folder_lock(run_dir: Path) -> Iterator[None]:
     """Hold an exclusive flock on `run_dir/.lock` (freed by the kernel even on SIGKILL); refuse
     a folder another process holds. Filesystems without locks are used unlocked."""
     fd = os.open(run_dir / paths.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            raise PrunebenchError(
-                f"run folder {run_dir} is in use by another prunebench process ({holder}); "
-                "wait for it to end or stop it, then rerun") from None
-        except OSError:
-            pass  # no flock on this filesystem: the workflow still runs one job per folder
-        else:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(1.0)
+                    continue
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                raise PrunebenchError(
+                    f"run folder {run_dir} is in use by another prunebench process ({holder}); "
+                    "wait for it to end or stop it, then rerun") from None
+            except OSError:
+                break  # no flock on this filesystem: the workflow runs one job per folder
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {platform.node()}\n".encode(), 0)
+            break
         yield
     finally:
         os.close(fd)

@@ -17,9 +17,11 @@ A fault is a dict with `at` and `action` (kill = SIGKILL, term = SIGTERM, usr1 =
                                  "mid" (temp file half written), "before_rename" (temp complete
                                  and synced) or "after_rename" (renamed, temp folder not removed)
   {"at": "extract"}             after training, before the network is folded and measured
+A setting is {"at": "set", "name": "module.CONSTANT", "value": v}: set before the run starts.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -50,9 +52,13 @@ def install(faults: list[dict[str, Any]]) -> None:
     steps = [f for f in faults if f["at"] == "step"]
     writes = [f for f in faults if f["at"] == "write"]
     extracts = [f for f in faults if f["at"] == "extract"]
-    unknown = [f for f in faults if f["at"] not in ("step", "write", "extract")]
+    unknown = [f for f in faults if f["at"] not in ("step", "write", "extract", "set")]
     if unknown:
         raise ValueError(f"unknown fault point(s): {unknown}")
+    for f in faults:
+        if f["at"] == "set":
+            module, name = f["name"].rsplit(".", 1)
+            setattr(importlib.import_module(module), name, f["value"])
 
     if steps:
         real_set_lr = train.Trainer._set_lr

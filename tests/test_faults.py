@@ -346,7 +346,10 @@ def test_a_folder_in_use_is_refused(launcher: Launcher, digits_dir: Path,
         fcntl.flock(held, fcntl.LOCK_EX)
         held.write("pid 12345 on elsewhere\n")
         held.flush()
-        rc = launcher.attempt(run_args("dense", digits_dir, run_dir), log)
+        wait = {"at": "set", "name": "prunebench.run.LOCK_WAIT_SECONDS", "value": 2.0}
+        start = time.monotonic()
+        rc = launcher.attempt(run_args("dense", digits_dir, run_dir), log, [wait])
+        assert time.monotonic() - start >= 2.0  # it waited for the lock first
     err = log_text(log).strip()
     assert rc == 1 and len(err.splitlines()) == 1, err
     assert "in use by another prunebench process (pid 12345 on elsewhere)" in err
@@ -407,7 +410,6 @@ def test_bad_checkpoint_is_ignored_and_the_run_starts_afresh(
         other = tmp_path / "other"
         rc = launcher.attempt(run_args("dense", digits_dir, other, seed=4), log, kill)
         assert rc == KILLED
-        FIGURES["kills"] += 1
         shutil.copy(other / "checkpoint.pt", ckpt)
     else:
         ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
@@ -418,6 +420,32 @@ def test_bad_checkpoint_is_ignored_and_the_run_starts_afresh(
     assert "resumed from" not in text.split("cannot be used")[-1]
     FIGURES["crafted pickles refused" if case.endswith("code") else "bad checkpoints ignored"] += 1
     check_finished(run_dir, ref)
+
+
+def test_every_load_of_a_file_is_data_only() -> None:
+    """Static check over the engine, methods and workflow: every torch.load passes
+    weights_only=True, and nothing calls pickle.load(s) (CIFAR batches go through the
+    restricted unpickler in prunebench/downloads.py)."""
+    import ast
+
+    unsafe = []
+    files = [p for d in ("prunebench", "methods", "baselines") for p in (REPO / d).rglob("*.py")]
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            owner = getattr(node.func.value, "id", "")
+            where = f"{path.relative_to(REPO)}:{node.lineno}"
+            if owner == "torch" and node.func.attr == "load":
+                safe = any(k.arg == "weights_only" and getattr(k.value, "value", None) is True
+                           for k in node.keywords)
+                if not safe:
+                    unsafe.append(where)
+            if owner == "pickle" and node.func.attr in ("load", "loads"):
+                unsafe.append(where)
+    assert not unsafe, f"unsafe loads: {unsafe}"
+    for smk in [REPO / "Snakefile", *(REPO / "rules").glob("*.smk")]:
+        assert "torch.load" not in smk.read_text() and "pickle" not in smk.read_text()
 
 
 @pytest.fixture
@@ -898,7 +926,7 @@ def invalid_configs(draw: st.DrawFn) -> tuple[str, dict[str, Any], list[str]]:
     return kind, config, ["grids"]
 
 
-@settings(max_examples=25, deadline=None, database=None,
+@settings(max_examples=60, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=invalid_configs())
 def test_invalid_configs_are_rejected_naming_the_key(case, workflow_copy: Path) -> None:
@@ -908,6 +936,32 @@ def test_invalid_configs_are_rejected_naming_the_key(case, workflow_copy: Path) 
     error, _ = snakemake(workflow_copy, config, dry_run=False)
     assert error is not None, f"accepted an invalid config ({what})"
     assert any(f in error for f in fragments), f"{what}: no {fragments} in: {error[:1500]}"
+    FIGURES["invalid configs rejected"] += 1
+
+
+NON_FINITE_SETTINGS = {  # each was accepted before this suite (NaN passes every JSON-schema bound)
+    "train.lr": (lambda c: c["train"].update(lr=float("inf")), "lr"),
+    "train.momentum": (lambda c: c["train"].update(momentum=float("nan")), "momentum"),
+    "methods.gumbel.train.weight_decay": (
+        lambda c: c["methods"]["gumbel"]["train"].update(weight_decay=float("inf")),
+        "weight_decay"),
+    "methods.gumbel.options.tau": (
+        lambda c: c["methods"]["gumbel"]["options"].update(tau=float("nan")), "tau"),
+    "methods.edgepopup.options.lr": (
+        lambda c: c["methods"]["edgepopup"]["options"].update(lr=float("inf")), "lr"),
+    "grids[0].sparsities": (lambda c: c["grids"][0].update(sparsities=[float("nan")]),
+                            "sparsities"),
+}
+
+
+@pytest.mark.parametrize("key", list(NON_FINITE_SETTINGS))
+def test_non_finite_settings_are_rejected(key: str, workflow_copy: Path) -> None:
+    change, fragment = NON_FINITE_SETTINGS[key]
+    config = base_config()
+    config["grids"][0]["methods"].append("edgepopup")
+    change(config)
+    error, _ = snakemake(workflow_copy, config, dry_run=False)
+    assert error is not None and fragment in error, f"{key}: {error}"
     FIGURES["invalid configs rejected"] += 1
 
 
