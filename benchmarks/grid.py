@@ -99,6 +99,8 @@ def estimate(ctx: Context, device: torch.device, jobs: list[Any],
     per_image = {r["arch"]: (1.0 / r["images_per_s"], r["image_size"], r["checkpoint_s"])
                  for r in epoch_rows if r.get("device") == dev and r.get("status") == "ok"}
     ratios = _ratio_table(overhead_rows, dev)
+    repeats = max((int(r["repeats"]) for r in epoch_rows if r.get("device") == dev
+                   and r.get("status") == "ok"), default=0)
     groups: dict[tuple[str, str, str], dict[str, float]] = defaultdict(
         lambda: {"jobs": 0, "epochs": 0, "seconds": 0.0})
     missing: set[str] = set()
@@ -142,12 +144,13 @@ def estimate(ctx: Context, device: torch.device, jobs: list[Any],
     rows = []
     for (dataset, arch, method), g in sorted(groups.items()):
         rows.append(ctx.row(device, benchmark="grid_cost", source=source, dataset=dataset,
-                            arch=arch, method=method, jobs=g["jobs"], epochs=g["epochs"],
+                            arch=arch, method=method, repeats=repeats, jobs=g["jobs"],
+                            epochs=g["epochs"],
                             device_hours=g["seconds"] / 3600, hours=label, status="ok",
                             note="estimate"))
     total = sum(g["seconds"] for g in groups.values()) / 3600
     rows.insert(0, ctx.row(device, benchmark="grid_cost", source=source, dataset="all",
-                           arch="all", method="all",
+                           arch="all", method="all", repeats=repeats,
                            jobs=sum(int(g["jobs"]) for g in groups.values()),
                            epochs=sum(int(g["epochs"]) for g in groups.values()),
                            device_hours=total, hours=label,

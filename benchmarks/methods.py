@@ -3,6 +3,7 @@ training-step time (through the engine's own loop), peak memory, and inference t
 extracted, folded subnetwork."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -149,6 +150,7 @@ def measure_memory(arch: str, method: str, device: torch.device, size: int, batc
     list_methods()
     data = _device_data(device, steps * batch, size)
     if device.type == "cuda":
+        gc.collect()
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)

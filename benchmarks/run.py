@@ -61,16 +61,16 @@ class Sizes:
 
 FULL = Sizes(
     data_images=25_600, data_repeats=5, batch=128,
-    image_size={"conv2": (32, 32), "conv4": (32, 32), "conv6": (32, 32), "vgg19": (16, 32),
-                "resnet18": (16, 32)},
+    image_size={"conv2": (32, 32), "conv4": (32, 32), "conv6": (32, 32), "vgg19": (32, 32),
+                "resnet18": (32, 32)},
     steps={"conv4": (1, 50), "resnet18": (1, 50), "other": (1, 30)},
     repeats={"conv4": (5, 7), "resnet18": (3, 7), "other": (3, 5)},
-    infer_batch=(128, 1024), infer_repeats=(7, 20), dry_run_repeats=3, startup_repeats=3,
+    infer_batch=(128, 1024), infer_repeats=(5, 20), dry_run_repeats=3, startup_repeats=3,
     startup_cifar_images=50_000, gpu_epoch_images=45_000, gpu_repeats=3, pack_jobs=4,
     pack_images=45_000, pack_epochs=2)
 QUICK = Sizes(
     data_images=10_240, data_repeats=3, batch=128,
-    image_size=FULL.image_size,
+    image_size={**FULL.image_size, "vgg19": (16, 32), "resnet18": (16, 32)},
     steps={"conv4": (1, 20), "resnet18": (1, 20), "other": (1, 10)},
     repeats={"conv4": (3, 5), "resnet18": (2, 5), "other": (2, 3)},
     infer_batch=(128, 1024), infer_repeats=(5, 10), dry_run_repeats=1, startup_repeats=2,
@@ -194,21 +194,22 @@ def _grid(ctx: Context, configfile: str, out: dict[str, list], cpu_time: bool
     try:
         jobs = workflow.parse_jobs(workflow.job_commands(configfile))
     except Exception as e:  # noqa: BLE001 - the workflow may be mid-edit: say so, keep going
-        return [ctx.row("cpu", benchmark="grid_cost", source=configfile,
+        return [ctx.row("cpu", benchmark="grid_cost", source=configfile, repeats=0,
                         status=f"pending: job list unavailable: {e}")]
     fixed = workflow.job_fixed_seconds(out.get("workflow", []), cpu_time)
     rows = []
     for dev in devices():
         if not any(r.get("device") == dev.type and r.get("status") == "ok"
                    for r in out.get("epoch", [])):
-            rows.append(ctx.row(dev, benchmark="grid_cost", source=configfile,
+            rows.append(ctx.row(dev, benchmark="grid_cost", source=configfile, repeats=0,
                                 status="pending: run the epoch section on this device"))
             continue
         rows += grid.estimate(ctx, dev, jobs, out.get("epoch", []), out.get("overhead", []),
                               fixed, configfile)
     if not cuda_available():
         rows.append(ctx.row("cuda", benchmark="grid_cost", source=configfile, dataset="all",
-                            arch="all", method="all", jobs=len(jobs), status=PENDING_GPU,
+                            arch="all", method="all", jobs=len(jobs), repeats=0,
+                            status=PENDING_GPU,
                             note="no GPU figure without a GPU measurement"))
     return rows
 
