@@ -149,11 +149,14 @@ def reference(launcher: Launcher, digits_dir: Path, tmp_path_factory: pytest.Tem
     def get(setting: str) -> dict[str, Any]:
         if setting not in cache:
             d, log = root / setting, root / f"{setting}.log"
+            start = time.monotonic()
             rc = launcher.attempt(run_args(setting, digits_dir, d), log)
+            get.seconds[setting] = time.monotonic() - start
             assert rc == 0, log_text(log)[-3000:]
             cache[setting] = outcome(d)
         return cache[setting]
 
+    get.seconds = {}  # wall time of each uninterrupted run, to aim the random-time kills
     return get
 
 
@@ -209,7 +212,7 @@ EARLY = ("step kill", "step signal", "checkpoint write", "kill in preemption che
 LATE = ("extraction signal", "metrics write", "history/layers write")
 
 
-def early_fault(kind: str, rng: random.Random, left: int
+def early_fault(kind: str, rng: random.Random, left: int, seconds_left: float
                 ) -> tuple[list[dict[str, Any]], float | None, int]:
     step = rng.randint(1, left)
     if kind == "step kill":
@@ -226,8 +229,8 @@ def early_fault(kind: str, rng: random.Random, left: int
     if kind == "config write":
         return [{"at": "write", "file": "config.json", "n": 1, "when": rng.choice(WHENS),
                  "action": "kill"}], None, KILLED
-    assert kind == "random-time kill"
-    return [], rng.uniform(0.3, 2.5), KILLED
+    assert kind == "random-time kill"  # anywhere in the rest of the run, startup included
+    return [], rng.uniform(0.02, 0.6) * seconds_left, KILLED
 
 
 def late_fault(kind: str, rng: random.Random) -> tuple[list[dict[str, Any]], float | None, int]:
@@ -247,7 +250,10 @@ def plans() -> dict[str, tuple[list[str], str]]:
     late = [LATE[i % len(LATE)] for i in range(len(SETTINGS))]
     rng.shuffle(early)
     rng.shuffle(late)
-    return {s: (early[3 * i:3 * i + 3], late[i]) for i, s in enumerate(SETTINGS)}
+    # a random-time kill may come too late (the run finished): it goes last, skipping least
+    last = "random-time kill"
+    return {s: (sorted(early[3 * i:3 * i + 3], key=lambda k: k == last), late[i])
+            for i, s in enumerate(SETTINGS)}
 
 
 PLANS = plans()
@@ -261,6 +267,7 @@ def test_killed_again_and_again_ends_with_the_uninterrupted_result(
     ref = reference(setting)
     rng = random.Random(f"{FAULT_SEED}-{setting}")
     per_epoch = steps_per_epoch(digits_dir)
+    total = EPOCHS.get(setting, 2) * per_epoch
     run_dir, log = tmp_path / "run", tmp_path / "run.log"
     argv = run_args(setting, digits_dir, run_dir)
     early, late = PLANS[setting]
@@ -268,7 +275,8 @@ def test_killed_again_and_again_ends_with_the_uninterrupted_result(
         left = steps_left(run_dir, setting, per_epoch)
         if kind in EARLY:
             assert left > 0, "no training left for an early fault"
-            faults, kill_after, expected = early_fault(kind, rng, left)
+            seconds_left = reference.seconds[setting] * left / total
+            faults, kill_after, expected = early_fault(kind, rng, left, seconds_left)
         else:
             faults, kill_after, expected = late_fault(kind, rng)
         rc = launcher.attempt(argv, log, faults, kill_after)
