@@ -17,7 +17,7 @@ from prunebench import paths
 from prunebench.archives import one_line
 from prunebench.datasets import RawDataset, SourceArgs, get_source
 from prunebench.errors import PrunebenchError
-from prunebench.fileio import save_torch, sha256_file, write_json
+from prunebench.fileio import remove_stale_temps, save_torch, sha256_file, write_json
 
 FORMAT_VERSION = 1
 SPLIT_SEED = 0
@@ -62,6 +62,10 @@ def prepare(name: str, data_dir: str | Path, root: str = "", val_fraction: float
             url: str = "", checksum: str = "") -> Path:
     """Read dataset `name` from its source and write `<data_dir>/<name>.pt` plus its manifest."""
     data_dir = Path(data_dir)
+    tensor_path = paths.dataset_tensors(data_dir, name)
+    manifest_path = paths.dataset_manifest(data_dir, name)
+    # what a prepare killed while writing left behind (the tensor file may be gigabytes)
+    remove_stale_temps(data_dir, [tensor_path.name, manifest_path.name])
     raw: RawDataset = get_source(name)(SourceArgs(root=root, work=data_dir / "raw", url=url,
                                                   checksum=checksum))
     if name in KNOWN_STATS:
@@ -77,7 +81,6 @@ def prepare(name: str, data_dir: str | Path, root: str = "", val_fraction: float
         "test_y": torch.from_numpy(raw.test_y.astype(np.int64)),
         "val_idx": torch.from_numpy(stratified_split(raw.train_y, val_fraction, SPLIT_SEED)),
     }
-    tensor_path = paths.dataset_tensors(data_dir, name)
     save_torch(tensor_path, blob)
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -94,7 +97,7 @@ def prepare(name: str, data_dir: str | Path, root: str = "", val_fraction: float
         "mean": list(mean),
         "std": list(std),
     }
-    write_json(paths.dataset_manifest(data_dir, name), manifest)
+    write_json(manifest_path, manifest)
     return tensor_path
 
 

@@ -345,6 +345,26 @@ def test_real_process_start_matches_the_launcher(reference, digits_dir: Path,
     check_finished(run_dir, ref)
 
 
+@pytest.mark.parametrize("file,when", [("digits.pt", "mid"), ("digits.json", "before_rename")])
+def test_prepare_killed_while_writing(file: str, when: str, launcher: Launcher,
+                                      digits_dir: Path, tmp_path: Path) -> None:
+    """`prepare` killed inside a write leaves a temp folder and no usable dataset; rerun, it
+    removes the leftover and writes the same bytes as an uninterrupted prepare."""
+    data, log = tmp_path / "data", tmp_path / "prepare.log"
+    argv = ["prepare", "--dataset", "digits", "--data-dir", str(data)]
+    kill = [{"at": "write", "file": file, "n": 1, "when": when, "action": "kill"}]
+    assert launcher.attempt(argv, log, kill) == KILLED
+    assert temp_folders(data)
+    with pytest.raises(PrunebenchError):
+        load_prepared("digits", data)
+    assert launcher.attempt(argv, log) == 0, log_text(log)[-3000:]
+    assert temp_folders(data) == []
+    for name in ("digits.pt", "digits.json"):
+        assert (data / name).read_bytes() == (digits_dir / name).read_bytes()
+    FIGURES["kills"] += 1
+    FIGURES["results_compared"] += 1
+
+
 def test_a_folder_in_use_is_refused(launcher: Launcher, digits_dir: Path,
                                     tmp_path: Path) -> None:
     """Two processes never write one run folder: the second stops with a one-line error."""
