@@ -58,7 +58,7 @@ def _check_methods():
     """Names registered, options existing in each method's hparams dataclass; budgeted or not."""
     registered = list_methods()
     budgeted = {}
-    for method, section in config["methods"].items():
+    for method in config["methods"]:
         if method not in registered:
             raise _config_error(
                 f"methods.{method}",
@@ -198,8 +198,8 @@ def train_resources(wildcards):
     """resources.train, updated by every matching resources.train_overrides entry in order."""
     res = dict(config["resources"]["train"])
     for entry in config["resources"]["train_overrides"]:
-        if all(getattr(wildcards, axis) in entry[f"{axis}s"] for axis in ("dataset", "arch", "method")
-               if f"{axis}s" in entry):
+        axes = [axis for axis in ("dataset", "arch", "method") if f"{axis}s" in entry]
+        if all(getattr(wildcards, axis) in entry[f"{axis}s"] for axis in axes):
             res.update({k: v for k, v in entry.items() if k in TRAIN_RESOURCE_KEYS})
     return res
 

@@ -196,8 +196,8 @@ def _gpu_config(methods: list[str], epochs: int) -> dict:
 def _run(workdir: Path, env: dict[str, str], config: dict, timeout: int = 600
          ) -> subprocess.Popen:
     return subprocess.Popen(
-        [SNAKEMAKE, "--profile", _test_profile(workdir), "--configfile",
-         _write_config(workdir, config), "--verbose", "aggregate_runs"],
+        [SNAKEMAKE, "aggregate_runs", "--profile", _test_profile(workdir), "--configfile",
+         _write_config(workdir, config), "--verbose"],
         cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -248,5 +248,6 @@ def test_terminated_job_is_resubmitted_and_resumes(slurm: dict[str, str],
     jobids = re.findall(r"submitted with SLURM jobid (\d+)", output)
     assert len(jobids) == 2 and jobids[0] == jobs[0], output[-6000:]
     log = (run_dir / "log.txt").read_text()
+    assert "preempted: signal 15 received; checkpoint saved" in log, log
     assert "resumed from" in log, log
     assert (run_dir / "metrics.json").exists()

@@ -219,6 +219,29 @@ def test_paper_dry_run_builds_the_grid_in_seconds(tmp_path: Path) -> None:
     assert seconds < 120, f"dry run of config/paper.yaml took {seconds:.0f} s"
 
 
+def test_paper_resources_follow_the_overrides(tmp_path: Path) -> None:
+    """resources.train, then every matching train_overrides entry in order (later wins)."""
+    workdir = _copy_workflow(tmp_path)
+    targets = {
+        "cifar10/conv4/dense/snone": "gpu=1, cpus_per_task=4, runtime=240, mem_mb=16000",
+        "cifar10/vgg19/snip/s0.97": "gpu=1, cpus_per_task=4, runtime=720, mem_mb=16000",
+        "cifar10/resnet18/gumbel/snone": "gpu=1, cpus_per_task=4, runtime=1440, mem_mb=16000",
+        "tinyimagenet/resnet18/reparam/s0.9": "gpu=1, cpus_per_task=4, runtime=1440, "
+                                              "mem_mb=32000",
+    }
+    paths = [f"results/runs/{t}/seed1/workflow.done" for t in targets]
+    out = _snakemake(*paths, "--dry-run", "--configfile", "config/paper.yaml", cwd=workdir,
+                     timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    jobs = out.stdout.split("rule train_run:")[1:]
+    assert len(jobs) == len(targets), out.stdout[-3000:]
+    for job in jobs:
+        target = re.search(r"output: results/runs/(.+)/seed1/workflow.done", job).group(1)
+        resources = re.search(r"resources: (.*)", job).group(1)
+        assert f", {targets[target]}," in resources, resources
+        assert f"--method {target.split('/')[2]}" in job, job
+
+
 def test_lint_is_clean() -> None:
     out = _snakemake("--lint")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -260,7 +283,7 @@ def test_diverged_run_is_a_result_not_a_failure(tmp_path: Path) -> None:
     workdir = _copy_workflow(tmp_path)
     config = _tiny_config(["dense", "random"])
     config["methods"]["random"]["train"] = {"lr": 1e12, "epochs": 3}
-    out = _snakemake("--configfile", _write_config(workdir, config), "aggregate_runs",
+    out = _snakemake("aggregate_runs", "--configfile", _write_config(workdir, config),
                      cwd=workdir)
     assert out.returncode == 0, out.stderr[-4000:]
     diverged = workdir / "results/runs/digits/conv2/random/s0.9/seed0"
@@ -286,14 +309,19 @@ def _process_running(run_dir: Path) -> int | None:
     return None
 
 
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 @pytest.mark.slow
 def test_terminated_run_is_retried_and_resumes(tmp_path: Path) -> None:
-    """SIGTERM to a running job (what SLURM sends at a time limit or on preemption): the run
-    checkpoints and exits 75, Snakemake's retry (profiles/default) reruns it, and it resumes."""
+    """SIGTERM to a running job's shell and run, as SLURM signals every process of a job step at
+    its time limit or on preemption: the shell ignores it (`trap '' TERM`) and waits, the run
+    saves a mid-epoch checkpoint and exits 75, Snakemake's retry reruns it once, it resumes."""
     workdir = _copy_workflow(tmp_path)
     path = _write_config(workdir, _tiny_config(["dense"], epochs=40))
     run_dir = Path("results/runs/digits/conv2/dense/snone/seed0")
-    proc = subprocess.Popen([SNAKEMAKE, "--configfile", path, "aggregate_runs"], cwd=workdir,
+    proc = subprocess.Popen([SNAKEMAKE, "aggregate_runs", "--configfile", path], cwd=workdir,
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
@@ -303,18 +331,19 @@ def test_terminated_run_is_retried_and_resumes(tmp_path: Path) -> None:
             time.sleep(0.5)
         pid = _process_running(run_dir)
         assert pid is not None
-        os.kill(pid, signal.SIGTERM)
+        shell = _parent(pid)
+        for target in (shell, pid):
+            os.kill(target, signal.SIGTERM)
         output, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, output[-4000:]
-    assert "Trying to restart job" in output, output[-4000:]
+    assert output.count("Trying to restart job") == 1, output[-4000:]
     log = (workdir / run_dir / "log.txt").read_text()
+    assert "preempted: signal 15 received; checkpoint saved" in log, log
     assert "resumed from" in log, log
     assert (workdir / run_dir / "metrics.json").exists()
-    train_log = (workdir / "results/logs/train_run/digits/conv2/dense/snone/seed0.log")
-    assert "preempted" in train_log.read_text() or "resumed from" in log
 
 
 @pytest.mark.slow
