@@ -125,6 +125,27 @@ def test_shipped_configs_parse(tmp_path: Path) -> None:
         assert _parse_workflow(_load(name), tmp_path) is None, name
 
 
+def test_minimal_config_takes_schema_defaults(tmp_path: Path) -> None:
+    grid = {"datasets": ["digits"], "archs": ["conv2"], "methods": ["dense"], "seeds": [0]}
+    assert _parse_workflow({"grids": [grid]}, tmp_path) is None
+
+
+def test_budget_option_makes_gumbel_run_per_sparsity(tmp_path: Path) -> None:
+    """gumbel has no budget (one `snone` run per seed) unless options.budget is on."""
+    workdir = _copy_workflow(tmp_path)
+    config = _tiny_config(["gumbel"])
+    config["grids"][0]["sparsities"] = [0.5, 0.9]
+    outputs = {}
+    for budget in (False, True):
+        config["methods"]["gumbel"]["options"]["budget"] = budget
+        out = _snakemake("aggregate_runs", "--dry-run", "--configfile",
+                         _write_config(workdir, config), cwd=workdir, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        outputs[budget] = sorted(set(re.findall(r"results/runs/digits/conv2/gumbel/(s[^/]+)/",
+                                                out.stdout)))
+    assert outputs == {False: ["snone"], True: ["s0.5", "s0.9"]}
+
+
 @pytest.mark.parametrize("case", list(BAD_CONFIGS))
 def test_bad_config_stops_naming_the_key(case: str, tmp_path: Path) -> None:
     change, expected = BAD_CONFIGS[case]
