@@ -106,7 +106,8 @@ def overhead(ctx: Context, device: torch.device, arch: str, size: int, batch: in
 # -- peak memory --------------------------------------------------------------------------------
 def state_bytes(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer]) -> int:
     """Bytes of every distinct tensor a run holds between steps: parameters (parametrization
-    originals included), buffers (masks), gradients and optimizer state."""
+    originals included), buffers (masks), tensors cached as module attributes, gradients and
+    optimizer state."""
     seen: dict[int, int] = {}
 
     def add(t: Any) -> None:
@@ -118,6 +119,9 @@ def state_bytes(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer])
         add(p.grad)
     for b in model.buffers():
         add(b)
+    for m in model.modules():  # tensors a module caches outside its state (FixedMask's cast)
+        for v in vars(m).values():
+            add(v)
     for o in optimizers:
         for st in o.state.values():
             for v in st.values():
@@ -130,6 +134,16 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _reset_hwm() -> bool:
+    """Reset the resident set's high-water mark to the current resident set (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _hwm_bytes() -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -140,7 +154,8 @@ def _hwm_bytes() -> int:
 
 def measure_memory(arch: str, method: str, device: torch.device, size: int, batch: int,
                    steps: int) -> dict[str, Any]:
-    """Peak memory of `steps` training steps of the method's last training phase. On CUDA:
+    """Peak memory of building + prepare() and of 2 epochs of `steps` training steps of the
+    method's last training phase (and of those epochs alone). On CUDA:
     torch.cuda.max_memory_allocated above what was allocated before the model existed. On CPU
     (call in a fresh process): growth of the resident set's high-water mark (VmHWM) above the
     resident set before the model was built."""
@@ -158,15 +173,26 @@ def measure_memory(arch: str, method: str, device: torch.device, size: int, batc
     else:
         base = _rss_bytes()
     built = build(arch, method, data, device, batch)
+    # the peak of the training steps alone, beside the peak that includes prepare()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        prepare_peak = torch.cuda.max_memory_allocated(device) - base
+        torch.cuda.reset_peak_memory_stats(device)
+        resettable = True
+    else:
+        prepare_peak = _hwm_bytes() - base
+        resettable = _reset_hwm()
     stepper = PhaseStepper(built, timed_phases(built)[-1] if timed_phases(built) else 0)
     stepper.step_seconds()
     stepper.step_seconds()  # the second epoch holds optimizer state while activations live
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) - base
+        train_peak = torch.cuda.max_memory_allocated(device) - base
     else:
-        peak = _hwm_bytes() - base
-    return {"peak_bytes": peak, "state_bytes": state_bytes(built.model, stepper.optimizers),
+        train_peak = _hwm_bytes() - base
+    return {"peak_bytes": max(prepare_peak, train_peak),
+            "train_peak_bytes": train_peak if resettable else float("nan"),
+            "state_bytes": state_bytes(built.model, stepper.optimizers),
             "phase": stepper.phase.name}
 
 
@@ -210,11 +236,15 @@ def memory(ctx: Context, device: torch.device, arch: str, size: int, batch: int,
             device, **common, method=method, phase=r["phase"],
             peak_mib=r["peak_bytes"] / 2**20, dense_peak_mib=dense["peak_bytes"] / 2**20,
             ratio=r["peak_bytes"] / dense["peak_bytes"],
+            train_peak_mib=r["train_peak_bytes"] / 2**20,
+            train_peak_ratio=r["train_peak_bytes"] / dense["train_peak_bytes"],
             state_mib=r["state_bytes"] / 2**20, dense_state_mib=dense["state_bytes"] / 2**20,
             state_ratio=r["state_bytes"] / dense["state_bytes"], peak_measure=measure,
             status="ok",
-            note="peak over 2 epochs of the method's last training phase; state = parameters "
-                 "+ buffers + gradients + optimizer state (distinct storages)"))
+            note="peak = max over prepare() and 2 epochs of the method's last training phase; "
+                 "train_peak = the 2 epochs alone (high-water mark reset after prepare); "
+                 "state = parameters + buffers + cached module tensors + gradients + "
+                 "optimizer state (distinct storages)"))
     return rows
 
 
