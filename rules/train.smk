@@ -4,8 +4,9 @@ rule train_run:
     Exit 3 (training diverged, failed.json written) is a result, not a workflow failure: the
     marker is touched and aggregation reports the run as failed. Exit 75 (preempted, checkpoint
     saved) and errors fail the job; the profiles' `retries` rerun it and the run resumes.
-    `trap '' TERM` keeps the shell alive on SIGTERM (SLURM time limit or preemption) so that
-    only the engine reacts: it checkpoints and exits 75 instead of being orphaned and killed.
+    `trap '' TERM`: on SIGTERM (SLURM signals every process of the job step at a time limit or
+    on preemption) the shell waits for the run to save its checkpoint and exit 75, instead of
+    dying first and letting the step be torn down while the checkpoint is being written.
     """
     input:
         "results/data/{dataset}.pt",
