@@ -69,13 +69,16 @@ def _check_methods():
         where = f"config methods.{method}.options"
         try:
             hparams = cls.hparams_cls.from_dict(_method_settings(method)["options"], where)
+            budgeted[method] = cls(hparams, None).is_budgeted()
         except PrunebenchError as e:
-            raise WorkflowError(str(e)) from None
-        budgeted[method] = cls(hparams, None).is_budgeted()
+            message = str(e) if where in str(e) else f"{where}: {e}"
+            raise WorkflowError(message) from None
     return budgeted
 
 
 def _sparsity_label(block_key, sparsity):
+    if not 0 <= sparsity < 1:  # also NaN, which the schema's bounds let through
+        raise _config_error(block_key, f"sparsity {sparsity} is outside [0, 1)")
     label = paths.sparsity_label(sparsity)[1:]
     if float(label) != sparsity:
         raise _config_error(
@@ -93,6 +96,11 @@ def _build_grid():
         if dataset not in DATASETS:
             raise _config_error(f"data_roots.{dataset}",
                                 f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
+    for i, entry in enumerate(config["resources"]["train_overrides"]):
+        for axis, allowed in (("datasets", DATASETS), ("archs", ARCHS),
+                              ("methods", list_methods())):
+            _check_names(f"resources.train_overrides[{i}].{axis}", entry.get(axis, []),
+                         allowed, axis[:-1])
     runs = {}
     for b, block in enumerate(config["grids"]):
         key = f"grids[{b}]" + (f" ({block['name']})" if block["name"] else "")

@@ -117,6 +117,16 @@ BAD_CONFIGS = {
     "no grids": (
         lambda c: c.pop("grids"),
         ["'grids' is a required property"]),
+    "NaN sparsity": (
+        lambda c: c["grids"][0]["sparsities"].append(float("nan")),
+        ["grids[0] (quick).sparsities", "sparsity nan is outside [0, 1)"]),
+    "unknown method in a resource override": (
+        lambda c: c["resources"]["train_overrides"].append({"methods": ["lottery"],
+                                                            "runtime": 3}),
+        ["resources.train_overrides[0].methods[0]", "unknown method 'lottery'"]),
+    "option value the method refuses": (
+        lambda c: c["methods"]["gumbel"]["options"].update(tau=-1.0),
+        ["methods.gumbel.options", "tau"]),
 }
 
 
