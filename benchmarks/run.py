@@ -63,8 +63,8 @@ FULL = Sizes(
     data_images=25_600, data_repeats=5, batch=128,
     image_size={"conv2": (32, 32), "conv4": (32, 32), "conv6": (32, 32), "vgg19": (32, 32),
                 "resnet18": (32, 32)},
-    steps={"conv4": (1, 50), "resnet18": (1, 50), "other": (1, 30)},
-    repeats={"conv4": (5, 7), "resnet18": (3, 7), "other": (3, 5)},
+    steps={"conv4": (2, 50), "resnet18": (1, 50), "other": (1, 30)},
+    repeats={"conv4": (9, 9), "resnet18": (5, 9), "other": (3, 5)},
     infer_batch=(128, 1024), infer_repeats=(5, 20), dry_run_repeats=3, startup_repeats=3,
     startup_cifar_images=50_000, gpu_epoch_images=45_000, gpu_repeats=3, pack_jobs=4,
     pack_images=45_000, pack_epochs=2)
