@@ -1,8 +1,8 @@
 """`python -m benchmarks.run [--quick | --tiny]`: every engine benchmark, as ratios measured in
 one run (absolute times on shared machines are noise; ratios of interleaved measurements hold).
 
-Writes benchmarks/results/{data_path,method_overhead,memory,inference,epoch_time,workflow,gpu,
-grid_cost}.csv and prints a table. GPU rows read 'skipped: no CUDA device' without one.
+Writes benchmarks/results/{data_path,engine_changes,method_overhead,inference,memory,epoch_time,
+workflow,gpu,grid_cost}.csv and prints a table. GPU rows read 'skipped: no CUDA device' without one.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from benchmarks import data_path, gpu, grid, methods, workflow
+from benchmarks import data_path, engine_changes, gpu, grid, methods, workflow
 from benchmarks.common import (
     PENDING_GPU,
     RESULTS,
@@ -28,10 +28,11 @@ from benchmarks.common import (
     write_csv,
 )
 
-SECTIONS = ("data", "overhead", "inference", "memory", "epoch", "workflow", "gpu", "grid")
-CSV_NAMES = {"data": "data_path", "overhead": "method_overhead", "inference": "inference",
-             "memory": "memory", "epoch": "epoch_time", "workflow": "workflow", "gpu": "gpu",
-             "grid": "grid_cost"}
+SECTIONS = ("data", "changes", "overhead", "inference", "memory", "epoch", "workflow", "gpu",
+            "grid")
+CSV_NAMES = {"data": "data_path", "changes": "engine_changes", "overhead": "method_overhead",
+             "inference": "inference", "memory": "memory", "epoch": "epoch_time",
+             "workflow": "workflow", "gpu": "gpu", "grid": "grid_cost"}
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,19 @@ def run_sections(ctx: Context, sz: Sizes, sections: list[str], method_names: lis
 
     if "data" in sections:
         done("data", data_path.run(ctx, sz.data_images, sz.batch, sz.data_repeats))
+    if "changes" in sections:
+        rows = []
+        for dev in devices():
+            with cpu_clock(dev, cpu_time):
+                rows += engine_changes.augmentation(ctx, dev, sz.data_images, sz.batch,
+                                                    sz.data_repeats)
+        cpu = torch.device("cpu")
+        with cpu_clock(cpu, cpu_time):
+            for arch in archs:
+                rows += engine_changes.fixed_mask(
+                    ctx, cpu, arch, _per_arch(sz.image_size, arch, cpu), sz.batch,
+                    _per_arch(sz.steps, arch, cpu), _per_arch(sz.repeats, arch, cpu))
+        done("changes", rows)
     if "overhead" in sections:
         rows = []
         for dev in devices():
@@ -221,6 +235,8 @@ COLUMNS = (("benchmark", 15), ("what", 34), ("arch", 8), ("device", 6), ("value"
 
 def _value(r: dict[str, Any]) -> str:
     for key, unit, scale in (("engine_images_per_s", "img/s", 1), ("method_step_ms", "ms/step", 1),
+                             ("after_ms_per_batch", "ms/batch", 1),
+                             ("after_ms_per_step", "ms/step", 1),
                              ("peak_mib", "MiB peak", 1), ("subnet_forward_ms", "ms fwd", 1),
                              ("cifar10_epoch_s", "s/epoch", 1), ("epoch_s", "s/epoch", 1),
                              ("wall_s", "s wall", 1), ("concurrent_wall_s", "s wall", 1),

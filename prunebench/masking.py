@@ -84,28 +84,14 @@ def layer_budgets(numels: list[int], k: int) -> list[int]:
 
 
 class FixedMask(nn.Module):
-    """Effective weight = weight * mask, with the mask a buffer (all ones until set).
-
-    Change the mask with tensor operations (set_mask, copy_, load_state_dict), never through
-    `.data`: the CPU path keeps a cast copy keyed on the buffer's version counter."""
+    """Effective weight = weight * mask, with the mask a buffer (all ones until set)."""
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mask", torch.ones_like(weight, dtype=torch.bool))
-        self._cast: torch.Tensor | None = None
-        self._cast_key: tuple | None = None
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if weight.device.type != "cpu" or torch.compiler.is_compiling():
-            return weight * self.mask
-        # CPU kernels cast a bool operand through a temporary copy on every multiply, forward
-        # and backward (~4x the cost of a float mask); keep one cast copy, renewed whenever
-        # the buffer changes in place (set_mask, load_state_dict) or is replaced (.to()).
-        key = (self.mask._version, self.mask.data_ptr(), weight.dtype)
-        if self._cast_key != key:
-            self._cast = self.mask.to(weight.dtype)
-            self._cast_key = key
-        return weight * self._cast
+        return weight * self.mask
 
     def set_mask(self, mask: torch.Tensor, stored: torch.Tensor) -> None:
         """Install `mask` and zero the stored weights it removes (they stay zero after folding)."""

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import PYTHON, REPO, cli_env
 
-from benchmarks import data_path, gpu, grid, methods, workflow
+from benchmarks import data_path, engine_changes, gpu, grid, methods, workflow
 from benchmarks.common import Context, interleaved, no_parametrizations_left, paired
 
 PROVENANCE = {"device", "device_name", "torch_version", "repeats", "load_avg_1min", "run_id",
@@ -131,6 +131,18 @@ def test_dry_run_of_a_missing_config_is_pending(tmp_path: Path) -> None:
     assert rows[0]["status"].startswith("pending:")
 
 
+def test_engine_change_baselines(tmp_path: Path) -> None:
+    from prunebench.data import augment
+
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    for p, flip in ((4, True), (0, True), (2, False)):
+        old = engine_changes.previous_augment(x, p, flip, torch.Generator().manual_seed(3))
+        assert torch.equal(old, augment(x, p, flip, torch.Generator().manual_seed(3)))
+    rows = engine_changes.augmentation(_ctx(tmp_path), CPU, 64, 16, 1)
+    rows += engine_changes.fixed_mask(_ctx(tmp_path), CPU, "conv4", 8, 8, 1, 1)
+    assert all(r["status"] == "ok" and r["ratio"] > 0 for r in rows)
+
+
 def test_gpu_code_paths_run_on_cpu(tmp_path: Path) -> None:
     rows = gpu.precision(_ctx(tmp_path), CPU, ["conv4"], 32, 16, 1)
     assert [r["case"] for r in rows] == list(gpu.VARIANTS)
@@ -139,6 +151,7 @@ def test_gpu_code_paths_run_on_cpu(tmp_path: Path) -> None:
 
 EXPECTED = {
     "data_path.csv": {"engine_images_per_s", "dataloader_images_per_s", "ratio"},
+    "engine_changes.csv": {"case", "ratio", "ratio_of", "clock"},
     "method_overhead.csv": {"method", "phase", "method_step_ms", "dense_step_ms", "ratio"},
     "inference.csv": {"method", "subnet_forward_ms", "dense_forward_ms", "ratio",
                       "parametrizations_left"},
