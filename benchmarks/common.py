@@ -2,8 +2,6 @@
 data and building a method's model and trainer exactly as `prunebench run` does."""
 from __future__ import annotations
 
-import csv
-import io
 import os
 import platform
 import statistics
@@ -180,18 +178,10 @@ def spread(ratios: list[float]) -> str:
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write `rows` (union of keys, first-seen order) atomically."""
-    from prunebench.fileio import write_text
+    """Write `rows` (union of keys, first-seen order, values formatted) atomically."""
+    from prunebench.fileio import write_csv as write_rows
 
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: _fmt(v) for k, v in r.items()})
-    write_text(path, buf.getvalue())
+    write_rows(path, [{k: _fmt(v) for k, v in r.items()} for r in rows])
 
 
 def _fmt(v: Any) -> Any:

@@ -1,7 +1,9 @@
 """Atomic writes and checksums: a file either has its full content or does not exist."""
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -50,6 +52,18 @@ def remove_stale_temps(folder: str | Path, names: list[str] | None = None) -> li
 
 def write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Rows as CSV (columns: union of keys in first-seen order), written atomically."""
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
 
 
 def write_json(path: str | Path, data: Any) -> None:

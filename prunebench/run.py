@@ -12,9 +12,7 @@ time), and SIGTERM/SIGUSR1 outside the training loop also exit 75 (Preempted).
 """
 from __future__ import annotations
 
-import csv
 import fcntl
-import io
 import json
 import logging
 import os
@@ -36,7 +34,7 @@ from prunebench.archives import one_line
 from prunebench.config import RunConfig
 from prunebench.data import DeviceData, PreparedData, load_prepared
 from prunebench.errors import Preempted, PrunebenchError, TrainingDiverged
-from prunebench.fileio import remove_stale_temps, save_torch, write_json, write_text
+from prunebench.fileio import remove_stale_temps, save_torch, write_csv, write_json
 from prunebench.masking import budget_count, fold, layer_densities, num_prunable
 from prunebench.method import MethodContext, PruningMethod, TrainSettings
 from prunebench.metrics import count_params, evaluate, layer_macs
@@ -96,16 +94,6 @@ def _make_logger(run_dir: Path) -> logging.Logger:
         logger.addHandler(sh)
     return logger
 
-
-def _csv(rows: list[dict[str, Any]]) -> str:
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def build_method(cfg: RunConfig, data: DeviceData, device: torch.device) -> PruningMethod:
@@ -338,8 +326,8 @@ def _train_and_measure(cfg: RunConfig, run_dir: Path, state: str, stale: list[Pa
         "config_digest": cfg.digest(),
         "run_dir": str(run_dir),
     }
-    write_text(run_dir / paths.HISTORY, _csv(loop.history))
-    write_text(run_dir / paths.LAYERS, _csv(layers))
+    write_csv(run_dir / paths.HISTORY, loop.history)
+    write_csv(run_dir / paths.LAYERS, layers)
     write_json(run_dir / paths.METRICS, metrics)
     ckpt_path.unlink(missing_ok=True)
     log(f"done: test_top1={test['top1']:.2f} sparsity={metrics['sparsity_achieved']:.4f} "
