@@ -32,6 +32,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunebench.frozen import (
+    SIGNED_CONSTANT_SCOPES,
+    add_frozen_biases,
+    check_choice,
+    in_scope,
+)
 from prunebench.masking import (
     attach,
     budget_count,
@@ -40,7 +46,7 @@ from prunebench.masking import (
     stored_weight,
     weight_transform,
 )
-from prunebench.method import MethodHparams, OptimGroup, Phase, PruningMethod
+from prunebench.method import MethodContext, MethodHparams, OptimGroup, Phase, PruningMethod
 from prunebench.registry import register_method
 
 
@@ -51,6 +57,9 @@ class EdgePopupHparams(MethodHparams):
     weight_decay: float = 1e-4  # reference conv configs (applied to the scores)
     signed_constant: bool = True  # sec. 4: signed Kaiming constant; False keeps Kaiming normal
     scale_fan: bool = False  # sec. 4 "scaled" variant: constant divided by sqrt(density)
+    signed_constant_scope: str = "all"  # all | conv (ASLP: Linear layers stay Kaiming normal)
+    frozen_bias: bool = False  # ASLP layer_modules.py: random never-trained bias in every layer
+    lr_schedule: str = "run"  # run: the run's schedule (paper: cosine); ASLP: constant
 
 
 def fast_topk_mask(score: torch.Tensor, k: int) -> torch.Tensor:
@@ -64,6 +73,9 @@ def fast_topk_mask(score: torch.Tensor, k: int) -> torch.Tensor:
     ties = torch.nonzero(flat == threshold).flatten()
     keep[ties[: k - int(keep.sum())]] = True
     return keep.view_as(score)
+
+
+LR_SCHEDULES = ("run", "constant")
 
 
 class _TopKStraightThrough(torch.autograd.Function):
@@ -110,6 +122,12 @@ class EdgePopup(PruningMethod):
     frozen_weights = True
     paper = "Ramanujan et al., What's hidden in a randomly weighted neural network?, CVPR 2020"
 
+    def __init__(self, hparams: EdgePopupHparams, ctx: MethodContext) -> None:
+        check_choice("edgepopup", "signed_constant_scope", hparams.signed_constant_scope,
+                     SIGNED_CONSTANT_SCOPES)
+        check_choice("edgepopup", "lr_schedule", hparams.lr_schedule, LR_SCHEDULES)
+        super().__init__(hparams, ctx)
+
     def prepare(self, model: nn.Module) -> None:
         layers = prunable_layers(model)
         density = 1.0 - self.ctx.sparsity
@@ -117,14 +135,18 @@ class EdgePopup(PruningMethod):
         counts = layer_budgets(numels, budget_count(sum(numels), self.ctx.sparsity))
         if self.hp.signed_constant:
             for _, layer in layers:
-                signed_kaiming_constant(layer.weight, density if self.hp.scale_fan else 1.0)
+                if in_scope(layer, self.hp.signed_constant_scope):
+                    signed_kaiming_constant(layer.weight, density if self.hp.scale_fan else 1.0)
+        if self.hp.frozen_bias:
+            add_frozen_biases(model, self.ctx.seed)
         per_layer = dict(zip([name for name, _ in layers], counts, strict=True))
         attach(model, lambda name, layer: PopupMask(layer.weight, per_layer[name]))
 
     def param_groups(self, model: nn.Module, phase: Phase) -> list[OptimGroup]:
         scores = [weight_transform(layer).scores for _, layer in prunable_layers(model)]
+        schedule = None if self.hp.lr_schedule == "run" else self.hp.lr_schedule
         return [OptimGroup(scores, "scores", "sgd", self.hp.lr, self.hp.momentum,
-                           self.hp.weight_decay)]
+                           self.hp.weight_decay, schedule)]
 
     def extract(self, model: nn.Module) -> dict[str, Any]:
         layers = prunable_layers(model)

@@ -37,8 +37,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunebench.errors import PrunebenchError
+from prunebench.frozen import (
+    SIGNED_CONSTANT_SCOPES,
+    add_frozen_biases,
+    check_choice,
+    reinitialise,
+    reset_norm_affine,
+)
 from prunebench.masking import attach, prunable_layers, weight_transform
-from prunebench.method import MethodHparams, OptimGroup, Phase, PruningMethod
+from prunebench.method import MethodContext, MethodHparams, OptimGroup, Phase, PruningMethod
 from prunebench.registry import register_method
 
 
@@ -50,7 +58,12 @@ class SupermaskHparams(MethodHparams):
     logit_init: float = 0.0  # reference code --sigmoid_bias 0: keep probability 0.5
     dynamic_rescale: bool = False  # Zhou 2019 sec. 5 DWR option; off: see module docstring
     signed_constant: bool = False  # Zhou 2019 option: sign(w) * std(layer)
+    signed_constant_scope: str = "all"  # all | conv (ASLP: Linear layers stay Kaiming normal)
+    frozen_bias: bool = False  # ASLP layer_modules.py: random never-trained bias in every layer
+    lr_schedule: str = "constant"  # reference code --decay_schedule -1; "run": the run's schedule
     eval_samples: int = 10  # Zhou 2019: mean test accuracy over 10 sampled masks
+
+LR_SCHEDULES = ("constant", "run")
 
 
 class BernoulliMask(nn.Module):
@@ -85,13 +98,6 @@ class BernoulliMask(nn.Module):
         return out
 
 
-@torch.no_grad()
-def signed_constant(weight: torch.Tensor) -> None:
-    """Replace `weight` by sign(weight) * std(weight) in place (+ for zeros)."""
-    std = float(weight.std())
-    weight.copy_(torch.where(weight >= 0, std, -std))
-
-
 def _masks(model: nn.Module) -> list[BernoulliMask]:
     return [weight_transform(layer) for _, layer in prunable_layers(model)]
 
@@ -105,17 +111,30 @@ class Supermask(PruningMethod):
     frozen_weights = True
     paper = "Zhou et al., Deconstructing lottery tickets, NeurIPS 2019 (supermask)"
 
+    def __init__(self, hparams: SupermaskHparams, ctx: MethodContext) -> None:
+        check_choice("supermask", "signed_constant_scope", hparams.signed_constant_scope,
+                     SIGNED_CONSTANT_SCOPES)
+        check_choice("supermask", "lr_schedule", hparams.lr_schedule, LR_SCHEDULES)
+        if hparams.eval_samples < 1:
+            raise PrunebenchError(f"method supermask option eval_samples={hparams.eval_samples}"
+                                  " must be >= 1 (its accuracy is the mean over sampled masks)")
+        super().__init__(hparams, ctx)
+
     def prepare(self, model: nn.Module) -> None:
-        if self.hp.signed_constant:
-            for _, layer in prunable_layers(model):
-                signed_constant(layer.weight)
+        hp = self.hp
+        reinitialise(model, "signed_constant" if hp.signed_constant else "kaiming_normal",
+                     self.ctx.seed, hp.signed_constant_scope)
+        reset_norm_affine(model)
+        if hp.frozen_bias:
+            add_frozen_biases(model, self.ctx.seed)
         attach(model, lambda _name, layer: BernoulliMask(layer.weight, self.hp.logit_init,
                                                          self.hp.dynamic_rescale))
 
     def param_groups(self, model: nn.Module, phase: Phase) -> list[OptimGroup]:
         logits = [m.logits for m in _masks(model)]
+        schedule = None if self.hp.lr_schedule == "run" else self.hp.lr_schedule
         return [OptimGroup(logits, "logits", "sgd", self.hp.lr, self.hp.momentum,
-                           self.hp.weight_decay)]
+                           self.hp.weight_decay, schedule)]
 
     @torch.no_grad()
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
@@ -134,7 +153,7 @@ class Supermask(PruningMethod):
             "expected_sparsity": 1 - sum(float(torch.sigmoid(m.logits).sum())
                                          for m in masks) / total,
         }
-        if self.ctx.evaluate is None or self.hp.eval_samples <= 0:
+        if self.ctx.evaluate is None:
             return out
         gen = torch.Generator(device=self.ctx.device).manual_seed(self.ctx.seed)
         accs, sparsities = [], []
@@ -147,7 +166,8 @@ class Supermask(PruningMethod):
             m.fixed = None
         mean = sum(accs) / len(accs)
         std = math.sqrt(sum((a - mean) ** 2 for a in accs) / max(len(accs) - 1, 1))
-        out.update(sampled_test_top1_mean=mean, sampled_test_top1_std=std,
+        # test_top1: the published figure (Zhou 2019; ASLP), the run's headline accuracy
+        out.update(test_top1=mean, sampled_test_top1_std=std,
                    sampled_test_top1=";".join(f"{a:.2f}" for a in accs),
                    sampled_sparsity_mean=sum(sparsities) / len(sparsities),
                    eval_samples=len(accs))

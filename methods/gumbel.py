@@ -58,26 +58,33 @@ import torch
 from torch import nn
 
 from prunebench.errors import PrunebenchError
+from prunebench.frozen import (
+    INITS,
+    SIGNED_CONSTANT_SCOPES,
+    add_frozen_biases,
+    check_choice,
+    reinitialise,
+    reset_norm_affine,
+)
 from prunebench.masking import (
     attach,
     budget_count,
     global_topk_masks,
     num_prunable,
     prunable_layers,
-    stored_weight,
     weight_transform,
 )
 from prunebench.method import MethodContext, MethodHparams, OptimGroup, Phase, PruningMethod
 from prunebench.registry import register_method
 
-INITS = ("kaiming_normal", "signed_constant")
 SCHEDULES = ("constant", "cosine", "step", "run")
-NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
 @dataclass
 class GumbelHparams(MethodHparams):
     init: str = "kaiming_normal"  # paper: Kaiming normal (fan_in, ReLU); or signed_constant
+    signed_constant_scope: str = "all"  # all | conv (ASLP: Linear layers stay Kaiming normal)
+    frozen_bias: bool = False  # ASLP layer_modules.py: random never-trained bias in every layer
     tau: float = 1.0  # paper: Gumbel-Softmax temperature 1
     logit_init: float = 0.0  # paper: m = 0, keep probability 1/2
     logit_lr: float = 50.0  # paper: SGD lr 50 for the logits
@@ -128,56 +135,37 @@ class GumbelMask(nn.Module):
         return self.scale * (weight * mask)
 
 
-@torch.no_grad()
-def reinitialise(model: nn.Module, init: str, seed: int) -> None:
-    """Fresh frozen weights for every prunable layer; normalisation affine set to (1, 0)."""
-    gen = torch.Generator().manual_seed(seed)
-    for _, layer in prunable_layers(model):
-        w = stored_weight(layer)
-        fresh = torch.empty(w.shape, dtype=torch.float32)
-        nn.init.kaiming_normal_(fresh, mode="fan_in", nonlinearity="relu", generator=gen)
-        if init == "signed_constant":
-            fresh = torch.sign(fresh) * fresh.std()
-        w.copy_(fresh.to(w.device, w.dtype))
-    for module in model.modules():
-        if isinstance(module, NORM_TYPES) and getattr(module, "weight", None) is not None:
-            module.weight.fill_(1.0)
-            if module.bias is not None:
-                module.bias.zero_()
-
-
 @register_method("gumbel")
 class Gumbel(PruningMethod):
     """Learn a keep-probability per frozen weight by straight-through Gumbel-Softmax sampling."""
 
     hparams_cls = GumbelHparams
     budgeted = False
+    budget_option = "budget"
     frozen_weights = True
     paper = "Dupont et al., ICIP 2022, arXiv:2202.12986"
 
     def __init__(self, hparams: GumbelHparams, ctx: MethodContext) -> None:
         super().__init__(hparams, ctx)
-        if hparams.init not in INITS:
-            raise PrunebenchError(
-                f"method gumbel option init={hparams.init!r}; allowed: {', '.join(INITS)}")
-        if hparams.lr_schedule not in SCHEDULES:
-            raise PrunebenchError(f"method gumbel option lr_schedule={hparams.lr_schedule!r}; "
-                                  f"allowed: {', '.join(SCHEDULES)}")
+        check_choice("gumbel", "init", hparams.init, INITS)
+        check_choice("gumbel", "signed_constant_scope", hparams.signed_constant_scope,
+                     SIGNED_CONSTANT_SCOPES)
+        check_choice("gumbel", "lr_schedule", hparams.lr_schedule, SCHEDULES)
         if hparams.tau <= 0:
             raise PrunebenchError(f"method gumbel option tau={hparams.tau} must be > 0")
         if hparams.budget_weight < 0:
             raise PrunebenchError(
                 f"method gumbel option budget_weight={hparams.budget_weight} must be >= 0")
 
-    def is_budgeted(self) -> bool:
-        return self.hp.budget
-
     def _masks(self, model: nn.Module) -> list[GumbelMask]:
         return [weight_transform(layer) for _, layer in prunable_layers(model)]
 
     def prepare(self, model: nn.Module) -> None:
-        reinitialise(model, self.hp.init, self.ctx.seed)
         hp = self.hp
+        reinitialise(model, hp.init, self.ctx.seed, hp.signed_constant_scope)
+        reset_norm_affine(model)
+        if hp.frozen_bias:
+            add_frozen_biases(model, self.ctx.seed)
         attach(model, lambda _name, layer: GumbelMask(layer.weight, hp.tau, hp.logit_init))
 
     def param_groups(self, model: nn.Module, phase: Phase) -> list[OptimGroup]:

@@ -81,7 +81,7 @@ class ReparamHparams(MethodHparams):
     lam: float = 10.0  # decision (paper: 1); with 1 the soft budget lags (docstring numbers)
     t_param: str = "log_t"  # decision (paper: t); t does not move under SGD (METHODS.md pitfall)
     t_optimizer: str = "adam"  # decision (paper silent: the weights' SGD); see t_param
-    t_lr: float = 0.05  # decision, measured: the log t / Adam setting that converged
+    t_lr: float | None = 0.05  # decision, measured (log t / Adam); None: the weights' lr (paper)
     t_momentum: float = 0.9  # for t_optimizer=sgd only (paper silent: the weights' momentum)
 
 
@@ -176,7 +176,8 @@ class Reparam(PruningMethod):
         return [
             OptimGroup(decay, "weights", tr.optimizer, tr.lr, tr.momentum, tr.weight_decay),
             OptimGroup(no_decay, "biases_norms", tr.optimizer, tr.lr, tr.momentum, 0.0),
-            OptimGroup(t_params, "t", hp.t_optimizer, hp.t_lr, hp.t_momentum, 0.0),
+            OptimGroup(t_params, "t", hp.t_optimizer, tr.lr if hp.t_lr is None else hp.t_lr,
+                       hp.t_momentum, 0.0),
         ]
 
     def regularizer(self, model: nn.Module) -> torch.Tensor:

@@ -47,7 +47,7 @@ LEADING = [
     "test_top1_pct", "test_top5_pct", "val_top1_pct", "test_loss_nats",
     "sparsity_achieved", "density_achieved", "budgeted", "num_prunable", "kept_prunable",
     "params_total", "params_nonzero", "macs_dense", "macs_effective",
-    "num_layers_collapsed", "layers_collapsed", "epoch_selected", "epochs_total",
+    "num_layers_collapsed", "layers_collapsed", "epoch_selected", "epochs_run",
     "train_seconds", "wall_seconds",
 ]
 TRAILING = [
@@ -142,7 +142,7 @@ def read_run(run_dir: Path, runs_root: Path) -> dict[str, Any]:
             row["reason"] = str(failed.get("reason", "no reason recorded"))
             history = failed.get("history") or []
             if history:
-                row["epochs_total"] = history[-1].get("epoch")
+                row["epochs_run"] = history[-1].get("epoch")
             row["config_digest"] = config_digest(config)
             if folder_digest and row["config_digest"] != folder_digest:
                 row.update(status="stale", reason=(

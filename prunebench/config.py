@@ -36,8 +36,10 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | step | constant, per step over each phase
     val_fraction: float = 0.1  # held out from training, class-stratified, seeded
     selection: str = "final"  # final | val: which epoch's network is extracted and tested
+    patience: int = 0  # early stopping: epochs without a better val accuracy (0 = off; ASLP 100)
     crop_padding: int = 4  # random crop with this zero padding; 0 disables
     flip: bool = True  # random horizontal flip
+    normalize: bool = True  # per-channel mean/std normalisation (ASLP's no-augmentation runs: off)
     amp: bool = True  # bf16 autocast, CUDA only
     channels_last: bool = True  # CUDA only
     compile: bool = False  # torch.compile the model, CUDA only
@@ -60,6 +62,9 @@ class TrainConfig:
             (self.selection in ("final", "val"), "selection must be one of final, val"),
             (self.selection == "final" or self.val_fraction > 0,
              "selection=val needs val_fraction > 0"),
+            (self.patience >= 0, "patience must be >= 0 (0 turns early stopping off)"),
+            (self.patience == 0 or self.selection == "val",
+             "patience > 0 needs selection=val: early stopping tests the best-validation network"),
             (self.crop_padding >= 0, "crop_padding must be >= 0"),
             (self.eval_batch_size > 0, "eval_batch_size must be > 0"),
             (re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device) is not None,

@@ -192,7 +192,7 @@ class DeviceData:
     """Train/val/test splits resident on one device as uint8, batched and augmented there."""
 
     def __init__(self, data: PreparedData, device: torch.device, val_fraction: float,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, normalize: bool = True) -> None:
         t = data.tensors
         train_y = t["train_y"]
         if val_fraction == data.manifest["val_fraction"]:
@@ -209,9 +209,12 @@ class DeviceData:
             "val": (t["train_x"][is_val].to(device), train_y[is_val].to(device)),
             "test": (t["test_x"].to(device), t["test_y"].to(device)),
         }
-        mean = torch.tensor(data.manifest["mean"], dtype=torch.float32, device=device)
-        std = torch.tensor(data.manifest["std"], dtype=torch.float32, device=device)
-        # x_norm = (x / 255 - mean) / std = x * scale + shift, per channel
+        channels = len(data.manifest["mean"])
+        mean = (torch.tensor(data.manifest["mean"], dtype=torch.float32, device=device)
+                if normalize else torch.zeros(channels, device=device))
+        std = (torch.tensor(data.manifest["std"], dtype=torch.float32, device=device)
+               if normalize else torch.ones(channels, device=device))
+        # x_norm = (x / 255 - mean) / std = x * scale + shift, per channel (x / 255 unnormalised)
         self._scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
         self._shift = (-mean / std).view(1, -1, 1, 1)
 

@@ -3,7 +3,8 @@
 conv2/conv4/conv6 follow the Lottery Ticket conv nets (Frankle & Carbin 2019): 3x3 convs, no
 bias, ReLU, 2x2 max-pool after each pair, FC 256-256-classes. vgg19 is the CIFAR VGG with
 BatchNorm and global average pooling. resnet18 is timm's ResNet-18 with the CIFAR stem
-(3x3 stride-1 conv, no max-pool). Every net accepts any input size and channel count; pools use
+(3x3 stride-1 conv, no max-pool, initialised like timm's other convs) and every BatchNorm scale
+at 1. Every net accepts any input size and channel count; pools use
 ceil_mode so 8x8 `digits` images survive four halvings.
 """
 from __future__ import annotations
@@ -13,9 +14,9 @@ from timm.models import register_model
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
+from prunebench.config import ARCHS
 from prunebench.errors import PrunebenchError
 
-ARCHS = ("conv2", "conv4", "conv6", "vgg19", "resnet18")
 TIMM_PREFIX = "pb_"
 
 
@@ -118,8 +119,14 @@ def pb_vgg19(pretrained: bool = False, num_classes: int = 10, in_chans: int = 3,
 @register_model
 def pb_resnet18(pretrained: bool = False, num_classes: int = 10, in_chans: int = 3,
                 **_) -> nn.Module:
-    model = ResNet(BasicBlock, (2, 2, 2, 2), num_classes=num_classes, in_chans=in_chans)
+    # zero_init_last=False: every BatchNorm scale starts at 1, as in the baselines' CIFAR
+    # ResNet18 (Synaptic-Flow Models/tinyimagenet_resnet.py). timm's default zero scale makes
+    # SNIP's saliency exactly 0 for every block conv and silences every residual branch of a
+    # frozen-weight method that never trains BatchNorm.
+    model = ResNet(BasicBlock, (2, 2, 2, 2), num_classes=num_classes, in_chans=in_chans,
+                   zero_init_last=False)
     model.conv1 = nn.Conv2d(in_chans, 64, 3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # as timm
     model.maxpool = nn.Identity()
     return model
 

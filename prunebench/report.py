@@ -331,8 +331,8 @@ def build_context(results: Path, published_path: Path, config_path: Path | None,
         "all_runs": [{"run": path_text(r["run_id"]), "status": r["status"],
                       "top1": num(r.get("test_top1_pct")),
                       "sparsity": num(r.get("sparsity_achieved"), 4),
-                      "epochs": _plain(r.get("epochs_total")) if not pd.isna(
-                          r.get("epochs_total")) else None,
+                      "epochs": _plain(r.get("epochs_run")) if not pd.isna(
+                          r.get("epochs_run")) else None,
                       "seconds": num(r.get("train_seconds"), 0),
                       "device": r.get("device")}
                      for _, r in runs.iterrows()],

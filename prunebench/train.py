@@ -170,14 +170,25 @@ class Trainer:
                 g["lr"] = g["initial_lr"] * (factor if own is None else lr_factor(own, step, total))
         return factor
 
+    def patience_exhausted(self) -> bool:
+        """Early stopping (ASLP main.py): `patience` epochs of the last phase without a better
+        validation accuracy. Derived from the saved state, so a resumed run stops alike."""
+        s = self.state
+        return (self.cfg.patience > 0 and s.phase == len(self.phases) - 1 and s.best_epoch > 0
+                and s.global_epoch - s.best_epoch >= self.cfg.patience)
+
     def run(self) -> LoopState:
         """Train every remaining phase and epoch; raise Preempted or TrainingDiverged."""
         with _SignalFlag() as flag:
             while self.state.phase < len(self.phases):
                 phase = self.phases[self.state.phase]
                 optimizers = self._setup_phase(phase)
-                while self.state.epoch < phase.epochs:
+                while self.state.epoch < phase.epochs and not self.patience_exhausted():
                     self._train_epoch(phase, optimizers, flag)
+                if self.patience_exhausted():
+                    self.log(f"early stopping after epoch {self.state.global_epoch}: no better "
+                             f"validation accuracy for {self.cfg.patience} epochs (best: epoch "
+                             f"{self.state.best_epoch})")
                 self.method.on_phase_end(self.model, phase)
                 self.state.phase += 1
                 self.state.epoch = 0

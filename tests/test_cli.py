@@ -29,7 +29,7 @@ def test_dense_digits_conv4_reaches_90_percent(digits_dir: Path, tmp_path: Path)
                 "macs_effective", "git_commit", "torch_version", "device", "epoch_selected",
                 "selection", "wall_seconds", "layers_collapsed"):
         assert key in metrics, key
-    assert len((run / "history.csv").read_text().splitlines()) == 1 + metrics["epochs_total"]
+    assert len((run / "history.csv").read_text().splitlines()) == 1 + metrics["epochs_run"]
 
 
 def test_random_hits_exact_budget(digits_dir: Path, tmp_path: Path) -> None:

@@ -1,0 +1,100 @@
+"""Every method on every architecture starts with a live network: after `prepare`, each
+prunable layer gets a non-zero training signal on a real batch, and no residual branch or VGG
+block is dead (perturbing its weights changes the output).
+
+Pins the resnet18 BatchNorm fix (METHODS.md, reference-code facts): with timm's zero-initialised
+last BN scale, SNIP's saliency and the frozen-weight methods' gradients are exactly 0 for every
+block convolution.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from prunebench.data import DeviceData, load_prepared
+from prunebench.masking import prunable_layers, stored_weight
+from prunebench.method import MethodContext, TrainSettings
+from prunebench.models import ARCHS, create_model
+from prunebench.registry import get_method, list_methods
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(digits_dir) -> DeviceData:
+    return DeviceData(load_prepared("digits", digits_dir), CPU, 0.1)
+
+
+def prepared(method: str, arch: str, data: DeviceData, sparsity: float = 0.5):
+    """A model of `arch` with `method` prepared on it, as the engine does before training."""
+    torch.manual_seed(0)
+    model = create_model(arch, 10, 1, 8)
+    cls = get_method(method)
+    budgeted = cls(cls.hparams_cls(), None).is_budgeted()
+
+    def sample(per_class, batch):
+        return data.balanced_batches(per_class, batch, torch.Generator().manual_seed(0))
+
+    ctx = MethodContext(sparsity=sparsity if budgeted else None, num_classes=10, device=CPU,
+                        seed=0, train=TrainSettings(1, 0.01, 0.9, 5e-4, "sgd"),
+                        sample_batches=sample)
+    m = cls(cls.hparams_cls(), ctx)
+    m.prepare(model)
+    return model, m
+
+
+def layer_signal(layer: nn.Module) -> float:
+    """Largest |gradient| over the layer's own trainable tensors (weight, logits, scores, t)."""
+    return max((float(p.grad.abs().max()) for p in layer.parameters()
+                if p.requires_grad and p.grad is not None), default=0.0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", list_methods())
+def test_every_prunable_layer_gets_a_training_signal(method: str, arch: str, data) -> None:
+    model, m = prepared(method, arch, data)
+    phase = m.phases()[0]
+    trainable = {id(p) for g in m.param_groups(model, phase) for p in g.params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable)
+    model.train()
+    x, y = next(data.balanced_batches(10, 100, torch.Generator().manual_seed(1)))
+    loss = nn.functional.cross_entropy(model(x), y)
+    reg = m.regularizer(model)
+    (loss if reg is None else loss + reg).backward()
+    silent = [name for name, layer in prunable_layers(model) if layer_signal(layer) == 0.0]
+    assert not silent, f"{method} on {arch}: no gradient reaches {silent}"
+
+
+@pytest.mark.parametrize("arch", ["vgg19", "resnet18"])
+@pytest.mark.parametrize("method", list_methods())
+def test_no_block_is_dead(method: str, arch: str, data) -> None:
+    model, _ = prepared(method, arch, data)
+    model.eval()
+    x, _ = next(data.balanced_batches(2, 20, torch.Generator().manual_seed(1)))
+    with torch.no_grad():
+        reference = model(x)
+        dead = []
+        for name, layer in prunable_layers(model):
+            w = stored_weight(layer)
+            saved = w.clone()
+            w.mul_(1.5).add_(0.1 * torch.randn_like(w))
+            if torch.equal(model(x), reference):
+                dead.append(name)
+            w.copy_(saved)
+    assert not dead, f"{method} on {arch}: perturbing {dead} leaves the output unchanged"
+
+
+def test_snip_saliency_is_nonzero_in_every_resnet_block(data) -> None:
+    _, m = prepared("snip", "resnet18", data, sparsity=0.9)
+    zero = [i for i, s in enumerate(m.scores) if float(s.sum()) == 0.0]
+    assert not zero, f"snip saliency is exactly 0 in prunable layers {zero}"
