@@ -12,6 +12,14 @@ Defaults are the paper's (sec. 4) and its reference code's conv configs: weights
 signed Kaiming constant +-sqrt(2 / fan_in), scores Kaiming uniform (a = sqrt(5)); scores trained by
 SGD lr 0.1, momentum 0.9, weight decay 1e-4, cosine schedule. The paper's 100 epochs and batch 128
 are train-config settings (schedule, epochs and batch size come from the run's recipe).
+Reference code: github allenai/hidden-networks (`utils/conv_type.py` GetSubnet and SubnetConv,
+`configs/smallscale/conv*/`); these settings reproduce the `ramanujan2020_edgepopup` rows.
+
+The 2022 paper's edge-popup rows were produced inside ASLP (github N0ciple/ASLP,
+`strategies/edge-popup/layer_functions.py`, `main.py`): scores SGD lr 50, momentum 0.9, no
+weight decay, constant learning rate (`lr_schedule=constant`), batch 256, up to 1000 epochs with
+early stopping (patience 100) and the best-validation checkpoint tested, density 0.5
+(`target_sparsity` 0.5). The paper grid runs both recipes as separate variants.
 
 Deviations and decisions:
 - A budget `sparsity` s keeps exactly K = round((1 - s) N) weights: per-layer counts from
@@ -21,7 +29,11 @@ Deviations and decisions:
   in `scale_fan`; here `density` = 1 - sparsity is the kept fraction everywhere, and option
   `scale_fan` divides the constant by sqrt(density) (std sqrt(2 / (fan_in * density))).
 - Biases (if any) and BatchNorm affine parameters stay at their initial values (the paper uses
-  non-affine BatchNorm); running statistics update as usual.
+  non-affine BatchNorm); running statistics update as usual. `frozen_bias` adds ASLP's random,
+  never-trained biases; `signed_constant_scope=conv` leaves Linear layers Kaiming normal, as
+  ASLP does (its Linear layers are re-initialised after the signed constant is set).
+- ASLP's signed constant is sign(w) * std of the Kaiming draw; here it is the exact
+  +-sqrt(2 / fan_in) of Ramanujan's code: the same value up to the sampling error of the std.
 """
 from __future__ import annotations
 

@@ -12,12 +12,15 @@ fine-tune with the mask fixed). `magnitude_init` is the usual prune-at-initialis
 Deviations and decisions:
 - One-shot, global threshold over every Conv2d/Linear weight (first and last layer included),
   exactly K kept; Han et al. prune per layer and iteratively.
-- The fine-tuning recipe is not stated in the 2021 paper: by default a quarter of the recipe's
-  epochs (`ft_epochs`) with the recipe's own learning rate, momentum, weight decay and schedule
-  restarted from the top (`ft_lr`), i.e. learning-rate rewinding (Renda, Frankle, Carbin, ICLR
-  2020). Han et al. retrain at a lower rate, which suits their small iterative steps; after a
-  one-shot 90 % cut it barely recovers (digits conv4, 20 + 5 epochs: 66.1 % at lr/10 against
-  95.6 % at the recipe's lr).
+- The fine-tuning recipe is not stated in the 2021 paper. Decision: a quarter of the recipe's
+  epochs (`ft_epochs`) at the recipe's own learning rate (`ft_lr: null`), momentum, weight decay
+  and schedule, restarted from the top: "learning-rate restarting" (Le & Hua, "Network Pruning
+  That Matters: A Case Study on Retraining Variants", ICLR 2021), close to learning-rate
+  rewinding (Renda, Frankle, Carbin, ICLR 2020), both of which beat fine-tuning at a small
+  constant rate after one-shot pruning. Han et al. retrain at a lower rate, which suits their
+  small iterative steps; after a one-shot 90 % cut it barely recovers (digits conv4, 20 + 5
+  epochs: 66.1 % at lr/10 against 95.6 % at the recipe's lr). `ft_lr` sets another rate; the
+  rate used is recorded as `method_ft_lr`.
 - The dense phase of `magnitude_ft` is, seed for seed, the training of `magnitude`, so MP and MP+FT
   differ only by the fine-tuning.
 - With `selection=val`, `magnitude` selects the epoch on the *dense* network's validation accuracy
@@ -54,7 +57,7 @@ class MagnitudeHparams(MethodHparams):
 @dataclass
 class MagnitudeFtHparams(MethodHparams):
     ft_epochs: int | None = None  # papers silent; None: a quarter of the recipe's epochs
-    ft_lr: float | None = None  # papers silent; None: the recipe's lr (LR rewinding, Renda 2020)
+    ft_lr: float | None = None  # papers silent; None: the recipe's lr (LR restarting, Le 2021)
 
 
 @dataclass

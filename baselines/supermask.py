@@ -8,24 +8,31 @@ multiplies each layer's masked weights by numel / (number kept in the sample). T
 emergent (no budget). The paper reports the mean test accuracy over 10 sampled masks.
 
 Defaults follow the reference code (uber-research/deconstructing-lottery-tickets): logits
-initialised to 0 (`sigmoid_bias`, keep probability 0.5), SGD lr 100 with momentum 0.9 and no
-weight decay (its README command for supermask training, which does not switch DWR on).
+initialised to 0 (`sigmoid_bias`, keep probability 0.5), SGD lr 100 with momentum 0.9, no weight
+decay and a constant learning rate (`--decay_schedule -1`; its README command for supermask
+training, which does not switch DWR on). The 2022 paper's supermask rows were produced inside
+ASLP (github N0ciple/ASLP `strategies/supermask/layer_functions.py`, same sampling and DWR as
+`weight_rescale`; `main.py`: lr 50, batch 256, up to 1000 epochs with early stopping, accuracy
+averaged over 10 sampled masks): the paper grid's variants set those.
 
 Deviations and decisions:
-- Weights: the suite's Kaiming-normal initialisation (as in the 2022 paper's comparison); the
-  reference code uses Glorot normal. Option `signed_constant` replaces each weight by
-  sign(w) * std(layer), as the reference code's option.
+- Weights: the suite's Kaiming-normal (fan_in, ReLU) initialisation, drawn from the run seed
+  (as ASLP, `layer_modules.py`); the Zhou reference code uses Glorot normal. Option
+  `signed_constant` replaces each weight by sign(w) * std(layer), as both codes' option;
+  `signed_constant_scope=conv` keeps Linear layers Kaiming normal (ASLP re-initialises them);
+  `frozen_bias` adds ASLP's random, never-trained biases.
 - DWR is an option, off by default. With Kaiming weights it doubles each layer's output variance
   at keep probability 0.5 and the masks never leave chance on digits conv4 (lr 100, 20 and 60
   epochs; also lr 10 and 1 with weights pre-scaled by sqrt(0.5)), while without it the same run
   reaches 86.9 % (20 epochs). The 2022 paper reports both variants (`dynamic_rescale=true`).
-- Reported numbers: metrics.json's `test_top1` is the engine's evaluation of the folded network,
-  whose mask is deterministic, the most likely mask (keep iff sigmoid(m) >= 0.5, i.e. m >= 0, the
-  rule of the suite's `gumbel`), with DWR computed on it; its sparsity is the reported sparsity.
-  The paper's figure, the mean (and std) test accuracy over `eval_samples` sampled masks, is
-  computed at extraction through the engine's evaluation hook and recorded as
-  `method_sampled_test_top1_mean` beside the sampled masks' mean sparsity. The samples are
-  seeded by the run seed.
+- Reported numbers: metrics.json's `test_top1` is the published figure, the mean test
+  accuracy over `eval_samples` sampled masks (seeded by the run seed; std and each sample's
+  accuracy beside it, and the samples' mean sparsity). `test_top1_extracted` is the engine's
+  evaluation of the folded network, whose mask is the most likely one (keep iff m >= 0, the
+  rule of the suite's `gumbel`) with DWR computed on it; its sparsity is the run's
+  `sparsity_achieved`.
+- Validation (for `selection=val` and early stopping) uses the most likely mask; ASLP validates
+  on sampled masks.
 - The sample count in DWR carries the straight-through gradient, as in the reference code.
 """
 from __future__ import annotations

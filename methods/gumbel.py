@@ -1,9 +1,14 @@
 """`gumbel`: subnetwork extraction from frozen random weights with Gumbel-Softmax.
 
 Paper: R. Dupont, M. A. Alaoui, H. Sahbi, A. Lebois, "Extracting Effective Subnetworks with
-Gumbel-Softmax", ICIP 2022, arXiv:2202.12986; authors' code github.com/N0ciple/ASLP.
-The formulas below follow the suite's transcription in METHODS.md section 1 (equation numbers are
-not cited: the PDF was not at hand when this file was written).
+Gumbel-Softmax", ICIP 2022, arXiv:2202.12986 (method section: Gumbel-Softmax topology sampling,
+then the smart rescale; experiments: the CIFAR-10 chart of the authors' poster and the CIFAR-100
+table). Reference code: github.com/N0ciple/ASLP — `strategies/ASLP/layer_functions.py` (the
+sampled mask and the scale), `strategies/ASLP/pruning_functions.py` (`prune_net`),
+`layer_modules.py` (initialisation and biases), `main.py` (optimiser, early stopping, test of the
+best-validation checkpoint), `data_modules.py` (augmentation and normalisation). Equation numbers
+are not cited: the papers' full text was not available offline; the formulas follow METHODS.md
+section 1 and the code above.
 
 What the paper does, and this file does:
 - Weights (and biases) stay at their random initialisation; only a topology is learned.
@@ -27,12 +32,18 @@ Decisions where the paper is silent, and deviations:
   mid-epoch checkpoints, so a resumed run draws the same masks.
 - Initialisation is drawn on the CPU from a generator seeded with the run seed, then copied to
   the device: the same seed gives the same frozen weights on CPU and GPU.
-- `signed_constant` follows the ASLP code: sign(w) * std(layer) of the Kaiming draw.
-- Normalisation layers get affine (1, 0) in `prepare` (timm's ResNet zero-initialises the last BN
-  of each block, which would silence every residual branch of a frozen network); biases keep the
-  model's initialisation. The engine freezes both (they are in no optimiser group).
+- `signed_constant` follows the ASLP code: sign(w) * std(layer) of the Kaiming draw. ASLP sets
+  it in every layer but then re-initialises its Linear layers (`PrunableLinear.reset_parameters`),
+  so only convolutions keep it: `signed_constant_scope=conv` reproduces that, `all` (default)
+  applies it everywhere as METHODS.md states.
+- `frozen_bias=true` gives every layer ASLP's random bias, uniform(+-1/sqrt(fan_in)), never
+  trained (`layer_modules.py`); off by default, as the suite's networks have no bias.
+- Normalisation layers get affine (1, 0) in `prepare`; the engine freezes them and the biases
+  (they are in no optimiser group). ASLP's conv nets have no normalisation layer.
 - Validation during training and extraction use the deterministic mask m >= 0 (the mask that is
-  finally tested), not a sample; training-set accuracy in history.csv is that of sampled masks.
+  finally tested); ASLP validates and tests its best checkpoint with sampled masks and reports
+  the pruned (m >= 0) network's accuracy separately. Training-set accuracy in history.csv is that
+  of sampled masks.
 - The logits' and scales' learning rates are constant (`lr_schedule`), as in the authors' code,
   which sets no scheduler (up to 1000 epochs with early stopping on CIFAR); the run's schedule
   (cosine by default) decays them before the masks leave the initial plateau on short recipes.

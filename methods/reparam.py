@@ -1,9 +1,11 @@
 """`reparam`: budget-aware weight reparametrization, training and pruning in one run.
 
 Paper: R. Dupont, H. Sahbi, G. Michel, "Weight Reparametrization for Budget-Aware Network
-Pruning", ICIP 2021, arXiv:2107.03909. The formulas below follow the suite's transcription in
-METHODS.md section 2 (equation numbers are not cited: the PDF was not at hand when this file was
-written).
+Pruning", ICIP 2021, arXiv:2107.03909 (method section: the reparametrization h_t and the budget
+loss; experiments: accuracy against pruning rate for Conv4, VGG19 and ResNet18 on CIFAR-10 and
+Conv4/ResNet18 on TinyImageNet, beside MP and MP+FT). No public code exists for this paper: the
+authors' ICIP 2021 slides (which say t is "optimized with SGD") and METHODS.md section 2 are the
+sources; equation numbers are not cited, the full text was not available offline.
 
 What the paper does, and this file does:
 - Weights are trained, and every prunable weight w is used through w_hat = w * h_t(w) with
@@ -25,13 +27,15 @@ Decisions where the paper is silent, and deviations:
 - Weights, biases and norms follow the run's training recipe (METHODS.md: SGD lr 0.1, momentum
   0.9, weight decay 5e-4; the digits/conv recipe lowers lr to 0.01); t gets no weight decay.
 - How t is learned: the paper-faithful setting is t itself under the weights' SGD
-  (`t_param=t t_optimizer=sgd t_lr=<weights' lr> lam=1`). The gradient reaching t is ~1e-5
+  (`t_param=t t_optimizer=sgd t_lr=null lam=1`; `t_lr=null` is the weights' lr), the paper
+  grid's `paper` variant. The gradient reaching t is ~1e-5
   against a value of 100 (METHODS.md, "Measured pitfalls"), so t never moves, the soft budget is
   never reached and the hard top-K destroys accuracy. Measured here (digits conv4, 20 epochs,
   batch 32, seed 0, sparsity 0.9): t stayed in [99.97, 100], C/N = 0.72 against 0.10, soft test
   accuracy 98.9 %, hard 28.3 %. The defaults therefore learn log t with Adam (lr 0.05), which
   moves t by a fraction of itself per step whatever the gradient's scale, and use lambda = 10;
-  both are decisions. Same recipe with log t / Adam, hard test accuracy at sparsity 0.9 / 0.97:
+  both are decisions (the paper grid's default variant, labelled as the suite's modification
+  in every table). Same recipe with log t / Adam, hard test accuracy at sparsity 0.9 / 0.97:
   lambda 1 -> 95.6 / -, lambda 10 -> 98.6 / 85.8, lambda 30 -> 97.5 / 91.4, lambda 100 ->
   - / 13.6 (the budget loss wins and the network dies: C/N met exactly, soft accuracy at
   chance). lambda trades the soft-to-hard gap against the soft network's accuracy; 10 is the
