@@ -28,8 +28,8 @@ SUMMARY = "summary.csv"
 SUMMARY_BY_SETTING = "summary_by_setting.csv"
 
 STATUSES = ("ok", "failed", "incomplete", "stale", "duplicate", "invalid")
-# A setting: one cell of the grid, averaged over seeds. `variant` is the run folder's suffix
-# (`seed0-<variant>`), set only when non-grid settings differ from their defaults.
+# A setting: one cell of the grid, averaged over seeds. `variant` names a grids block's settings
+# of a method (RunConfig.variant; "" = the method's own settings, and for runs that predate it).
 SETTING_KEYS = ["dataset", "arch", "method", "sparsity_target", "variant"]
 RUN_KEYS = [*SETTING_KEYS, "seed"]
 # Engine metric names -> CSV names with the unit in the name (STYLE.md); the rest keep theirs.
@@ -53,14 +53,17 @@ LEADING = [
 TRAILING = [
     "paper", "frozen_weights", "device", "device_name", "hostname", "num_threads",
     "python_version", "torch_version", "timm_version", "prunebench_version", "git_commit",
-    "data_dir", "data_root", "config_digest", "run_dir",
+    "data_origin", "data_source", "data_source_sha256", "data_dir", "data_root",
+    "config_digest", "run_dir",
 ]
 # Metrics averaged per setting (mean, std with ddof=1, over the `ok` seeds).
 AVERAGED = [
     "test_top1_pct", "test_top5_pct", "val_top1_pct", "sparsity_achieved", "density_achieved",
     "params_nonzero", "macs_dense", "macs_effective", "num_layers_collapsed", "train_seconds",
 ]
-_LEAF = re.compile(r"^seed(\d+)(?:-(.+))?$")
+# Where the data came from ("official" download or a "local" copy), carried into the settings.
+PROVENANCE = ["data_origin", "data_source"]
+_LEAF = re.compile(r"^seed(\d+)(?:-(.+))?$")  # `seed0-<variant>`: folders before `method@variant`
 
 
 def config_digest(config: dict[str, Any]) -> str:
@@ -97,6 +100,8 @@ def _config_fields(config: dict[str, Any]) -> dict[str, Any]:
     """Grid axes and train settings from a saved RunConfig dict (for runs without metrics)."""
     row: dict[str, Any] = {k: config.get(k) for k in ("dataset", "arch", "method", "seed",
                                                        "data_dir", "data_root")}
+    if config.get("variant"):
+        row["variant"] = config["variant"]
     row["sparsity_target"] = config.get("sparsity")
     row.update({f"train_{k}": v for k, v in (config.get("train") or {}).items()})
     row.update({f"hp_{k}": v for k, v in (config.get("method_options") or {}).items()})
@@ -248,12 +253,19 @@ def summarize_settings(runs: pd.DataFrame) -> pd.DataFrame:
         row["n_excluded"] = int(group["status"].isin(["stale", "duplicate", "invalid"]).sum())
         row["seeds"] = ";".join(str(s) for s in sorted(ok["seed"].dropna().astype(int)))
         row["budgeted"] = not pd.isna(row["sparsity_target"])
+        for col in PROVENANCE:
+            row[col] = _joined(ok[col]) if col in ok else ""
         for col in AVERAGED:
             values = ok[col].dropna()
             row[f"{col}_mean"] = values.mean() if len(values) else float("nan")
             row[f"{col}_std"] = values.std(ddof=1) if len(values) > 1 else float("nan")
         out.append(row)
     return pd.DataFrame(out)
+
+
+def _joined(values: pd.Series) -> str:
+    """The distinct non-empty values of a column, sorted, joined by " / "."""
+    return " / ".join(sorted({str(v) for v in values.dropna() if str(v) != ""}))
 
 
 def aggregate(runs_root: str | Path, out_dir: str | Path, warn: bool = True
@@ -291,32 +303,37 @@ def load_summary(results: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         if missing:
             raise PrunebenchError(f"{path} lacks column(s) {', '.join(missing)} (written by an "
                                   "older prunebench?); rerun `python -m prunebench aggregate`")
-        df["variant"] = df["variant"].fillna("").astype(str)
+        for col in ["variant", *PROVENANCE]:
+            df[col] = df[col].fillna("").astype(str) if col in df else ""
         frames.append(df)
     return frames[0], frames[1]
 
 
 PUBLISHED_COLUMNS = ("source", "method", "arch", "dataset", "sparsity", "accuracy", "setting")
+# Published rows match a reproduced setting on these (`variant` "" when the CSV has no such column).
+MATCH_KEYS = ["dataset", "arch", "method", "sparsity", "variant"]
+MATCHED, NOT_REPRODUCED, AMBIGUOUS = "matched", "not reproduced", "ambiguous"
 
 
 def load_published(path: str | Path) -> pd.DataFrame:
-    """The published-results CSV, checked for the columns the comparison needs."""
+    """The published-results CSV, checked for the columns the comparison needs; `variant` (the
+    grid variant reproducing a row) and `certainty` read as "" where the CSV lacks them."""
     path = Path(path)
     if not path.is_file():
         raise PrunebenchError(f"published results file {path} does not exist "
                               "(expected columns: " + ", ".join(PUBLISHED_COLUMNS) + ")")
-    df = pd.read_csv(path)
+    df = pd.read_csv(path, dtype={"variant": str})
     missing = [c for c in PUBLISHED_COLUMNS if c not in df.columns]
     if missing:
         raise PrunebenchError(f"published results file {path} lacks column(s) "
                               f"{', '.join(missing)}; expected {', '.join(PUBLISHED_COLUMNS)}")
     df["sparsity"] = pd.to_numeric(df["sparsity"], errors="coerce")
     df["accuracy"] = pd.to_numeric(df["accuracy"], errors="coerce")
-    for col in ("source", "method", "arch", "dataset", "setting"):
-        df[col] = df[col].fillna("").astype(str)
-    if "certainty" not in df:
-        df["certainty"] = ""
-    df["certainty"] = df["certainty"].fillna("").astype(str)
+    for col in ("variant", "certainty"):
+        if col not in df:
+            df[col] = ""
+    for col in ("source", "method", "arch", "dataset", "setting", "variant", "certainty"):
+        df[col] = df[col].fillna("").astype(str).str.strip()
     return df
 
 
@@ -324,25 +341,127 @@ def _sparsity_key(s: pd.Series) -> pd.Series:
     return s.round(4).astype(object).where(s.notna(), "emergent").astype(str)
 
 
-def match_published(settings: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
-    """Published rows beside our setting with the same dataset, arch, method and sparsity
-    (a published row without sparsity matches our runs of that method without a budget).
-
-    One row per (published row, our setting) with `ours_mean`, `ours_std`, `n` and
-    `difference_pct` = ours - published; settings with no `ok` run are left out.
-    """
-    ours = settings[settings["n"] > 0].copy()
-    ours["_s"] = _sparsity_key(ours["sparsity_target"])
-    pub = published.copy()
+def compare_published(settings: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
+    """Every published row with `match`: `matched` (one published number for one reproduced
+    setting with finished runs: same dataset, arch, method, sparsity and variant; a row without
+    sparsity matches our runs without a budget), `not reproduced` (no finished run of that
+    setting) or `ambiguous` (several published rows name the same setting, so no single number
+    can be compared); `match_reason` says which. Matched rows carry our mean, std, n and
+    `difference_pct` = ours - published."""
+    pub = published.reset_index(drop=True).copy()
     pub["_s"] = _sparsity_key(pub["sparsity"])
-    merged = pub.merge(ours, on=["dataset", "arch", "method", "_s"], how="inner")
+    keys = ["dataset", "arch", "method", "_s", "variant"]
+    ours = settings.copy()
+    ours["_s"] = _sparsity_key(ours["sparsity_target"])
+    ours = ours.drop(columns=["sparsity_target"])
+    merged = pub.merge(ours, on=keys, how="left", suffixes=("", "_ours"))
     merged = merged.rename(columns={"accuracy": "published_top1_pct",
                                     "test_top1_pct_mean": "ours_top1_pct_mean",
                                     "test_top1_pct_std": "ours_top1_pct_std",
                                     "sparsity_achieved_mean": "ours_sparsity_achieved_mean"})
-    merged["difference_pct"] = merged["ours_top1_pct_mean"] - merged["published_top1_pct"]
+    merged["n"] = merged["n"].fillna(0).astype(int)
+    merged["n_failed"] = merged["n_failed"].fillna(0).astype(int)
+    shared = merged.groupby(keys)["source"].transform("size")
+    finished = merged["n"] > 0
+    merged["match"] = NOT_REPRODUCED
+    merged.loc[finished, "match"] = MATCHED
+    merged.loc[finished & (shared > 1), "match"] = AMBIGUOUS
+    merged["match_reason"] = ""
+    merged.loc[~finished, "match_reason"] = [
+        "no finished runs of that setting" + (f" ({f} failed)" if f else "")
+        for f in merged.loc[~finished, "n_failed"]]
+    merged.loc[merged["match"] == AMBIGUOUS, "match_reason"] = [
+        f"{k} published rows name this dataset, arch, method, sparsity and variant; give each "
+        "its own `variant` in the published results CSV"
+        for k in shared[merged["match"] == AMBIGUOUS]]
+    merged["difference_pct"] = (merged["ours_top1_pct_mean"] - merged["published_top1_pct"]
+                                ).where(merged["match"] == MATCHED)
+    for col in PROVENANCE:
+        merged[col] = merged[col].fillna("") if col in merged else ""
     cols = ["dataset", "arch", "method", "sparsity", "variant", "source", "setting", "certainty",
-            "published_top1_pct", "ours_top1_pct_mean", "ours_top1_pct_std", "n", "n_failed",
-            "ours_sparsity_achieved_mean", "difference_pct"]
-    return merged[cols].sort_values(["dataset", "arch", "method", "sparsity", "source"],
-                                    na_position="first", kind="stable").reset_index(drop=True)
+            "published_top1_pct", "match", "match_reason", "ours_top1_pct_mean",
+            "ours_top1_pct_std", "n", "n_failed", "ours_sparsity_achieved_mean",
+            "difference_pct", *PROVENANCE]
+    return merged[cols].sort_values(["dataset", "arch", "method", "sparsity", "variant",
+                                     "source"], na_position="first",
+                                    kind="stable").reset_index(drop=True)
+
+
+def match_published(settings: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
+    """The published rows compared with exactly one reproduced setting (see compare_published)."""
+    compared = compare_published(settings, published)
+    return compared[compared["match"] == MATCHED].reset_index(drop=True)
+
+
+def _budget_key(value: Any) -> Any:
+    return None if pd.isna(value) else round(float(value), 6)
+
+
+def t_interval(differences: Iterable[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and two-sided Student-t confidence interval (low, high) of paired differences;
+    NaN bounds with fewer than two differences."""
+    from scipy import stats
+
+    d = pd.Series(list(differences), dtype=float)
+    if len(d) < 2:
+        return (float(d.mean()) if len(d) else float("nan")), float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+HOLDS, REVERSED, UNRESOLVED, TOO_FEW, NO_BASELINE = (
+    "holds", "reversed", "not resolved", "fewer than 2 paired seeds", "no pruned baseline")
+
+
+def paired_differences(runs: pd.DataFrame, settings: pd.DataFrame, proposed: Iterable[str],
+                       level: float = 0.95) -> pd.DataFrame:
+    """Per dataset, arch and budget, each proposed method's (and variant's) test top-1 minus the
+    best baseline's (highest mean among the other pruned settings at that budget), paired by
+    seed, with a Student-t interval. `verdict`: `holds` (interval above 0), `reversed` (below
+    0), `not resolved` (contains 0), or why there is no interval."""
+    proposed = set(proposed)
+    ok = runs[runs["status"] == "ok"]
+    done = settings[settings["n"] > 0].assign(_b=settings["sparsity_target"].map(_budget_key))
+    rows = []
+    for (dataset, arch, _), group in done.groupby(["dataset", "arch", "_b"], dropna=False,
+                                                       sort=True):
+        ours = group[group["method"].isin(proposed)]
+        baselines = group[~group["method"].isin(proposed)
+                          & (pd.to_numeric(group["sparsity_achieved_mean"]) > 0)]
+        best = (baselines.sort_values(["test_top1_pct_mean", "method", "variant"],
+                                      ascending=[False, True, True]).iloc[0]
+                if len(baselines) else None)
+        for _, mine in ours.iterrows():
+            row: dict[str, Any] = {"dataset": dataset, "arch": arch,
+                                   "sparsity_target": mine["sparsity_target"],
+                                   "method": mine["method"], "variant": mine["variant"],
+                                   "baseline_method": "", "baseline_variant": "", "n": 0,
+                                   "seeds": "", "mean_difference_pct": float("nan"),
+                                   "ci_low_pct": float("nan"), "ci_high_pct": float("nan"),
+                                   "level": level, "verdict": NO_BASELINE}
+            if best is not None:
+                a = _seed_top1(ok, mine)
+                b = _seed_top1(ok, best)
+                seeds = sorted(set(a.index) & set(b.index))
+                mean, low, high = t_interval([a[s] - b[s] for s in seeds], level)
+                row.update(baseline_method=best["method"], baseline_variant=best["variant"],
+                           n=len(seeds), seeds=";".join(map(str, seeds)),
+                           mean_difference_pct=mean, ci_low_pct=low, ci_high_pct=high,
+                           verdict=(TOO_FEW if len(seeds) < 2 else HOLDS if low > 0
+                                    else REVERSED if high < 0 else UNRESOLVED))
+            rows.append(row)
+    columns = ["dataset", "arch", "sparsity_target", "method", "variant", "baseline_method",
+               "baseline_variant", "n", "seeds", "mean_difference_pct", "ci_low_pct",
+               "ci_high_pct", "level", "verdict"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _seed_top1(ok_runs: pd.DataFrame, setting: pd.Series) -> pd.Series:
+    """Test top-1 by seed of one setting's finished runs."""
+    budget = _budget_key(setting["sparsity_target"])
+    sel = ok_runs[(ok_runs["dataset"] == setting["dataset"]) & (ok_runs["arch"] == setting["arch"])
+                  & (ok_runs["method"] == setting["method"])
+                  & (ok_runs["variant"] == setting["variant"])
+                  & ok_runs["sparsity_target"].map(lambda v: _budget_key(v) == budget)]
+    return pd.Series(pd.to_numeric(sel["test_top1_pct"]).to_numpy(),
+                     index=sel["seed"].astype(int).to_numpy())

@@ -1,4 +1,5 @@
-"""Synthetic run folders in the engine's format (prunebench/run.py), for aggregation tests."""
+"""Synthetic run folders in the engine's format (prunebench/run.py), for aggregation and report
+tests. Their numbers are made up: they test the plumbing and never stand for a result."""
 from __future__ import annotations
 
 import csv
@@ -27,11 +28,14 @@ def make_run(root: Path, *, dataset: str = "digits", arch: str = "conv4",
              top1: float = 80.0, achieved: float | None = None, status: str = "ok",
              epochs: int = 3, reason: str = "loss became nan in epoch 2 (phase train)",
              variant: str = "", overrides: dict[str, str] | None = None,
-             run_dir: Path | None = None) -> Path:
-    """One run folder: status `ok` (metrics, history, layers), `failed` or `incomplete`."""
-    cfg = resolve(dataset, arch, method, sparsity, seed,
+             run_dir: Path | None = None, data_origin: str = "official",
+             macs_dense: float = 2529792) -> Path:
+    """One run folder: status `ok` (metrics, history, layers), `failed` or `incomplete`.
+    `data_origin` "local" records a dataset read from a local copy (the offline JPEG archive)."""
+    cfg = resolve(dataset, arch, method, sparsity, seed, variant=variant,
                   overrides={"epochs": str(epochs), **(overrides or {})})
-    folder = run_dir or paths.run_dir(root, dataset, arch, method, sparsity, seed, suffix=variant)
+    folder = run_dir or paths.run_dir(root, dataset, arch, method, sparsity, seed,
+                                      variant=variant)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / paths.CONFIG).write_text(json.dumps({"digest": cfg.digest(),
                                                    "config": cfg.to_dict()}))
@@ -64,12 +68,15 @@ def make_run(root: Path, *, dataset: str = "digits", arch: str = "conv4",
         "selection": "final", "epoch_selected": epochs, "epochs_run": epochs,
         "num_prunable": total, "kept_prunable": kept, "density_achieved": 1 - s,
         "sparsity_achieved": s, "params_total": total + 100, "params_nonzero": kept + 100,
-        "macs_dense": 2529792, "macs_effective": 2529792 * (1 - s), "layers_collapsed": "",
+        "macs_dense": macs_dense, "macs_effective": macs_dense * (1 - s), "layers_collapsed": "",
         "num_layers_collapsed": 0, "train_seconds": 10.0 + seed, "wall_seconds": 11.0 + seed,
         "prunebench_version": "0.1.0", "git_commit": "0123456789abcdef0123",
         "python_version": "3.11.7", "torch_version": "2.14.1", "timm_version": "1.0.31",
         "device": "cpu", "device_name": "x86_64", "hostname": "test", "num_threads": 1,
-        "config_digest": cfg.digest(), "run_dir": str(folder),
+        "config_digest": cfg.digest(), "run_dir": str(folder), "data_origin": data_origin,
+        "data_source": ("local archive cifar10-jpeg.tar.gz" if data_origin == "local"
+                        else "official download"),
+        "data_source_sha256": "ab" * 32 if data_origin == "local" else "cd" * 32,
     }
     (folder / paths.HISTORY).write_text(_csv(history))
     (folder / paths.LAYERS).write_text(_csv(layers))
@@ -77,9 +84,11 @@ def make_run(root: Path, *, dataset: str = "digits", arch: str = "conv4",
     return folder
 
 
-PUBLISHED_HEADER = "source,method,arch,dataset,sparsity,accuracy,setting,certainty\n"
+PUBLISHED_HEADER = "source,method,arch,dataset,sparsity,accuracy,setting,certainty"
 
 
-def write_published(path: Path, rows: list[str]) -> Path:
-    path.write_text(PUBLISHED_HEADER + "".join(r + "\n" for r in rows))
+def write_published(path: Path, rows: list[str], variant: bool = False) -> Path:
+    """A published-results CSV; with `variant`, each row ends with its variant column."""
+    header = PUBLISHED_HEADER + (",variant" if variant else "")
+    path.write_text(header + "\n" + "".join(r + "\n" for r in rows))
     return path

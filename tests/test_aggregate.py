@@ -157,13 +157,44 @@ def test_unreadable_metrics_is_invalid(grid: Path, tmp_path: Path) -> None:
     assert _setting(settings, "random", 0.5)["n"] == 2
 
 
-def test_variant_suffix_is_its_own_setting(grid: Path, tmp_path: Path) -> None:
-    make_run(grid, sparsity=0.5, seed=0, top1=50.0, variant="lr0.1", overrides={"lr": "0.1"})
+def test_variant_is_its_own_setting(grid: Path, tmp_path: Path) -> None:
+    make_run(grid, sparsity=0.5, seed=0, top1=50.0, variant="lr-high", overrides={"lr": "0.1"})
+    make_run(grid, sparsity=0.5, seed=1, status="failed", variant="lr-high")
     runs, settings = aggregate(grid, tmp_path, warn=False)
     assert (runs["status"] == "duplicate").sum() == 0
-    variant = settings[settings["variant"] == "lr0.1"]
-    assert len(variant) == 1 and variant.iloc[0]["n"] == 1
+    assert set(runs.loc[runs["variant"] == "lr-high", "run_id"]) == {
+        "digits/conv4/random@lr-high/s0.5/seed0", "digits/conv4/random@lr-high/s0.5/seed1"}
+    variant = settings[settings["variant"] == "lr-high"]
+    assert len(variant) == 1 and variant.iloc[0]["n"] == 1 and variant.iloc[0]["n_failed"] == 1
     assert _setting(settings[settings["variant"] == ""], "random", 0.5)["n"] == 3
+    on_disk = pd.read_csv(tmp_path / "summary_by_setting.csv", keep_default_na=False)
+    assert sorted(on_disk["variant"].unique()) == ["", "lr-high"]
+
+
+def test_run_without_variant_key_reads_as_default(grid: Path, tmp_path: Path) -> None:
+    """metrics.json and config.json from before variants existed: variant "", same setting."""
+    folder = grid / "digits/conv4/random/s0.5/seed0"
+    for name in (paths.METRICS, paths.CONFIG):
+        data = json.loads((folder / name).read_text())
+        data.pop("variant", None)
+        (data.get("config") or {}).pop("variant", None)
+        (folder / name).write_text(json.dumps(data))
+    runs, settings = aggregate(grid, tmp_path, warn=False)
+    assert runs.loc[runs["run_id"] == "digits/conv4/random/s0.5/seed0", "status"].item() == "ok"
+    assert set(runs["variant"]) == {""}
+    assert _setting(settings, "random", 0.5)["n"] == 3
+
+
+def test_data_provenance_per_setting(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    make_run(runs, dataset="cifar10", sparsity=0.9, seed=0, data_origin="local")
+    make_run(runs, dataset="cifar10", sparsity=0.9, seed=1, data_origin="local")
+    make_run(runs, dataset="cifar10", sparsity=0.5, seed=0)
+    table, settings = aggregate(runs, tmp_path, warn=False)
+    assert set(table["data_origin"]) == {"local", "official"}
+    assert _setting(settings, "random", 0.9)["data_origin"] == "local"
+    assert _setting(settings, "random", 0.9)["data_source"] == "local archive cifar10-jpeg.tar.gz"
+    assert _setting(settings, "random", 0.5)["data_origin"] == "official"
 
 
 def test_rerun_includes_new_runs(grid: Path, tmp_path: Path) -> None:
