@@ -11,6 +11,8 @@ CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
 FAILED = "failed.json"  # a run that stopped on an error (e.g. NaN loss) and why
 LOCK = ".lock"  # held (flock) by the one process writing the run folder
+NETWORK = "network.safetensors"  # state_dict of the folded, extracted model
+MASKS = "masks.safetensors"  # boolean mask of every prunable layer, keyed by layer name
 
 
 def dataset_tensors(data_dir: str | Path, name: str) -> Path:

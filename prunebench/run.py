@@ -1,7 +1,8 @@
 """One run from config to finished folder: resume or start, train, extract, measure, write.
 
 Folder contents (names in prunebench/paths.py): config.json (written first), log.txt,
-checkpoint.pt (per epoch, atomic), history.csv, layers.csv, and metrics.json written last:
+checkpoint.pt (per epoch, atomic), network.safetensors + masks.safetensors (the pruned
+network, prunebench/artifact.py), history.csv, layers.csv, and metrics.json written last:
 its presence means the run finished. A failed run leaves failed.json instead.
 
 Faults: one process at a time writes a folder (an flock on `.lock`); a run killed anywhere is
@@ -31,6 +32,7 @@ from torch import nn
 
 from prunebench import __version__, paths
 from prunebench.archives import one_line
+from prunebench.artifact import save_network
 from prunebench.config import RunConfig
 from prunebench.data import DeviceData, PreparedData, load_prepared
 from prunebench.errors import Preempted, PrunebenchError, TrainingDiverged
@@ -335,6 +337,10 @@ def _train_and_measure(cfg: RunConfig, run_dir: Path, state: str, stale: list[Pa
         "config_digest": cfg.digest(),
         "run_dir": str(run_dir),
     }
+    # The network before metrics.json, which stays last: a finished run always has its network.
+    stats = ((prepared.manifest["mean"], prepared.manifest["std"]) if cfg.train.normalize
+             else ([0.0] * c, [1.0] * c))
+    save_network(run_dir, model, cfg.arch, data.num_classes, prepared.image_shape, *stats)
     write_csv(run_dir / paths.HISTORY, loop.history)
     write_csv(run_dir / paths.LAYERS, layers)
     write_json(run_dir / paths.METRICS, metrics)

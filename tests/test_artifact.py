@@ -1,0 +1,75 @@
+"""Every finished run saves its pruned network (network.safetensors + masks.safetensors) before
+metrics.json, and `prunebench.load_run` gives it back: the loaded timm model scores exactly the
+run's recorded test accuracy."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import prunebench
+from prunebench import paths
+from prunebench.config import resolve
+from prunebench.data import DeviceData, load_prepared
+from prunebench.errors import PrunebenchError
+from prunebench.metrics import evaluate
+from prunebench.run import execute
+
+
+def _finished_run(digits_dir: Path, tmp_path: Path, method: str, sparsity: float | None,
+                  **options: str) -> tuple[Path, dict]:
+    overrides = {"epochs": "1", "device": "cpu", "data_dir": str(digits_dir), **options}
+    cfg = resolve("digits", "conv4", method, sparsity, 0, overrides=overrides)
+    run_dir = tmp_path / method
+    return run_dir, execute(cfg, run_dir)
+
+
+def _test_accuracy(saved: prunebench.SavedRun, digits_dir: Path, normalize: bool) -> float:
+    data = DeviceData(load_prepared("digits", digits_dir), torch.device("cpu"), 0.1,
+                      normalize=normalize)
+    return evaluate(saved.model, data.eval_batches("test", 1024), amp=False)["top1"]
+
+
+@pytest.mark.parametrize(("method", "sparsity", "options"), [
+    ("reparam", 0.9, {}),
+    ("gumbel", None, {"method.frozen_bias": "true", "normalize": "false"}),
+])
+def test_loaded_network_reproduces_the_recorded_accuracy(
+        digits_dir: Path, tmp_path: Path, method: str, sparsity: float | None,
+        options: dict[str, str]) -> None:
+    run_dir, metrics = _finished_run(digits_dir, tmp_path, method, sparsity, **options)
+    saved = prunebench.load_run(run_dir)
+    assert saved.metadata["timm_model"] == "pb_conv4"
+    top1 = _test_accuracy(saved, digits_dir, normalize=options.get("normalize") != "false")
+    assert top1 == metrics["test_top1_extracted"]
+    kept = sum(int(m.sum()) for m in saved.masks.values())
+    assert kept == metrics["kept_prunable"]
+    layers = dict(saved.model.named_modules())
+    for name, mask in saved.masks.items():
+        assert mask.dtype == torch.bool
+        assert torch.equal(layers[name].weight != 0, mask)
+
+
+def test_preprocess_matches_the_runs_input(digits_dir: Path, tmp_path: Path) -> None:
+    run_dir, _ = _finished_run(digits_dir, tmp_path, "random", 0.5)
+    saved = prunebench.load_run(run_dir)
+    prepared = load_prepared("digits", digits_dir)
+    data = DeviceData(prepared, torch.device("cpu"), 0.1)
+    x, _ = next(data.eval_batches("test", 64))
+    assert torch.equal(saved.preprocess(prepared.tensors["test_x"][:64]), x)
+
+
+def test_network_is_written_before_metrics(digits_dir: Path, tmp_path: Path) -> None:
+    run_dir, _ = _finished_run(digits_dir, tmp_path, "dense", None)
+    times = {name: (run_dir / name).stat().st_mtime_ns
+             for name in (paths.NETWORK, paths.MASKS, paths.METRICS)}
+    assert times[paths.NETWORK] <= times[paths.MASKS] <= times[paths.METRICS]
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_unfinished_run_has_no_network_to_load(tmp_path: Path) -> None:
+    (tmp_path / paths.CONFIG).write_text(json.dumps({"digest": "x", "config": {}}))
+    with pytest.raises(PrunebenchError, match="holds no saved network"):
+        prunebench.load_run(tmp_path)
