@@ -16,13 +16,13 @@ EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint saved, rerun the same command to resume
 
 
-def _sparsity(text: str) -> float | None:
-    if text.lower() in ("none", "emergent", ""):
-        return None
+def _sparsity(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"sparsity {text!r} is not a number in [0, 1)") from None
+        raise argparse.ArgumentTypeError(
+            f"sparsity {text!r} is not a number in [0, 1) (omit --sparsity for no budget)"
+        ) from None
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -39,13 +39,14 @@ def _run_config(args: argparse.Namespace):
     if args.epochs is not None:
         overrides["epochs"] = str(args.epochs)
     return resolve(args.dataset, args.arch, args.method, args.sparsity, args.seed,
-                   file_config, overrides)
+                   file_config, overrides, variant=args.variant)
 
 
 def run_dir_for(args: argparse.Namespace) -> Path:
     if args.run_dir:
         return Path(args.run_dir)
-    return paths.run_dir(args.out, args.dataset, args.arch, args.method, args.sparsity, args.seed)
+    return paths.run_dir(args.out, args.dataset, args.arch, args.method, args.sparsity, args.seed,
+                         args.variant)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -73,6 +74,33 @@ def cmd_list(args: argparse.Namespace) -> None:
         print(f"  {name:15s} {kind:10s} {cls.paper}")
     print("archs:    " + ", ".join(ARCHS))
     print("datasets: " + ", ".join(DATASETS))
+
+
+def cmd_coverage(args: argparse.Namespace) -> None:
+    from prunebench.grid import coverage, expand, read_published
+
+    rows = coverage(expand(load_config_file(args.configfile)), read_published(args.published))
+    for row, run, reason in rows:
+        sparsity = row["sparsity"] or "none"
+        name = (f"{row['source']}: {row['dataset']} {row['arch']} {row['method']} "
+                f"sparsity={sparsity} variant={row.get('variant') or '-'} ({row['setting']})")
+        print(f"{name}\n    -> " + (f"{run.folder}" if run else f"not in grid: {reason}"))
+    covered = sum(run is not None for _, run, _ in rows)
+    print(f"{covered} of {len(rows)} published rows covered")
+
+
+def cmd_check_options(args: argparse.Namespace) -> None:
+    from prunebench.registry import check_options
+
+    for folder, entry in json.loads(args.option_sets).items():
+        where = f"method options of {folder}"
+        budgeted = check_options(entry["method"], entry["options"], where)
+        if budgeted != entry["budgeted"]:
+            raise PrunebenchError(
+                f"{where}: the method says budgeted={budgeted}, the workflow's static reading of "
+                "its source (prunebench/grid.py) said the opposite; declare the budget with the "
+                "class attributes `budgeted` / `budget_option`")
+        print(f"{folder}: ok")
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
@@ -123,13 +151,27 @@ def build_parser() -> argparse.ArgumentParser:
                    "without a budget")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--config", default="", help="YAML with train: and methods.<name>: sections")
+    p.add_argument("--variant", default="", help="a variant of the method: with --config, its "
+                   "settings come from the grids block naming it; its runs get their own folder")
+    p.add_argument("--config", default="", help="YAML with train: and methods.<name>: sections "
+                   "(a workflow config such as config/paper.yaml)")
     p.add_argument("--out", default="results/runs", help="root of the run folders")
     p.add_argument("--run-dir", default="", help="exact run folder (overrides --out layout)")
     p.add_argument("--print-run-dir", action="store_true", help="print the run folder and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="train options (lr=0.01) or method options (method.smart_rescale=false)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("coverage", help="which grid run reproduces each published row")
+    p.add_argument("--configfile", default="config/config.yaml", help="the workflow config")
+    p.add_argument("--published", default="config/published_results.csv")
+    p.set_defaults(func=cmd_coverage)
+
+    p = sub.add_parser("check-options", help="build each method of the workflow with its "
+                       "options (the workflow's first job: bad values stop it before any run)")
+    p.add_argument("option_sets", help='JSON: {"gumbel@v": {"method": "gumbel", "options": {...},'
+                   ' "budgeted": false}, ...}')
+    p.set_defaults(func=cmd_check_options)
 
     p = sub.add_parser("list", help="list methods, archs and datasets")
     p.set_defaults(func=cmd_list)
