@@ -1,2 +1,1 @@
-"""Baselines and controls; importing this package registers them."""
-from baselines import dense, edgepopup, magnitude, random, snip, supermask  # noqa: F401
+"""Baselines and controls: every module here is imported by prunebench.registry."""

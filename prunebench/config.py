@@ -1,7 +1,11 @@
 """A run's full description: grid axes, training recipe and method options, resolved in layers.
 
 Precedence, lowest first: `TrainConfig` defaults < the dataset/arch recipe (`recipe`) < a config
-file's `train:` and `methods.<name>.train:` < `key=value` overrides on the command line.
+file's `train:` < `methods.<name>.train:` < the variant's `train:` (a grids block naming it) <
+`key=value` overrides on the command line. Method options: `methods.<name>.options:` < the
+variant's `options.<name>:` < `method.<option>=value` overrides.
+
+Torch-free: the Snakemake process resolves every run of the grid with this module.
 """
 from __future__ import annotations
 
@@ -17,10 +21,11 @@ from typing import Any
 import yaml
 
 from prunebench.errors import PrunebenchError
-from prunebench.method import _coerce
-from prunebench.models import ARCHS
 
 DATASETS = ("digits", "cifar10", "cifar100", "tinyimagenet", "imagefolder")
+ARCHS = ("conv2", "conv4", "conv6", "vgg19", "resnet18")  # built by prunebench/models.py
+# A variant names a set of settings of one method; it becomes part of the run folder's name.
+VARIANT_PATTERN = r"[a-z0-9][a-z0-9_-]*"
 
 
 @dataclass
@@ -101,6 +106,7 @@ class RunConfig:
     method: str
     sparsity: float | None
     seed: int
+    variant: str = ""  # "" = the method's settings; else a grids block's named settings
     train: TrainConfig = field(default_factory=TrainConfig)
     method_options: dict[str, Any] = field(default_factory=dict)
     data_dir: str = "results/data"
@@ -118,6 +124,9 @@ class RunConfig:
                 "weights removed")
         if self.seed < 0:
             raise PrunebenchError(f"seed must be >= 0, got {self.seed}")
+        if self.variant and not re.fullmatch(VARIANT_PATTERN, self.variant):
+            raise PrunebenchError(f"variant {self.variant!r} must match {VARIANT_PATTERN} "
+                                  "(it names the run folder)")
         self.train.validate()
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,7 +155,7 @@ def _apply_train(train: TrainConfig, values: dict[str, Any], where: str) -> None
         if key not in names:
             raise PrunebenchError(
                 f"{where}: unknown train option {key!r}; allowed: {', '.join(sorted(names))}")
-        setattr(train, key, _coerce(value, names[key].type, f"{where}.{key}"))
+        setattr(train, key, coerce(value, names[key].type, f"{where}.{key}"))
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -163,22 +172,96 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def coerce(value: Any, annotation: Any, where: str) -> Any:
+    """A config or command-line value as the field's type (bool, int, float, optional number);
+    an error naming `where` otherwise. Strings pass through."""
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    try:
+        if kind == "bool":
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if kind == "float":
+            return _finite(float(value))
+        if kind.startswith("float | None") or kind.startswith("Optional[float]"):
+            return None if value in (None, "none", "None", "null") else _finite(float(value))
+        if kind.startswith("int | None") or kind.startswith("Optional[int]"):
+            return None if value in (None, "none", "None", "null") else coerce(value, "int",
+                                                                                where)
+    except (TypeError, ValueError):
+        finite = " (a finite number)" if "float" in kind else ""
+        raise PrunebenchError(f"{where}: {value!r} is not a valid {kind}{finite}") from None
+    return value
+
+
+def _finite(x: float) -> float:
+    """NaN or infinity as a setting only makes a run diverge later: refuse it up front."""
+    if not math.isfinite(x):
+        raise ValueError(x)
+    return x
+
+
+def variant_settings(file_config: dict[str, Any], method: str, variant: str
+                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The `train:` and `options.<method>:` of the grids blocks that name `variant` and run
+    `method`; every such block must give the same settings (the variant names one run folder)."""
+    found = []
+    for i, block in enumerate(file_config.get("grids") or []):
+        if block.get("variant", "") == variant and method in (block.get("methods") or []):
+            options = (block.get("options") or {}).get(method) or {}
+            found.append((f"grids[{i}]", dict(block.get("train") or {}), dict(options)))
+    if not found:
+        raise PrunebenchError(
+            f"variant {variant!r} of method {method} is defined by no grids block of the config "
+            "(a block with `variant: NAME` that lists the method)")
+    for where, train, options in found[1:]:
+        if (train, options) != found[0][1:]:
+            raise PrunebenchError(
+                f"variant {variant!r} of method {method}: {where} gives other train/options than "
+                f"{found[0][0]}; a variant names one set of settings (rename one of them)")
+    return found[0][1], found[0][2]
+
+
+def layered_settings(file_config: dict[str, Any], method: str, variant: str = ""
+                     ) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, Any]]:
+    """A method's train layers (where, values), lowest first, and its merged options, from a
+    workflow or run config: top-level `train:` < `methods.<method>` < the variant's block."""
+    section = (file_config.get("methods") or {}).get(method) or {}
+    layers = [("config train", dict(file_config.get("train") or {})),
+              (f"config methods.{method}.train", dict(section.get("train") or {}))]
+    options = dict(section.get("options") or {})
+    if variant:
+        train, variant_options = variant_settings(file_config, method, variant)
+        layers.append((f"config variant {variant}.train", train))
+        options.update(variant_options)
+    return layers, options
+
+
 def resolve(dataset: str, arch: str, method: str, sparsity: float | None, seed: int,
             file_config: dict[str, Any] | None = None,
-            overrides: dict[str, str] | None = None) -> RunConfig:
-    """Layer defaults, recipe, config file and overrides into one validated RunConfig.
+            overrides: dict[str, str] | None = None, variant: str = "") -> RunConfig:
+    """Layer defaults, recipe, config file (and the variant's block) and overrides into one
+    validated RunConfig; `python -m prunebench run` and the workflow's grid both call this.
 
     Overrides: `epochs=5` sets a train option; `method.<option>=v` a method option;
-    `data_dir=...` / `data_root=...` the data locations.
+    `data_dir=...` / `data_root=...` the data locations. A `variant` without a config file that
+    defines it is only the run's label: the overrides then carry its settings (the workflow's
+    jobs pass every setting so).
     """
     file_config = file_config or {}
     train = TrainConfig()
     _apply_train(train, recipe(dataset, arch), "recipe")
-    _apply_train(train, file_config.get("train", {}) or {}, "config train")
-    method_section = (file_config.get("methods", {}) or {}).get(method, {}) or {}
-    _apply_train(train, method_section.get("train", {}) or {}, f"config methods.{method}.train")
-    options = dict(method_section.get("options", {}) or {})
-    run = RunConfig(dataset, arch, method, sparsity, seed, train, options)
+    layers, options = layered_settings(file_config, method,
+                                       variant if file_config else "")
+    for where, values in layers:
+        _apply_train(train, values, where)
+    run = RunConfig(dataset, arch, method, sparsity, seed, variant, train, options)
     for key in ("data_dir", "data_root"):
         if key in file_config:
             setattr(run, key, str(file_config[key]))

@@ -10,7 +10,6 @@ hooks only change values. A checkpoint is then just `model.state_dict()` plus `s
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -18,6 +17,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from prunebench.config import coerce
 from prunebench.errors import PrunebenchError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -91,44 +91,11 @@ class MethodHparams:
             )
         typed = {}
         for key, value in values.items():
-            typed[key] = _coerce(value, names[key].type, f"{where}.{key}")
+            typed[key] = coerce(value, names[key].type, f"{where}.{key}")
         return cls(**typed)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
-    try:
-        if kind == "bool":
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
-        if kind == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if kind == "float":
-            return _finite(float(value))
-        if kind.startswith("float | None") or kind.startswith("Optional[float]"):
-            return None if value in (None, "none", "None", "null") else _finite(float(value))
-        if kind.startswith("int | None") or kind.startswith("Optional[int]"):
-            return None if value in (None, "none", "None", "null") else _coerce(value, "int",
-                                                                                 where)
-    except (TypeError, ValueError):
-        finite = " (a finite number)" if "float" in kind else ""
-        raise PrunebenchError(f"{where}: {value!r} is not a valid {kind}{finite}") from None
-    return value
-
-
-def _finite(x: float) -> float:
-    """NaN or infinity as a setting only makes a run diverge later: refuse it up front."""
-    if not math.isfinite(x):
-        raise ValueError(x)
-    return x
 
 
 class PruningMethod:
@@ -138,6 +105,9 @@ class PruningMethod:
     hparams_cls: ClassVar[type[MethodHparams]] = MethodHparams
     budgeted: ClassVar[bool] = True
     """True when the method must keep exactly K = round((1 - sparsity) * N) prunable weights."""
+    budget_option: ClassVar[str] = ""
+    """For a method without a budget: the name of a bool option (off by default) that gives it
+    one. Declared, not computed, so the workflow reads it without torch (prunebench/grid.py)."""
     frozen_weights: ClassVar[bool] = False
     """True for methods that learn only a topology over the random initial weights."""
     paper: ClassVar[str] = ""
@@ -147,8 +117,9 @@ class PruningMethod:
         self.ctx = ctx
 
     def is_budgeted(self) -> bool:
-        """Whether this configured instance targets an exact budget (hparams may switch it)."""
-        return self.budgeted
+        """Whether this configured instance targets an exact budget (`budget_option` may
+        switch it on)."""
+        return self.budgeted or bool(self.budget_option and getattr(self.hp, self.budget_option))
 
     def prepare(self, model: nn.Module) -> None:
         """Before training: attach parametrizations, score at init, re-initialise weights."""

@@ -24,12 +24,18 @@ def dataset_manifest(data_dir: str | Path, name: str) -> Path:
 
 
 def sparsity_label(sparsity: float | None) -> str:
-    """`s0.9` for a budget; `snone` for methods without one (dense, emergent sparsity)."""
+    """The one label of a budget: `s0.9` (at most 6 significant digits), `snone` for no budget
+    (dense, emergent sparsity). None is the only "no budget" value in code."""
     return "snone" if sparsity is None else f"s{sparsity:g}"
 
 
+def method_folder(method: str, variant: str = "") -> str:
+    """`gumbel` for a method's own settings, `gumbel@sc-aug` for its variant `sc-aug`."""
+    return f"{method}@{variant}" if variant else method
+
+
 def run_dir(out_root: str | Path, dataset: str, arch: str, method: str,
-            sparsity: float | None, seed: int, suffix: str = "") -> Path:
-    """`{out}/{dataset}/{arch}/{method}/s{sparsity}/seed{seed}[-{suffix}]`."""
-    leaf = f"seed{seed}" + (f"-{suffix}" if suffix else "")
-    return Path(out_root) / dataset / arch / method / sparsity_label(sparsity) / leaf
+            sparsity: float | None, seed: int, variant: str = "") -> Path:
+    """`{out}/{dataset}/{arch}/{method}[@{variant}]/s{sparsity}/seed{seed}`: built here only."""
+    return (Path(out_root) / dataset / arch / method_folder(method, variant)
+            / sparsity_label(sparsity) / f"seed{seed}")

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import pkgutil
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prunebench.errors import PrunebenchError
 
@@ -12,7 +13,8 @@ if TYPE_CHECKING:
     from prunebench.method import PruningMethod
 
 _METHODS: dict[str, type[PruningMethod]] = {}
-_PLUGIN_PACKAGES = ("methods", "baselines")
+# Packages beside `prunebench/` whose every module is imported: a method is one file in one.
+PLUGIN_PACKAGES = ("methods", "baselines")
 
 
 def register_method(name: str) -> Callable[[type[PruningMethod]], type[PruningMethod]]:
@@ -32,8 +34,10 @@ def register_method(name: str) -> Callable[[type[PruningMethod]], type[PruningMe
 
 
 def _load_plugins() -> None:
-    for package in _PLUGIN_PACKAGES:
-        importlib.import_module(package)
+    """Import every module of the plugin packages (discovered, not listed), which registers them."""
+    for package in PLUGIN_PACKAGES:
+        for module in pkgutil.iter_modules(importlib.import_module(package).__path__):
+            importlib.import_module(f"{package}.{module.name}")
 
 
 def list_methods(pattern: str = "*") -> list[str]:
@@ -50,3 +54,14 @@ def get_method(name: str) -> type[PruningMethod]:
             f"unknown method {name!r}; registered methods: {', '.join(sorted(_METHODS))}"
         )
     return _METHODS[name]
+
+
+def check_options(name: str, options: dict[str, Any], where: str) -> bool:
+    """Build method `name` with `options` as a run would (unknown names and values its
+    constructor refuses raise, naming `where`); return whether it then has a budget."""
+    cls = get_method(name)
+    hparams = cls.hparams_cls.from_dict(options, where)
+    try:
+        return cls(hparams, None).is_budgeted()
+    except PrunebenchError as e:
+        raise PrunebenchError(str(e) if where in str(e) else f"{where}: {e}") from None

@@ -1,3 +1,23 @@
+rule check_options:
+    """One method (or variant) of the grid built with its options, in the rules' environment,
+    before any of its runs: a value only the method can refuse stops them here. Rerun when the
+    options change (params), and then so are its runs, whose options changed too."""
+    output:
+        touch(OPTIONS_CHECKED),
+    params:
+        option_sets=option_set_arg,
+    log:
+        "results/logs/check_options/{method_folder}.log",
+    conda:
+        "../environment.yml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    localrule: True
+    shell:
+        "python -m prunebench check-options {params.option_sets} > {log} 2>&1"
+
+
 rule train_run:
     """One run of one method: train, prune, evaluate into its run folder.
 
@@ -9,15 +29,14 @@ rule train_run:
     dying first and letting the step be torn down while the checkpoint is being written.
     """
     input:
-        "results/data/{dataset}.pt",
+        data=run_dataset,
+        options_checked=run_options_checked,
     output:
         marker=touch(RUN_DONE),
     params:
-        run_dir=lambda wildcards, output: os.path.dirname(output.marker),
-        sparsity=sparsity_flag,
-        overrides=run_overrides,
+        args=run_args,
     log:
-        "results/logs/train_run/{dataset}/{arch}/{method}/s{sparsity}/seed{seed}.log",
+        "results/logs/train_run/{run}.log",
     conda:
         "../environment.yml"
     threads: lambda wildcards: train_resources(wildcards)["cpus_per_task"]
@@ -27,7 +46,4 @@ rule train_run:
         mem_mb=lambda wildcards: train_resources(wildcards)["mem_mb"],
         runtime=lambda wildcards: train_resources(wildcards)["runtime"],
     shell:
-        "trap '' TERM; python -m prunebench run --dataset {wildcards.dataset}"
-        " --arch {wildcards.arch} --method {wildcards.method}{params.sparsity}"
-        " --seed {wildcards.seed} --run-dir {params.run_dir} {params.overrides}"
-        " > {log} 2>&1 || [ $? -eq 3 ]"
+        "trap '' TERM; python -m prunebench run {params.args} > {log} 2>&1 || [ $? -eq 3 ]"

@@ -124,9 +124,23 @@ BAD_CONFIGS = {
         lambda c: c["resources"]["train_overrides"].append({"methods": ["lottery"],
                                                             "runtime": 3}),
         ["resources.train_overrides[0].methods[0]", "unknown method 'lottery'"]),
-    "option value the method refuses": (
-        lambda c: c["methods"]["gumbel"]["options"].update(tau=-1.0),
-        ["methods.gumbel.options", "tau"]),
+    "variant options without a variant name": (
+        lambda c: c["grids"][0].update(options={"gumbel": {"tau": 2.0}}),
+        ["grids[0] (quick)", "must name them with `variant: NAME`"]),
+    "variant options of a method not in the block": (
+        lambda c: c["grids"][0].update(variant="v", options={"lottery": {}}),
+        ["grids[0] (quick).options.lottery", "not among the block's methods"]),
+    "unknown variant option": (
+        lambda c: c["grids"][0].update(variant="v", options={"gumbel": {"temp": 2.0}}),
+        ["grids[0] (quick).options.gumbel", "temp", "allowed:", "tau"]),
+    "one variant, two settings": (
+        lambda c: c["grids"].extend([
+            {**c["grids"][0], "variant": "v", "train": {"epochs": 2}},
+            {**c["grids"][0], "variant": "v", "train": {"epochs": 3}}]),
+        ["variant 'v' of method", "grids[2] gives other train/options than grids[1]"]),
+    "bad variant train value": (
+        lambda c: c["grids"][0].update(variant="v", train={"patience": 5}),
+        ["grids[0] (quick)", "patience > 0 needs selection=val"]),
 }
 
 

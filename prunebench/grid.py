@@ -1,0 +1,341 @@
+"""The workflow's grid without torch: one expansion of a workflow config into runs (run folder,
+command line), the method catalogue it needs, and which published rows the grid covers.
+
+rules/common.smk (the Snakemake process, which need not have torch: `--use-conda`) and
+`python -m prunebench coverage` call `expand`. Each run's settings are resolved by
+`config.resolve`, as `python -m prunebench run` resolves them, and passed to the job as
+`key=value` arguments, so a job's command alone reproduces it.
+
+Which methods have a budget is read from the method files' source (`method_catalogue`): the
+class attributes `budgeted` and `budget_option` and the option names of the hparams dataclass
+are plain declarations. Option values that only a method's constructor can judge are checked by
+`python -m prunebench check-options` (the workflow's first job) before any run starts.
+"""
+from __future__ import annotations
+
+import ast
+import csv
+import re
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+from prunebench import paths
+from prunebench.config import (
+    ARCHS,
+    DATASETS,
+    VARIANT_PATTERN,
+    coerce,
+    layered_settings,
+    resolve,
+)
+from prunebench.errors import PrunebenchError
+from prunebench.registry import PLUGIN_PACKAGES
+
+REPO = Path(__file__).resolve().parent.parent
+RUNS_ROOT = "results/runs"
+DATA_DIR = "results/data"
+
+
+class ConfigError(PrunebenchError):
+    """A workflow config value that cannot run, with the key that holds it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"config {key}: {message}")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What the grid needs to know of a registered method, read from its source."""
+
+    name: str
+    budgeted: bool
+    budget_option: str
+    options: tuple[tuple[str, str], ...]  # (option name, type annotation), in field order
+
+    def is_budgeted(self, options: dict[str, Any], where: str) -> bool:
+        """The rule of PruningMethod.is_budgeted, on config values."""
+        if self.budgeted or not self.budget_option:
+            return self.budgeted
+        return bool(coerce(options.get(self.budget_option, False), "bool",
+                           f"{where}.{self.budget_option}"))
+
+
+def _registered_name(node: ast.ClassDef) -> str:
+    for deco in node.decorator_list:
+        if (isinstance(deco, ast.Call) and getattr(deco.func, "id", "") == "register_method"
+                and deco.args and isinstance(deco.args[0], ast.Constant)):
+            return str(deco.args[0].value)
+    return ""
+
+
+def _class_attrs(node: ast.ClassDef, classes: dict[str, ast.ClassDef]) -> dict[str, Any]:
+    """Constant and class-name assignments of a class body, inherited from bases in `classes`."""
+    attrs: dict[str, Any] = {}
+    for base in node.bases:
+        if isinstance(base, ast.Name) and base.id in classes:
+            attrs.update(_class_attrs(classes[base.id], classes))
+    for stmt in node.body:
+        target, value = None, None
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+            target, value = stmt.targets[0], stmt.value
+        elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+            target, value = stmt.target, stmt.value
+        if isinstance(target, ast.Name):
+            if isinstance(value, ast.Constant):
+                attrs[target.id] = value.value
+            elif isinstance(value, ast.Name):
+                attrs[target.id] = value
+    return attrs
+
+
+def _fields(node: ast.ClassDef | None, classes: dict[str, ast.ClassDef]
+            ) -> dict[str, str]:
+    """Dataclass fields (name -> annotation text) of an hparams class and its scanned bases."""
+    if node is None:
+        return {}
+    out: dict[str, str] = {}
+    for base in node.bases:
+        if isinstance(base, ast.Name):
+            out.update(_fields(classes.get(base.id), classes))
+    for stmt in node.body:
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+            annotation = ast.unparse(stmt.annotation)
+            if not annotation.startswith("ClassVar"):
+                out[stmt.target.id] = annotation
+    return out
+
+
+def method_catalogue(root: Path = REPO) -> dict[str, MethodSpec]:
+    """Every method registered in the plugin packages, read from source (no import)."""
+    classes: dict[str, ast.ClassDef] = {}
+    for package in PLUGIN_PACKAGES:
+        for path in sorted((root / package).glob("*.py")):
+            tree = ast.parse(path.read_text(), str(path))
+            classes.update({n.name: n for n in tree.body if isinstance(n, ast.ClassDef)})
+    specs = {}
+    for node in classes.values():
+        name = _registered_name(node)
+        if not name:
+            continue
+        attrs = _class_attrs(node, classes)
+        hparams = attrs.get("hparams_cls")
+        fields = _fields(classes.get(hparams.id) if isinstance(hparams, ast.Name) else None,
+                         classes)
+        specs[name] = MethodSpec(name, bool(attrs.get("budgeted", True)),
+                                 str(attrs.get("budget_option", "")), tuple(fields.items()))
+    return dict(sorted(specs.items()))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run's identity: the grid axes. Its folder is built by paths.run_dir only."""
+
+    dataset: str
+    arch: str
+    method: str
+    variant: str
+    sparsity: float | None
+    seed: int
+
+    @property
+    def folder(self) -> str:
+        return paths.run_dir(RUNS_ROOT, self.dataset, self.arch, self.method, self.sparsity,
+                             self.seed, self.variant).as_posix()
+
+    @property
+    def run_id(self) -> str:
+        """The folder below RUNS_ROOT (the workflow's `{run}` wildcard)."""
+        return self.folder[len(RUNS_ROOT) + 1:]
+
+
+@dataclass(frozen=True)
+class Job:
+    """A run of the grid with every setting it takes from the config, as `key=value`."""
+
+    run: Run
+    block: str
+    overrides: tuple[tuple[str, Any], ...]
+
+    def args(self) -> list[str]:
+        """The arguments of `python -m prunebench run` that reproduce this run exactly."""
+        r = self.run
+        out = ["--dataset", r.dataset, "--arch", r.arch, "--method", r.method]
+        if r.variant:
+            out += ["--variant", r.variant]
+        if r.sparsity is not None:
+            out += ["--sparsity", paths.sparsity_label(r.sparsity)[1:]]
+        out += ["--seed", str(r.seed), "--run-dir", r.folder]
+        return out + [f"{k}={cli_value(v)}" for k, v in self.overrides]
+
+
+def cli_value(value: Any) -> str:
+    """A config value as the CLI reads it back (`config.coerce`)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "none" if value is None else str(value)
+
+
+def _check_names(key: str, values: list[str], allowed: Any, kind: str) -> None:
+    for i, value in enumerate(values):
+        if value not in allowed:
+            raise ConfigError(f"{key}[{i}]",
+                              f"unknown {kind} {value!r}; allowed: {', '.join(allowed)}")
+
+
+def _check_options(key: str, options: dict[str, Any], spec: MethodSpec) -> None:
+    names = dict(spec.options)
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise ConfigError(key, f"unknown option(s) {', '.join(unknown)} of method {spec.name}; "
+                          f"allowed: {', '.join(sorted(names)) or '(none)'}")
+    for name, value in options.items():
+        coerce(value, names[name], f"config {key}.{name}")
+
+
+def _sparsities(key: str, values: list[Any]) -> list[float]:
+    out = []
+    for value in values:
+        sparsity = float(value)
+        if not 0 <= sparsity < 1:  # also NaN, which the schema's bounds let through
+            raise ConfigError(key, f"sparsity {sparsity} is outside [0, 1)")
+        if float(paths.sparsity_label(sparsity)[1:]) != sparsity:
+            raise ConfigError(key, f"sparsity {sparsity} has more than 6 significant digits; its "
+                              f"run folder {paths.sparsity_label(sparsity)} would not identify it")
+        out.append(sparsity)
+    return out
+
+
+def _check_block(key: str, block: dict[str, Any], catalogue: dict[str, MethodSpec]) -> None:
+    _check_names(f"{key}.datasets", block.get("datasets") or [], DATASETS, "dataset")
+    _check_names(f"{key}.archs", block.get("archs") or [], ARCHS, "arch")
+    _check_names(f"{key}.methods", block.get("methods") or [], list(catalogue), "method")
+    variant = block.get("variant", "")
+    if variant and not re.fullmatch(VARIANT_PATTERN, variant):
+        raise ConfigError(f"{key}.variant",
+                          f"{variant!r} must match {VARIANT_PATTERN} (it names run folders)")
+    if not variant and (block.get("train") or block.get("options")):
+        raise ConfigError(key, "a block with its own train: or options: must name them with "
+                          "`variant: NAME` (its runs get their own folders)")
+    for method, options in (block.get("options") or {}).items():
+        if method not in (block.get("methods") or []):
+            raise ConfigError(f"{key}.options.{method}",
+                              f"method {method!r} is not among the block's methods")
+        _check_options(f"{key}.options.{method}", options or {}, catalogue[method])
+
+
+def check_config(config: dict[str, Any], catalogue: dict[str, MethodSpec]) -> None:
+    """The checks that concern the whole config rather than one block."""
+    for method, section in (config.get("methods") or {}).items():
+        if method not in catalogue:
+            raise ConfigError(f"methods.{method}", f"unknown method {method!r}; registered "
+                              f"methods: {', '.join(catalogue)}")
+        _check_options(f"methods.{method}.options", (section or {}).get("options") or {},
+                       catalogue[method])
+    for dataset in config.get("data_roots") or {}:
+        if dataset not in DATASETS:
+            raise ConfigError(f"data_roots.{dataset}",
+                              f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
+    overrides = (config.get("resources") or {}).get("train_overrides") or []
+    for i, entry in enumerate(overrides):
+        for axis, allowed in (("datasets", DATASETS), ("archs", ARCHS),
+                              ("methods", list(catalogue))):
+            _check_names(f"resources.train_overrides[{i}].{axis}", entry.get(axis, []),
+                         allowed, axis[:-1])
+
+
+def expand(config: dict[str, Any], catalogue: dict[str, MethodSpec] | None = None
+           ) -> list[Job]:
+    """Every run of a workflow config, in config order, deduplicated, each resolved once per
+    setting by `config.resolve`; a ConfigError (naming the key) for anything that cannot run."""
+    catalogue = catalogue if catalogue is not None else method_catalogue()
+    check_config(config, catalogue)
+    jobs: dict[Run, Job] = {}
+    resolved: dict[tuple[str, str, str, str], tuple[tuple[str, Any], ...]] = {}
+    for b, block in enumerate(config.get("grids") or []):
+        key = f"grids[{b}]" + (f" ({block['name']})" if block.get("name") else "")
+        _check_block(key, block, catalogue)
+        variant = block.get("variant", "")
+        sparsities = _sparsities(f"{key}.sparsities", block.get("sparsities") or [])
+        for dataset, arch, method in product(block["datasets"], block["archs"],
+                                             block["methods"]):
+            if dataset == "imagefolder" and dataset not in (config.get("data_roots") or {}):
+                raise ConfigError("data_roots.imagefolder", "dataset imagefolder needs the folder "
+                                  "or archive holding train/<class>/* and test/<class>/*")
+            try:
+                layers, options = layered_settings(config, method, variant)
+                budgeted = catalogue[method].is_budgeted(options, f"{key} {method} options")
+            except PrunebenchError as e:
+                raise ConfigError(key, str(e)) from None
+            if budgeted and not sparsities:
+                raise ConfigError(f"{key}.sparsities", f"method {method} prunes to a budget; "
+                                  "list at least one sparsity in [0, 1)")
+            setting = (dataset, arch, method, variant)
+            if setting not in resolved:
+                try:
+                    resolve(dataset, arch, method, sparsities[0] if budgeted else None, 0,
+                            config, variant=variant)
+                except PrunebenchError as e:
+                    raise ConfigError(key, f"{e} ({dataset}/{arch}/{method})") from None
+                train = {k: v for _, values in layers for k, v in values.items()}
+                resolved[setting] = (("data_dir", DATA_DIR), *train.items(),
+                                     *((f"method.{k}", v) for k, v in options.items()))
+            for sparsity, seed in product(sparsities if budgeted else [None], block["seeds"]):
+                run = Run(dataset, arch, method, variant, sparsity, int(seed))
+                jobs.setdefault(run, Job(run, key, resolved[setting]))
+    return list(jobs.values())
+
+
+def method_option_sets(config: dict[str, Any], jobs: list[Job]) -> dict[str, dict[str, Any]]:
+    """Per method folder (`gumbel`, `gumbel@sc-aug`) of the grid: its method, options and
+    whether the catalogue says it has a budget (for `prunebench check-options`)."""
+    out = {}
+    for job in jobs:
+        run = job.run
+        folder = paths.method_folder(run.method, run.variant)
+        if folder not in out:
+            _, options = layered_settings(config, run.method, run.variant)
+            out[folder] = {"method": run.method, "options": options,
+                           "budgeted": run.sparsity is not None}
+    return out
+
+
+# ---- published rows ---------------------------------------------------------------------
+
+
+def read_published(path: str | Path) -> list[dict[str, str]]:
+    """The rows of config/published_results.csv (sparsity "" = no budget, variant "" = the
+    method's own settings)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _published_sparsity(text: str) -> float | None:
+    return float(text) if text.strip() else None
+
+
+def coverage(jobs: list[Job], published: list[dict[str, str]]
+             ) -> list[tuple[dict[str, str], Run | None, str]]:
+    """For each published row: the grid run (lowest seed) that reproduces it, or why none does."""
+    by_setting: dict[tuple[str, str, str, str, str], Run] = {}
+    for job in sorted(jobs, key=lambda j: j.run.seed):
+        r = job.run
+        by_setting.setdefault((r.dataset, r.arch, r.method, r.variant,
+                               paths.sparsity_label(r.sparsity)), r)
+    out = []
+    for row in published:
+        variant = row.get("variant", "")
+        label = paths.sparsity_label(_published_sparsity(row["sparsity"]))
+        run = by_setting.get((row["dataset"], row["arch"], row["method"], variant, label))
+        reason = ""
+        if run is None:
+            near = [k for k in by_setting if k[:3] == (row["dataset"], row["arch"], row["method"])]
+            reason = (row.get("not_in_grid") or
+                      (f"the grid runs {row['method']} on {row['dataset']}/{row['arch']} only as "
+                       + ", ".join(sorted({f"{paths.method_folder(k[2], k[3])} {k[4]}"
+                                           for k in near}))
+                       if near else f"no grid block runs {row['method']} on "
+                       f"{row['dataset']}/{row['arch']}"))
+        out.append((row, run, reason))
+    return out
