@@ -135,8 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="download/read a dataset into one checksummed tensor file")
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--data-dir", default="results/data")
-    p.add_argument("--root", default="", help="imagefolder: folder or archive; others: where "
-                   "downloaded archives are kept (default <data-dir>/raw)")
+    p.add_argument("--root", default="", metavar="PATH", help=(
+        "imagefolder: the folder or archive holding train/<class>/* and test/<class>/*. "
+        "cifar10, cifar100, tinyimagenet: a LOCAL COPY read instead of the download when PATH is "
+        "a folder holding train/ and test/ (at its top or one folder down; tinyimagenet also its "
+        "official layout with wnids.txt) or a .tar/.tar.gz/.tgz/.zip of one not named as the "
+        "official archive; its class folders and image size must be the dataset's official "
+        "ones. Otherwise PATH is the folder where the official archive (e.g. "
+        "cifar-10-python.tar.gz) is kept, or that archive's own path: used if its checksum "
+        "matches, else downloaded there (default <data-dir>/raw). A folder holding both is "
+        "refused as ambiguous."))
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--url", default="", help="download from this mirror instead")
     p.add_argument("--checksum", default="", help="expected checksum of a mirror's archive")

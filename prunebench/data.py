@@ -21,6 +21,10 @@ from prunebench.fileio import remove_stale_temps, save_torch, sha256_file, write
 
 FORMAT_VERSION = 1
 SPLIT_SEED = 0
+# Where the data came from, in the manifest and copied into every run's metrics.json:
+# data_source (human text), data_source_sha256 (of the archive, or of a folder's listing and
+# content: datasets.tree_sha256) and data_origin ("official" | "local").
+PROVENANCE_KEYS = ("data_source", "data_source_sha256", "data_origin")
 
 # Published normalisation statistics (METHODS.md); other datasets use their training images.
 KNOWN_STATS = {
@@ -86,6 +90,9 @@ def prepare(name: str, data_dir: str | Path, root: str = "", val_fraction: float
         "format_version": FORMAT_VERSION,
         "dataset": name,
         "source_root": str(root),
+        "data_source": raw.source,
+        "data_source_sha256": raw.source_sha256,
+        "data_origin": raw.origin,
         "sha256": sha256_file(tensor_path),
         "classes": raw.classes,
         "num_classes": len(raw.classes),

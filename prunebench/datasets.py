@@ -2,6 +2,7 @@
 arrays. `prepare` (prunebench/data.py) then writes them as one checksummed tensor file."""
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from collections.abc import Callable, Sequence
@@ -14,6 +15,7 @@ import numpy as np
 
 from prunebench.archives import one_line, read_files
 from prunebench.errors import PrunebenchError
+from prunebench.fileio import sha256_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 READ_THREADS = 8  # most image decoding threads (fewer when fewer CPUs are allotted)
@@ -31,6 +33,11 @@ class RawDataset:
     classes: list[str]
     mean: tuple[float, ...] | None = None  # None: computed from the training images
     std: tuple[float, ...] | None = None
+    # Provenance, written to the manifest and every run's metrics as data_source,
+    # data_source_sha256 and data_origin ("official" | "local").
+    source: str = ""
+    source_sha256: str = ""
+    origin: str = ""
 
 
 @dataclass
@@ -75,7 +82,10 @@ def digits(args: SourceArgs) -> RawDataset:
     labels = bunch.target.astype(np.int64)
     tr_x, te_x, tr_y, te_y = train_test_split(images, labels, test_size=0.2, random_state=0,
                                               stratify=labels)
-    return RawDataset(tr_x, tr_y, te_x, te_y, [str(c) for c in range(10)])
+    digest = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
+    return RawDataset(tr_x, tr_y, te_x, te_y, [str(c) for c in range(10)],
+                      source="scikit-learn load_digits (bundled)", source_sha256=digest,
+                      origin="official")
 
 
 def _read_image(item: Path | str, mode: str | None,
@@ -174,9 +184,10 @@ def _labelled(where: str, classes: list[str], per_class: dict[str, list[Any]]
     return items, np.asarray(labels, dtype=np.int64)
 
 
-def read_class_tree(split_dir: Path, classes: list[str] | None = None
-                    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Read `split_dir/<class>/*.jpg|png` into arrays; every image must have the same shape."""
+def read_class_tree(split_dir: Path, classes: list[str] | None = None,
+                    mode: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read `split_dir/<class>/*.jpg|png` into arrays (converted to `mode` if given); every image
+    must have the same shape."""
     if not split_dir.is_dir():
         raise PrunebenchError(f"image folder {split_dir} does not exist")
     found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
@@ -184,13 +195,40 @@ def read_class_tree(split_dir: Path, classes: list[str] | None = None
     per_class = {c: [p for p in (split_dir / c).iterdir()
                      if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()] for c in classes}
     files, labels = _labelled(str(split_dir), classes, per_class)
-    return read_images(files), labels, classes
+    return read_images(files, mode), labels, classes
 
 
-def _read_archive_tree(archive: Path) -> RawDataset:
-    """An imagefolder archive read in memory (nothing unpacked): its train/ and test/ trees at
-    the top or one folder down."""
-    files, dirs = read_files(archive, keep=lambda name: name.lower().endswith(IMAGE_SUFFIXES))
+def tree_sha256(folder: Path) -> str:
+    """A folder's checksum: sha256 of its listing, one line `<relative path>\\0<sha256 of the
+    file>\\n` per file, sorted by path (so it names both the files and their content)."""
+    h = hashlib.sha256()
+    for p in sorted((p for p in folder.rglob("*") if p.is_file()),
+                    key=lambda p: p.relative_to(folder).as_posix()):
+        h.update(f"{p.relative_to(folder).as_posix()}\0{sha256_file(p)}\n".encode())
+    return h.hexdigest()
+
+
+def tree_base(folder: Path) -> Path | None:
+    """The folder holding train/ and test/: `folder` itself or its first sub-folder that does."""
+    for candidate in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]:
+        if (candidate / "train").is_dir() and (candidate / "test").is_dir():
+            return candidate
+    return None
+
+
+def read_folder_tree(root: Path, mode: str | None = None) -> RawDataset:
+    """`root/{train,test}/<class>/*` read into arrays; test must have the training classes."""
+    tr_x, tr_y, classes = read_class_tree(root / "train", mode=mode)
+    te_x, te_y, _ = read_class_tree(root / "test", classes, mode)
+    return _raw(str(root), tr_x, tr_y, te_x, te_y, classes)
+
+
+def read_archive_tree(archive: Path, mode: str | None = None,
+                      read: tuple[dict[str, bytes], set[str]] | None = None) -> RawDataset:
+    """An image-tree archive read in memory (nothing unpacked): its train/ and test/ trees at
+    the top or one folder down. `read`: the archive's (files, folders) if already read."""
+    files, dirs = read or read_files(archive,
+                                     keep=lambda name: name.lower().endswith(IMAGE_SUFFIXES))
     tops = [""] + sorted(d + "/" for d in dirs if "/" not in d)
     base = next((t for t in tops if f"{t}train" in dirs and f"{t}test" in dirs), None)
     if base is None:
@@ -199,7 +237,7 @@ def _read_archive_tree(archive: Path) -> RawDataset:
     per_split: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
     for name in files:
         parts = name[len(base):].split("/") if name.startswith(base) else []
-        if len(parts) == 3 and parts[0] in per_split:
+        if len(parts) == 3 and parts[0] in per_split and name.lower().endswith(IMAGE_SUFFIXES):
             per_split[parts[0]].setdefault(parts[1], []).append(name)
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     classes: list[str] | None = None
@@ -210,7 +248,7 @@ def _read_archive_tree(archive: Path) -> RawDataset:
         classes = _check_classes(where, found, classes)
         items, labels = _labelled(where, classes, per_split[split])
         try:
-            out[split] = read_images(items, load=files.__getitem__), labels
+            out[split] = read_images(items, mode, load=files.__getitem__), labels
         except PrunebenchError as e:
             raise PrunebenchError(f"{e} (in archive {archive})") from None
     assert classes is not None
@@ -227,10 +265,13 @@ def imagefolder(args: SourceArgs) -> RawDataset:
     if not root.exists():
         raise PrunebenchError(f"imagefolder data_root {root} does not exist")
     if root.is_file():
-        return _read_archive_tree(root)
-    tr_x, tr_y, classes = read_class_tree(root / "train")
-    te_x, te_y, _ = read_class_tree(root / "test", classes)
-    return _raw(str(root), tr_x, tr_y, te_x, te_y, classes)
+        raw = read_archive_tree(root)
+        raw.source, raw.source_sha256 = f"local archive {root.name}", sha256_file(root)
+    else:
+        raw = read_folder_tree(root)
+        raw.source, raw.source_sha256 = f"local folder {root.name}", tree_sha256(root)
+    raw.origin = "local"
+    return raw
 
 
 def _raw(where: str, tr_x: np.ndarray, tr_y: np.ndarray, te_x: np.ndarray, te_y: np.ndarray,

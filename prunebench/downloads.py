@@ -31,6 +31,8 @@ import numpy as np
 from prunebench.archives import SafeZip, one_line, safe_extract
 from prunebench.datasets import RawDataset, SourceArgs, read_images, register_source
 from prunebench.errors import PrunebenchError
+from prunebench.fileio import sha256_file
+from prunebench.localcopy import Files, LayoutReader, local_copy, read_local_copy
 
 DOWNLOAD_TIMEOUT_S = 60.0
 CHUNK = 1 << 20
@@ -134,26 +136,47 @@ def _stream(url: str, out: io.BufferedWriter, algo: str) -> tuple[str, int, int 
                 got += len(chunk)
     except urllib.error.HTTPError as e:
         raise PrunebenchError(f"download of {url} failed: HTTP {e.code} {e.reason}; pass a "
-                              "mirror with --url, or place the archive under --root") from None
+                              "mirror with --url, place the archive under --root, or give "
+                              "--root a local image tree or archive of one") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         reason = one_line(getattr(e, "reason", None) or e)
         raise PrunebenchError(f"download of {url} failed: {reason}; check the network, pass a "
-                              "mirror with --url, or place the archive under --root") from None
+                              "mirror with --url, place the archive under --root, or give "
+                              "--root a local image tree or archive of one") from None
     return h.hexdigest(), got, declared
 
 
 def fetch_archive(name: str, args: SourceArgs) -> Path:
-    """The verified archive of dataset `name` under `args.root` (default `args.work`)."""
+    """The verified archive of dataset `name` under `args.root` (default `args.work`); `root` may
+    also be the archive's own path."""
     spec = ARCHIVES[name]
     root = Path(args.root) if args.root else args.work
+    if root.name == spec.filename and not root.is_dir():
+        root = root.parent
     return fetch(args.url or spec.url, root / spec.filename, args.checksum or spec.checksum)
 
 
-def _with_extracted(name: str, args: SourceArgs, read: Callable[[Path], RawDataset]
-                    ) -> RawDataset:
-    """Fetch and safe-extract `name`'s archive into a scratch folder, read it, remove the folder."""
+def _local_or_official(name: str, args: SourceArgs, read: Callable[[Path], RawDataset],
+                       layout: LayoutReader | None = None) -> RawDataset:
+    """The local copy `--root` names (prunebench/localcopy.py), else the official archive read
+    by `read`; either way with its provenance."""
+    local = local_copy(name, args.root, ARCHIVES[name].filename)
+    if local is not None:
+        return read_local_copy(name, local, layout)
     archive = fetch_archive(name, args)
-    scratch = args.work / f"{name}-extracted"
+    raw = read(archive)
+    spec = ARCHIVES[name]
+    raw.source = (f"archive {spec.filename} (url {args.url or spec.url}, checksum "
+                  f"{args.checksum or spec.checksum})" if args.url or args.checksum
+                  else f"official archive {spec.filename}")
+    raw.source_sha256, raw.origin = sha256_file(archive), "official"
+    return raw
+
+
+def _with_extracted(name: str, archive: Path, work: Path, read: Callable[[Path], RawDataset]
+                    ) -> RawDataset:
+    """Safe-extract `name`'s archive into a scratch folder, read it, remove the folder."""
+    scratch = work / f"{name}-extracted"
     shutil.rmtree(scratch, ignore_errors=True)  # leftovers of an interrupted run
     try:
         return read(safe_extract(archive, scratch))
@@ -250,17 +273,22 @@ def _read_cifar(extracted: Path, folder: str, meta_file: str, names_key: str,
 
 @register_source("cifar10")
 def cifar10(args: SourceArgs) -> RawDataset:
-    """CIFAR-10 from the official python tarball (50,000 train / 10,000 test, 10 classes)."""
-    return _with_extracted("cifar10", args, lambda d: _read_cifar(
-        d, "cifar-10-batches-py", "batches.meta", "label_names",
-        [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "labels"))
+    """CIFAR-10 from the official python tarball (50,000 train / 10,000 test, 10 classes), or a
+    local image tree or archive of one."""
+    return _local_or_official("cifar10", args, lambda a: _with_extracted(
+        "cifar10", a, args.work, lambda d: _read_cifar(
+            d, "cifar-10-batches-py", "batches.meta", "label_names",
+            [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "labels")))
 
 
 @register_source("cifar100")
 def cifar100(args: SourceArgs) -> RawDataset:
-    """CIFAR-100 from the official python tarball (fine labels, 100 classes)."""
-    return _with_extracted("cifar100", args, lambda d: _read_cifar(
-        d, "cifar-100-python", "meta", "fine_label_names", ["train"], "test", "fine_labels"))
+    """CIFAR-100 from the official python tarball (fine labels, 100 classes), or a local image
+    tree or archive of one."""
+    return _local_or_official("cifar100", args, lambda a: _with_extracted(
+        "cifar100", a, args.work, lambda d: _read_cifar(
+            d, "cifar-100-python", "meta", "fine_label_names", ["train"], "test",
+            "fine_labels")))
 
 
 # -- TinyImageNet --------------------------------------------------------------------------------
@@ -282,17 +310,21 @@ def _read_val_annotations(text: str, where: str, index: dict[str, int]) -> list[
     return out
 
 
+def _tiny_bases(names: dict[str, Any]) -> list[str]:
+    return sorted(n[:-len("wnids.txt")] for n in names
+                  if n == "wnids.txt" or (n.endswith("/wnids.txt") and n.count("/") == 1))
+
+
 def _tiny_base(names: dict[str, Any], archive: Path) -> str:
     """The member prefix of the tree holding wnids.txt (`tiny-imagenet-200/` in the original)."""
-    bases = sorted(n[:-len("wnids.txt")] for n in names
-                   if n == "wnids.txt" or (n.endswith("/wnids.txt") and n.count("/") == 1))
+    bases = _tiny_bases(names)
     if not bases:
         raise PrunebenchError(f"archive {archive} has no wnids.txt (at the top or one folder "
                               "down); is it the TinyImageNet zip?")
     return bases[0]
 
 
-def read_tinyimagenet(zf: SafeZip) -> RawDataset:
+def read_tinyimagenet(zf: SafeZip | Files) -> RawDataset:
     """Train images by class from train/<wnid>/images/, the val images regrouped by class from
     val/val_annotations.txt (val is our test set); classes are the sorted wnids."""
     base = _tiny_base(zf.names, zf.archive)
@@ -339,8 +371,19 @@ def read_tinyimagenet(zf: SafeZip) -> RawDataset:
 
 @register_source("tinyimagenet")
 def tinyimagenet(args: SourceArgs) -> RawDataset:
-    """TinyImageNet-200 (100,000 train, the 10,000 labelled val images as test, 64x64 RGB)."""
+    """TinyImageNet-200 (100,000 train, the 10,000 labelled val images as test, 64x64 RGB), or a
+    local copy: the official layout or a regrouped train/test tree, as a folder or archive."""
+    return _local_or_official("tinyimagenet", args, _read_tiny_zip, _tiny_layout)
+
+
+def _read_tiny_zip(archive: Path) -> RawDataset:
     # Read from the verified zip in memory, with the same member checks as safe_extract:
     # unpacking and later deleting its 120,000 small files costs more than decoding them.
-    with SafeZip(fetch_archive("tinyimagenet", args)) as zf:
+    with SafeZip(archive) as zf:
         return read_tinyimagenet(zf)
+
+
+def _tiny_layout(files: Files) -> RawDataset | None:
+    """A local copy in the official layout (wnids.txt, train/<wnid>/images/, val/); None for
+    a regrouped train/test tree."""
+    return read_tinyimagenet(files) if _tiny_bases(files.names) else None

@@ -34,7 +34,7 @@ from prunebench import __version__, paths
 from prunebench.archives import one_line
 from prunebench.artifact import save_network
 from prunebench.config import RunConfig
-from prunebench.data import DeviceData, PreparedData, load_prepared
+from prunebench.data import PROVENANCE_KEYS, DeviceData, PreparedData, load_prepared
 from prunebench.errors import Preempted, PrunebenchError, TrainingDiverged
 from prunebench.fileio import remove_stale_temps, save_torch, write_csv, write_json
 from prunebench.masking import budget_count, fold, layer_densities, num_prunable
@@ -308,6 +308,8 @@ def _train_and_measure(cfg: RunConfig, run_dir: Path, state: str, stale: list[Pa
         "budgeted": method.is_budgeted(),
         "paper": method.paper,
         "frozen_weights": method.frozen_weights,
+        # where the data came from (None for a dataset prepared before provenance was recorded)
+        **{k: prepared.manifest.get(k) for k in PROVENANCE_KEYS},
         "test_top1": test["top1"] if headline is None else headline,
         "test_top1_extracted": test["top1"],
         "test_top5": test["top5"] if data.num_classes > 10 else None,

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from prunebench.data import DeviceData, augment, load_prepared, prepare, stratified_split
+from prunebench.config import resolve
+from prunebench.data import (
+    PROVENANCE_KEYS,
+    DeviceData,
+    augment,
+    load_prepared,
+    prepare,
+    stratified_split,
+)
+from prunebench.run import execute
 
 
 def test_digits_prepared(digits_dir: Path) -> None:
@@ -19,6 +28,20 @@ def test_digits_prepared(digits_dir: Path) -> None:
     assert data.num_classes == 10
     manifest = json.loads((digits_dir / "digits.json").read_text())
     assert manifest["val_fraction"] == 0.1 and len(manifest["sha256"]) == 64
+    assert manifest["data_origin"] == "official"
+    assert manifest["data_source"] == "scikit-learn load_digits (bundled)"
+    assert len(manifest["data_source_sha256"]) == 64
+
+
+def test_run_metrics_carry_data_provenance(digits_dir: Path, tmp_path: Path) -> None:
+    cfg = resolve("digits", "conv2", "dense", None, 0,
+                  overrides={"data_dir": str(digits_dir), "device": "cpu", "epochs": "0"})
+    metrics = execute(cfg, tmp_path / "run")
+    manifest = json.loads((digits_dir / "digits.json").read_text())
+    assert {k: metrics[k] for k in PROVENANCE_KEYS} == {k: manifest[k] for k in PROVENANCE_KEYS}
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["data_origin"] == "official" and saved["data_source_sha256"] == \
+        manifest["data_source_sha256"]
 
 
 def test_prepare_is_deterministic(tmp_path: Path, digits_dir: Path) -> None:

@@ -1,6 +1,7 @@
 """Dataset sources end to end: tiny fake archives in the real formats (CIFAR python tarballs with
 Python-2-style pickles, the TinyImageNet zip layout) served by a local HTTP server, prepared
-through the real download path; image folders and archives; the shared CIFAR-10 JPEG copy."""
+through the real download path; image folders and archives; local copies of the official
+datasets (trees and archives of them) and their provenance; the shared CIFAR-10 JPEG copy."""
 from __future__ import annotations
 
 import functools
@@ -23,8 +24,8 @@ import pytest
 from conftest import PYTHON, REPO, cli_env
 from PIL import Image
 
-from prunebench import datasets, downloads
-from prunebench.data import load_prepared, prepare
+from prunebench import datasets, downloads, localcopy
+from prunebench.data import _channel_stats, load_prepared, prepare
 from prunebench.errors import PrunebenchError
 
 SHARED_CIFAR_JPEG = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-jpeg.tar.gz"
@@ -227,6 +228,9 @@ def test_cifar10_downloaded_and_parsed(served: Server, tmp_path: Path) -> None:
     assert m["mean"] == pytest.approx([0.4914, 0.4822, 0.4465])  # the published statistics
     assert (tmp_path / "raw" / archive.name).is_file()
     assert not (tmp_path / "raw" / "cifar10-extracted").exists()
+    assert m["data_origin"] == "official"
+    assert m["data_source_sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert m["data_source"].startswith("archive cifar-10-python.tar.gz (url http://127.0.0.1")
 
 
 def test_cifar100_uses_fine_labels(served: Server, tmp_path: Path) -> None:
@@ -487,25 +491,189 @@ def test_parallel_read_reports_first_bad_file(tmp_path: Path,
         datasets.read_images(files)
 
 
+# -- local copies of cifar10, cifar100, tinyimagenet ---------------------------------------------
+
+def cifar10_tree(root: Path, classes: list[str] = CIFAR10_NAMES, size: int = 32) -> Path:
+    return make_tree(root, tuple(classes), n=2, size=size)
+
+
+def test_imagefolder_records_local_provenance(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "tree")
+    prepare("imagefolder", tmp_path / "data", root=str(tree))
+    m = load_prepared("imagefolder", tmp_path / "data").manifest
+    assert (m["data_origin"], m["data_source"]) == ("local", "local folder tree")
+    assert m["data_source_sha256"] == datasets.tree_sha256(tree)
+
+
+def test_tree_checksum_names_listing_and_content(tmp_path: Path) -> None:
+    a = make_tree(tmp_path / "a")
+    shutil.copytree(a, tmp_path / "b")
+    assert datasets.tree_sha256(a) == datasets.tree_sha256(tmp_path / "b")  # not the location
+    (tmp_path / "b" / "train" / "cat" / "0.png").rename(tmp_path / "b" / "train" / "cat" / "9.png")
+    assert datasets.tree_sha256(a) != datasets.tree_sha256(tmp_path / "b")
+    (a / "test" / "dog" / "notes.txt").write_text("changed")
+    assert datasets.tree_sha256(a) != datasets.tree_sha256(make_tree(tmp_path / "c"))
+
+
+@pytest.mark.parametrize("form", ["folder", "folder one down", "tar.gz", "zip"])
+def test_cifar10_from_local_copy(served: Server, tmp_path: Path, form: str) -> None:
+    """--root naming a tree or an archive of one reads it: no request, official class order."""
+    tree = cifar10_tree(tmp_path / "copy" / "cifar10-jpeg")
+    root = {"folder": tree, "folder one down": tmp_path / "copy",
+            "tar.gz": tar_of(tree, tmp_path / "c.tar.gz", "cifar10-jpeg"),
+            "zip": zip_of(tree, tmp_path / "c.zip")}[form]
+    before = len(served.requests)
+    prepare("cifar10", tmp_path / "data", root=str(root),
+            url=served.url("cifar-10-python.tar.gz"))
+    assert len(served.requests) == before  # nothing downloaded
+    data = load_prepared("cifar10", tmp_path / "data")
+    t, m = data.tensors, data.manifest
+    assert m["classes"] == CIFAR10_NAMES and (m["num_train"], m["num_test"]) == (20, 20)
+    assert t["train_y"].tolist() == [c for c in range(10) for _ in range(2)]
+    assert np.abs(t["test_x"][4, :, 0, 0].numpy().astype(int) - colour(2, 0)).max() == 0
+    assert m["data_origin"] == "local"
+    if root.is_file():
+        assert m["data_source"] == f"local archive {root.name}"
+        assert m["data_source_sha256"] == hashlib.sha256(root.read_bytes()).hexdigest()
+    else:
+        assert m["data_source"] == f"local folder {root.name}"
+        assert m["data_source_sha256"] == datasets.tree_sha256(root)
+    assert not (tmp_path / "data" / "raw").exists()
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_local_copy_with_other_classes_refused(tmp_path: Path, packed: bool) -> None:
+    tree = cifar10_tree(tmp_path / "tree", ["plane", *CIFAR10_NAMES[1:]])
+    root = tar_of(tree, tmp_path / "tree.tar.gz") if packed else tree
+    with pytest.raises(PrunebenchError) as e:
+        prepare("cifar10", tmp_path / "data", root=str(root))
+    msg = str(e.value)
+    assert f"{root} is not a copy of cifar10" in msg and "\n" not in msg
+    assert "missing [airplane]" in msg and "unexpected [plane]" in msg
+    assert not (tmp_path / "data" / "cifar10.pt").exists()
+
+
+def test_local_copy_of_another_size_refused(tmp_path: Path) -> None:
+    tree = cifar10_tree(tmp_path / "tree", size=16)
+    with pytest.raises(PrunebenchError, match="its images are 3x16x16 .*cifar10's are 3x32x32"):
+        prepare("cifar10", tmp_path / "data", root=str(tree))
+
+
+def test_cifar100_from_local_tree(tmp_path: Path) -> None:
+    names = localcopy.OFFICIAL_CLASSES["cifar100"]
+    assert len(names) == len(set(names)) == 100 and names == sorted(names)
+    tree = make_tree(tmp_path / "tree", tuple(names), n=1, size=32)
+    prepare("cifar100", tmp_path / "data", root=str(tree))
+    m = load_prepared("cifar100", tmp_path / "data").manifest
+    assert m["classes"] == names and m["num_train"] == 100 and m["data_origin"] == "local"
+
+
+def fake_wnids(n: int = localcopy.TINY_CLASSES) -> list[str]:
+    return [f"n{10_000_000 + 37 * i:08d}" for i in range(n)]
+
+
+@pytest.mark.parametrize("form", ["official layout zip", "official layout folder",
+                                  "regrouped folder"])
+def test_tinyimagenet_from_local_copy(tmp_path: Path, form: str) -> None:
+    wnids = fake_wnids()
+    if form == "regrouped folder":
+        root = make_tree(tmp_path / "tiny", tuple(wnids), n=1, size=64)
+        (root / "train" / wnids[0] / "0.jpg").write_bytes(jpeg((9, 9, 9), grey=True))
+    else:
+        base = tmp_path / "tiny" / "tiny-imagenet-200"
+        (base / "val" / "images").mkdir(parents=True)
+        (base / "wnids.txt").write_text("\n".join(reversed(wnids)) + "\n")
+        ann = []
+        for k, w in enumerate(wnids):
+            (base / "train" / w / "images").mkdir(parents=True)
+            (base / "train" / w / "images" / f"{w}_0.JPEG").write_bytes(jpeg((k, 0, 0)))
+            (base / "val" / "images" / f"val_{k}.JPEG").write_bytes(jpeg((k, 9, 9)))
+            ann.append(f"val_{k}.JPEG\t{w}\t0\t0\t63\t63\n")
+        (base / "val" / "val_annotations.txt").write_text("".join(ann))
+        (base / "test" / "images").mkdir(parents=True)  # unlabelled: never read
+        (base / "test" / "images" / "test_0.JPEG").write_bytes(jpeg((1, 2, 3)))
+        root = zip_of(tmp_path / "tiny", tmp_path / "tiny.zip") if "zip" in form else base
+    prepare("tinyimagenet", tmp_path / "data", root=str(root))
+    data = load_prepared("tinyimagenet", tmp_path / "data")
+    m = data.manifest
+    assert m["classes"] == sorted(wnids) and (m["num_train"], m["num_test"]) == (200, 200)
+    assert m["image_shape"] == [3, 64, 64] and m["data_origin"] == "local"
+    assert data.tensors["test_y"].tolist() == list(range(200))
+
+
+def test_tinyimagenet_copy_with_too_few_classes_refused(served: Server, tmp_path: Path) -> None:
+    fake = shutil.copy(served.root / "tiny-imagenet-200.zip", tmp_path / "tiny-copy.zip")
+    with pytest.raises(PrunebenchError, match="has 3 classes .expected 200 WordNet ids"):
+        prepare("tinyimagenet", tmp_path / "data", root=str(fake))
+
+
+def test_official_archive_under_root_or_as_root_stays_official(served: Server,
+                                                               tmp_path: Path) -> None:
+    archive = served.root / "cifar-10-python.tar.gz"
+    url, digest = served.url(archive.name), md5(archive)
+    kept = tmp_path / "archives"
+    kept.mkdir()
+    shutil.copy(archive, kept / archive.name)
+    before = len(served.requests)
+    for root in (kept, kept / archive.name):
+        prepare("cifar10", tmp_path / "data", root=str(root), url=url, checksum=digest)
+        m = load_prepared("cifar10", tmp_path / "data").manifest
+        assert m["data_origin"] == "official" and m["num_train"] == 15
+        assert m["data_source_sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert len(served.requests) == before
+
+
+def test_folder_with_archive_and_tree_is_ambiguous(tmp_path: Path) -> None:
+    root = cifar10_tree(tmp_path / "both")
+    (root / "cifar-10-python.tar.gz").write_bytes(b"x")
+    with pytest.raises(PrunebenchError, match="holds both the official cifar-10-python.tar.gz "
+                                              "and an image tree.*ambiguous"):
+        prepare("cifar10", tmp_path / "data", root=str(root))
+
+
+def test_missing_local_archive_named_not_downloaded(tmp_path: Path) -> None:
+    missing = tmp_path / "cifar10-jpeg.tar.gz"
+    with pytest.raises(PrunebenchError, match=f"--root {missing} does not exist"):
+        prepare("cifar10", tmp_path / "data", root=str(missing))
+    assert not missing.exists()
+
+
+def test_cli_prepare_cifar10_from_local_archive(tmp_path: Path) -> None:
+    archive = tar_of(cifar10_tree(tmp_path / "tree"), tmp_path / "copy.tar.gz")
+    proc = subprocess.run(
+        [PYTHON, "-m", "prunebench", "prepare", "--dataset", "cifar10", "--data-dir",
+         str(tmp_path / "data"), "--root", str(archive)],
+        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert load_prepared("cifar10", tmp_path / "data").manifest["data_origin"] == "local"
+    bad = tar_of(cifar10_tree(tmp_path / "bad", ["plane", *CIFAR10_NAMES[1:]]),
+                 tmp_path / "bad.tar.gz")
+    proc = subprocess.run(
+        [PYTHON, "-m", "prunebench", "prepare", "--dataset", "cifar10", "--data-dir",
+         str(tmp_path / "data2"), "--root", str(bad)],
+        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "is not a copy of cifar10" in proc.stderr
+
+
 @pytest.mark.slow
 def test_shared_cifar10_jpeg_copy(tmp_path: Path) -> None:
-    """The real CIFAR-10 (JPEG re-encoded) through the imagefolder path."""
+    """The real CIFAR-10 (JPEG re-encoded) prepared as cifar10 from the shared archive."""
     if not SHARED_CIFAR_JPEG.is_file():
         pytest.skip(f"the shared CIFAR-10 JPEG copy is absent ({SHARED_CIFAR_JPEG})")
-    prepare("imagefolder", tmp_path, root=str(SHARED_CIFAR_JPEG))
-    data = load_prepared("imagefolder", tmp_path)
+    prepare("cifar10", tmp_path, root=str(SHARED_CIFAR_JPEG))
+    data = load_prepared("cifar10", tmp_path)
     t, m = data.tensors, data.manifest
     assert (m["num_train"], m["num_test"]) == (50_000, 10_000)
-    assert m["image_shape"] == [3, 32, 32] and m["num_classes"] == 10
-    assert m["classes"] == sorted(CIFAR10_NAMES)
+    assert m["image_shape"] == [3, 32, 32] and m["classes"] == CIFAR10_NAMES
     assert np.bincount(t["train_y"].numpy()).tolist() == [5000] * 10
     assert np.bincount(t["test_y"].numpy()).tolist() == [1000] * 10
-    assert m["mean"] == pytest.approx([0.491, 0.482, 0.447], abs=0.003)
+    assert m["data_origin"] == "local" and m["data_source"] == "local archive cifar10-jpeg.tar.gz"
+    assert m["data_source_sha256"] == hashlib.sha256(SHARED_CIFAR_JPEG.read_bytes()).hexdigest()
+    assert _channel_stats(t["train_x"].numpy())[0] == pytest.approx(
+        [0.491, 0.482, 0.447], abs=0.003)  # the JPEG copy is close to the published mean
 
 
 def test_channel_stats_match_float_computation() -> None:
-    from prunebench.data import _channel_stats
-
     x = np.random.default_rng(0).integers(0, 256, (3000, 3, 32, 32), dtype=np.uint8)
     x[:, 0] //= 3  # distinct channels
     xf = x.astype(np.float64) / 255.0
