@@ -223,14 +223,20 @@ def read_folder_tree(root: Path, mode: str | None = None) -> RawDataset:
     return _raw(str(root), tr_x, tr_y, te_x, te_y, classes)
 
 
+def archive_tree_base(dirs: set[str]) -> str | None:
+    """The member prefix ("" or "top/") of the folder holding train/ and test/ among an
+    archive's folders, at its top or one folder down; None if there is none."""
+    tops = [""] + sorted(d + "/" for d in dirs if "/" not in d)
+    return next((t for t in tops if f"{t}train" in dirs and f"{t}test" in dirs), None)
+
+
 def read_archive_tree(archive: Path, mode: str | None = None,
                       read: tuple[dict[str, bytes], set[str]] | None = None) -> RawDataset:
     """An image-tree archive read in memory (nothing unpacked): its train/ and test/ trees at
     the top or one folder down. `read`: the archive's (files, folders) if already read."""
     files, dirs = read or read_files(archive,
                                      keep=lambda name: name.lower().endswith(IMAGE_SUFFIXES))
-    tops = [""] + sorted(d + "/" for d in dirs if "/" not in d)
-    base = next((t for t in tops if f"{t}train" in dirs and f"{t}test" in dirs), None)
+    base = archive_tree_base(dirs)
     if base is None:
         raise PrunebenchError(f"archive {archive} has no train/ and test/ folders at its top "
                               "or one folder down")

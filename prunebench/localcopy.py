@@ -25,6 +25,7 @@ from prunebench.archives import read_files
 from prunebench.datasets import (
     IMAGE_SUFFIXES,
     RawDataset,
+    archive_tree_base,
     read_archive_tree,
     read_folder_tree,
     tree_base,
@@ -123,6 +124,12 @@ def read_local_copy(name: str, path: Path, layout: LayoutReader | None = None) -
         read = read_files(path, lambda n: n.lower().endswith(suffixes))
         raw = layout(Files(path, read[0], read[0].__getitem__)) if layout else None
         if raw is None:
+            if archive_tree_base(read[1]) is None:
+                raise PrunebenchError(
+                    f"archive {path} holds no train/ and test/ folders (at its top or one folder "
+                    f"down){' nor wnids.txt' if layout else ''}, so it is no local copy of {name}; "
+                    "an official archive is recognised only under its official name (see "
+                    "`python -m prunebench prepare --help`, --root)")
             raw = read_archive_tree(path, mode="RGB", read=read)
         raw.source, raw.source_sha256 = f"local archive {path.name}", sha256_file(path)
     raw.origin = "local"

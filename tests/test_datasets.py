@@ -631,6 +631,14 @@ def test_folder_with_archive_and_tree_is_ambiguous(tmp_path: Path) -> None:
         prepare("cifar10", tmp_path / "data", root=str(root))
 
 
+def test_renamed_official_archive_explained(served: Server, tmp_path: Path) -> None:
+    renamed = shutil.copy(served.root / "cifar-10-python.tar.gz", tmp_path / "cifar10.tar.gz")
+    with pytest.raises(PrunebenchError, match="holds no train/ and test/ folders .* no local copy "
+                                              "of cifar10; an official archive is recognised "
+                                              "only under its official name"):
+        prepare("cifar10", tmp_path / "data", root=str(renamed))
+
+
 def test_missing_local_archive_named_not_downloaded(tmp_path: Path) -> None:
     missing = tmp_path / "cifar10-jpeg.tar.gz"
     with pytest.raises(PrunebenchError, match=f"--root {missing} does not exist"):
