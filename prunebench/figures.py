@@ -2,13 +2,16 @@
 `manifest.json` (the report includes what the manifest lists).
 
 Per dataset/arch: test accuracy vs sparsity (mean +- std over seeds, published points overlaid),
-training curves (history.csv) and per-layer density of the extracted networks (layers.csv).
-Once: reproduced vs published accuracy, where settings match.
+test accuracy vs effective MACs, training curves (history.csv) and per-layer density of the
+extracted networks (layers.csv). Once: reproduced vs published accuracy, where settings match.
+Per paper (PAPER_FIGURES): its published figures and tables redrawn from the reproduced runs.
 """
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +27,44 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator  # noqa: E402
 
 from prunebench import paths  # noqa: E402
-from prunebench.aggregate import load_published, load_summary, match_published  # noqa: E402
+from prunebench.aggregate import (  # noqa: E402
+    compare_published,
+    load_published,
+    load_summary,
+    match_published,
+)
 from prunebench.fileio import atomic_write, write_json  # noqa: E402
 
 MANIFEST = "manifest.json"
 FORMATS = ("pdf", "png")
 PNG_DPI = 150
+
+
+@dataclass(frozen=True)
+class PaperFigure:
+    """One published figure or table, redrawn: the rows of `source` in the published-results CSV
+    on `datasets` (empty = all of the source's datasets) drawn as `kind`."""
+
+    source: str
+    kind: str  # "curves" (accuracy vs pruning rate), "bars" (one bar per setting), "table"
+    datasets: tuple[str, ...] = ()
+
+
+# The papers the suite reproduces (published-results `source` -> citation), their proposed
+# methods, and how each showed its results. Which methods, budgets and variants a figure holds
+# comes from the published rows of its source, never from here.
+PAPERS = {
+    "dupont2021_reparam": "Dupont, Sahbi, Michel: Weight Reparametrization for Budget-Aware "
+                          "Network Pruning, ICIP 2021",
+    "dupont2022_gumbel": "Dupont, Alaoui, Sahbi, Lebois: Extracting Effective Subnetworks with "
+                         "Gumbel-Softmax, ICIP 2022",
+}
+PROPOSED = ("gumbel", "reparam")
+PAPER_FIGURES = (
+    PaperFigure("dupont2021_reparam", "curves"),
+    PaperFigure("dupont2022_gumbel", "bars", ("cifar10",)),
+    PaperFigure("dupont2022_gumbel", "table", ("cifar100",)),
+)
 
 
 def method_label(method: str, variant: str = "") -> str:
@@ -107,6 +142,8 @@ def accuracy_vs_sparsity(runs: pd.DataFrame, settings: pd.DataFrame, published: 
                    density=1 - ok["sparsity_target"])
     st = settings[(settings["dataset"] == dataset) & (settings["arch"] == arch)]
     pub = published[(published["dataset"] == dataset) & (published["arch"] == arch)]
+    pub = pub.assign(label=[method_label(m, v) for m, v in zip(pub["method"], pub["variant"],
+                                                              strict=True)])
     fig, ax = plt.subplots(figsize=(7, 4.5))
     budgeted = ok[ok["sparsity_target"].notna()]
     if len(budgeted):
@@ -124,12 +161,12 @@ def accuracy_vs_sparsity(runs: pd.DataFrame, settings: pd.DataFrame, published: 
     extent = list(ok["sparsity_achieved"].dropna())
     placed_at_ours = off_axis = 0
     for row in pub.itertuples():
-        color = palette.get(row.method, "black")
+        color = palette.get(row.label, "black")
         if not pd.isna(row.sparsity):
             ax.scatter(1 - row.sparsity, row.accuracy, marker="*", s=140, color=color,
                        edgecolors="black", linewidths=0.6, zorder=5)
             continue
-        ours = free[free["method"] == row.method]
+        ours = free[(free["method"] == row.method) & (free["variant"] == row.variant)]
         if len(ours):
             ax.scatter(1 - ours["sparsity_achieved_mean"].mean(), row.accuracy, marker="*",
                        s=140, color=color, edgecolors="black", linewidths=0.6, zorder=5)
@@ -140,7 +177,7 @@ def accuracy_vs_sparsity(runs: pd.DataFrame, settings: pd.DataFrame, published: 
     _sparsity_axis(ax, ticks, extent)
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.set_title(f"{dataset} / {arch}")
-    labels = sorted(set(ok["label"]) | set(pub["method"]))
+    labels = sorted(set(ok["label"]) | set(pub["label"]))
     handles = [Line2D([], [], color=palette.get(lab, "black"), marker="o", label=lab)
                for lab in labels]
     handles += [Line2D([], [], color="black", marker="o", label="ours, budget: mean ± std"),
@@ -185,7 +222,9 @@ def reproduced_vs_published(matched: pd.DataFrame, palette: dict[str, Any]
                             ) -> tuple[plt.Figure, str]:
     """Our mean accuracy (± std) against the published one, where settings match."""
     fig, ax = plt.subplots(figsize=(6, 5))
-    data = matched.assign(**{"dataset / arch": matched["dataset"] + " / " + matched["arch"]})
+    data = matched.assign(**{"dataset / arch": matched["dataset"] + " / " + matched["arch"],
+                             "method": [method_label(m, v) for m, v in
+                                        zip(matched["method"], matched["variant"], strict=True)]})
     sns.scatterplot(data=data, x="published_top1_pct", y="ours_top1_pct_mean", hue="method",
                     style="dataset / arch", palette=palette, s=70, ax=ax, zorder=3)
     ax.errorbar(data["published_top1_pct"], data["ours_top1_pct_mean"],
@@ -205,11 +244,10 @@ def reproduced_vs_published(matched: pd.DataFrame, palette: dict[str, Any]
     ax.set_ylabel("reproduced test top-1 (%), mean ± std over seeds")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     caption = (f"Reproduced against published test top-1 accuracy for the {len(matched)} "
-               "published result(s) whose dataset, architecture, method and sparsity match a "
-               "setting we ran (published results without a reported sparsity are matched to "
-               "our runs of that method without a budget). Points above the dashed line beat "
-               "the published number. The published `setting` column in the comparison table "
-               "says which variant each published number is.")
+               "published result(s) whose dataset, architecture, method, sparsity and variant "
+               "match exactly one setting with finished runs (published results without a "
+               "reported sparsity are matched to our runs of that method and variant without a "
+               "budget). Points above the dashed line beat the published number.")
     return fig, caption
 
 
@@ -268,6 +306,200 @@ def layer_density(layers: pd.DataFrame, dataset: str, arch: str, palette: dict[s
     return grid.figure, caption
 
 
+def accuracy_vs_macs(settings: pd.DataFrame, dataset: str, arch: str, palette: dict[str, Any]
+                     ) -> tuple[plt.Figure, str]:
+    """Mean ± std test top-1 against effective MACs per inference (log x), dense as reference."""
+    st = settings[(settings["dataset"] == dataset) & (settings["arch"] == arch)
+                  & (settings["n"] > 0)]
+    st = st.assign(label=[method_label(m, v) for m, v in zip(st["method"], st["variant"],
+                                                            strict=True)])
+    dense = st[st["sparsity_target"].isna() & (st["sparsity_achieved_mean"] == 0)]
+    pruned = st.drop(index=dense.index)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, group in pruned.groupby("label", sort=True):
+        group = group.sort_values("macs_effective_mean")
+        budgeted = group[group["sparsity_target"].notna()]
+        if len(budgeted) > 1:
+            ax.plot(budgeted["macs_effective_mean"], budgeted["test_top1_pct_mean"],
+                    color=palette[label], linewidth=1.2)
+        for row in group.itertuples():
+            ax.errorbar(row.macs_effective_mean, row.test_top1_pct_mean,
+                        xerr=_nan0(row.macs_effective_std), yerr=_nan0(row.test_top1_pct_std),
+                        fmt="o" if row.budgeted else "D", color=palette[label], capsize=3,
+                        markersize=5)
+    macs_dense = float(st["macs_dense_mean"].max())
+    ax.axvline(macs_dense, color="grey", linestyle=":", linewidth=1)
+    for row in dense.itertuples():
+        ax.axhline(row.test_top1_pct_mean, color=palette[row.label], linestyle="--",
+                   linewidth=1)
+        ax.errorbar(row.macs_effective_mean, row.test_top1_pct_mean,
+                    yerr=_nan0(row.test_top1_pct_std), fmt="s", color=palette[row.label],
+                    capsize=3, markersize=6)
+        if not pd.isna(row.test_top1_pct_std):
+            ax.axhspan(row.test_top1_pct_mean - row.test_top1_pct_std,
+                       row.test_top1_pct_mean + row.test_top1_pct_std,
+                       color=palette[row.label], alpha=0.12)
+    ax.set_xscale("log")
+    ax.set_xlabel("effective multiply-accumulates per image (log scale)")
+    ax.set_ylabel("test top-1 accuracy (%)")
+    ax.set_title(f"{dataset} / {arch}")
+    handles = [Line2D([], [], color=palette[lab], marker="o", label=lab)
+               for lab in sorted(pruned["label"].unique())]
+    handles += [Line2D([], [], color=palette[lab], linestyle="--", marker="s",
+                       label=f"{lab} (reference)")
+                for lab in sorted(dense["label"].unique())]
+    handles.append(Line2D([], [], color="grey", linestyle=":", label="dense network's MACs"))
+    ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    caption = (f"Test top-1 accuracy against effective multiply-accumulates per image on "
+               f"{dataset} with {arch} (log scale; counted on the extracted network, a pruned "
+               "weight costing nothing), mean ± std over seeds in both axes; circles have a "
+               "budget, diamonds do not. The dotted vertical line is the dense network's MACs")
+    caption += (" and the dashed line (band: ± std) the accuracy of the unpruned runs."
+                if len(dense) else "; no unpruned run was made for an accuracy reference.")
+    return fig, caption
+
+
+def _paper_rows(compared: pd.DataFrame, spec: PaperFigure) -> pd.DataFrame:
+    """The published rows a paper figure redraws, in the CSV's order, labelled."""
+    rows = compared[compared["source"] == spec.source].sort_values("published_row")
+    if spec.datasets:
+        rows = rows[rows["dataset"].isin(spec.datasets)]
+    return rows.assign(label=[method_label(m, v) for m, v in zip(rows["method"], rows["variant"],
+                                                                strict=True)])
+
+
+def _ours_note(rows: pd.DataFrame) -> str:
+    missing = int((rows["n"] == 0).sum())
+    return (f" {missing} of the {len(rows)} published setting(s) have no finished run and show "
+            "the published value only." if missing else "")
+
+
+def paper_curves(rows: pd.DataFrame, paper: str, dataset: str, arch: str,
+                 palette: dict[str, Any]) -> tuple[plt.Figure, str]:
+    """A paper's accuracy-vs-pruning-rate curves: ours (mean ± std) solid, published dashed."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label in dict.fromkeys(rows["label"]):
+        group = rows[rows["label"] == label].sort_values("sparsity")
+        color = palette.get(label, "black")
+        x = 1 - group["sparsity"]
+        ax.plot(x, group["published_top1_pct"], color=color, linestyle="--", marker="*",
+                markersize=10, markeredgecolor="black", markeredgewidth=0.5)
+        ours = group[group["n"] > 0]
+        if len(ours):
+            mean, std = ours["ours_top1_pct_mean"], ours["ours_top1_pct_std"].fillna(0)
+            ax.plot(1 - ours["sparsity"], mean, color=color, marker="o")
+            ax.fill_between(1 - ours["sparsity"], mean - std, mean + std, color=color,
+                            alpha=0.2)
+    rates = list(rows["sparsity"].dropna())
+    _sparsity_axis(ax, rates, rates)
+    ax.set_xlabel("pruning rate (fraction of prunable weights removed; log scale of density)")
+    ax.set_ylabel("test top-1 accuracy (%)")
+    ax.set_title(f"{dataset} / {arch}")
+    handles = [Line2D([], [], color=palette.get(lab, "black"), marker="o", label=lab)
+               for lab in dict.fromkeys(rows["label"])]
+    handles += [Line2D([], [], color="black", marker="o", label="reproduced: mean ± std"),
+                Line2D([], [], color="black", marker="*", linestyle="--", markersize=10,
+                       label="published")]
+    ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    caption = (f"{paper}: test top-1 accuracy against pruning rate on {dataset} with {arch}, "
+               f"redrawn for {', '.join(dict.fromkeys(rows['label']))}. Solid lines and bands "
+               "are our runs (mean ± std over seeds), dashed lines with stars the published "
+               "values." + _ours_note(rows))
+    return fig, caption
+
+
+def _row_name(row: pd.Series) -> str:
+    return textwrap.fill(f"{row['label']}: {row['setting']}", 48)
+
+
+def paper_bars(rows: pd.DataFrame, paper: str, dataset: str, palette: dict[str, Any]
+               ) -> tuple[plt.Figure, str]:
+    """A paper's bar chart: one bar per published setting (ours, mean ± std), one panel per
+    architecture, the published value as a star on each bar."""
+    archs = list(dict.fromkeys(rows["arch"]))
+    names = list(dict.fromkeys(_row_name(r) for _, r in rows.iterrows()))
+    fig, axes = plt.subplots(1, len(archs), figsize=(3.2 * len(archs) + 3.5,
+                                                      0.45 * len(names) + 1.4),
+                             sharey=True, squeeze=False)
+    for ax, arch in zip(axes[0], archs, strict=True):
+        for _, row in rows[rows["arch"] == arch].iterrows():
+            y = names.index(_row_name(row))
+            color = palette.get(row["label"], "grey")
+            if row["n"] > 0:
+                ax.barh(y, row["ours_top1_pct_mean"], xerr=_nan0(row["ours_top1_pct_std"]),
+                        color=color, capsize=3, height=0.7)
+            else:
+                ax.text(0.5, y, "not reproduced", va="center", fontsize=7, color="grey")
+            ax.scatter(row["published_top1_pct"], y, marker="*", s=120, color="white",
+                       edgecolors="black", linewidths=0.8, zorder=5)
+        ax.set_title(f"{dataset} / {arch}")
+        ax.set_xlabel("test top-1 (%)")
+        ax.set_xlim(0, 100)
+    axes[0][0].set_yticks(range(len(names)))
+    axes[0][0].set_yticklabels(names, fontsize=7)
+    axes[0][0].invert_yaxis()
+    handles = [Line2D([], [], color="white", marker="*", markersize=11, linestyle="",
+                      markeredgecolor="black", label="published"),
+               Line2D([], [], color="grey", linewidth=6, label="reproduced: mean ± std")]
+    axes[0][-1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    caption = (f"{paper}: the published {dataset} chart redrawn, one bar per published setting "
+               "(method, variant: the paper's setting) and architecture. Bars are our runs "
+               "(mean ± std over seeds), stars the published values." + _ours_note(rows))
+    return fig, caption
+
+
+def paper_table(rows: pd.DataFrame, paper: str, dataset: str) -> tuple[plt.Figure, str]:
+    """A paper's results table with our numbers beside the published ones."""
+    cells = [[r["arch"], r["label"], textwrap.shorten(r["setting"], 40),
+              f"{r['published_top1_pct']:.1f}",
+              (f"{r['ours_top1_pct_mean']:.1f} ± {_nan0(r['ours_top1_pct_std']):.1f} "
+               f"({int(r['n'])})" if r["n"] > 0 else "not reproduced"),
+              (f"{r['difference_pct']:+.1f}" if not pd.isna(r["difference_pct"]) else "--")]
+             for _, r in rows.iterrows()]
+    fig, ax = plt.subplots(figsize=(9, 0.3 * len(cells) + 0.8))
+    ax.axis("off")
+    table = ax.table(cellText=cells, colLabels=["arch", "method", "published setting",
+                                                "published", "ours (runs)", "diff."],
+                     loc="center", cellLoc="left", colLoc="left")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.auto_set_column_width(list(range(6)))
+    ax.set_title(f"{dataset}: test top-1 (%)")
+    caption = (f"{paper}: the published {dataset} table with our test top-1 (mean ± std over "
+               "seeds, runs in parentheses) beside each published value; diff. = ours - "
+               "published, only where one published number matches the setting."
+               + _ours_note(rows))
+    return fig, caption
+
+
+def paper_figures(compared: pd.DataFrame, palette: dict[str, Any]
+                  ) -> list[tuple[dict[str, str], Callable[[], tuple[plt.Figure, str]] | str]]:
+    """Every paper figure to draw, as (manifest keys, drawing function), or (keys, reason) for
+    one with no finished run to draw."""
+    out: list[tuple[dict[str, str], Callable[[], tuple[plt.Figure, str]] | str]] = []
+    for spec in PAPER_FIGURES:
+        rows = _paper_rows(compared, spec)
+        paper = PAPERS[spec.source]
+        by = ["dataset", "arch"] if spec.kind == "curves" else ["dataset"]
+        for key, group in rows.groupby(by, sort=False):
+            key = key if isinstance(key, tuple) else (key,)
+            keys = {"kind": f"paper_{spec.kind}", "source": spec.source, "paper": paper,
+                    **dict(zip(by, key, strict=True))}
+            keys["name"] = _slug("paper", spec.source, spec.kind, *key)
+            if not (group["n"] > 0).any():
+                out.append((keys, "not reproduced: no finished runs of the paper's settings "
+                                  f"for {' / '.join(key)}"))
+            elif spec.kind == "curves":
+                out.append((keys, lambda g=group, p=paper, k=key: paper_curves(
+                    g, p, k[0], k[1], palette)))
+            elif spec.kind == "bars":
+                out.append((keys, lambda g=group, p=paper, k=key: paper_bars(
+                    g, p, k[0], palette)))
+            else:
+                out.append((keys, lambda g=group, p=paper, k=key: paper_table(g, p, k[0])))
+    return out
+
+
 def _slug(*parts: str) -> str:
     return "_".join("".join(ch if ch.isalnum() or ch in "-._" else "-" for ch in str(p))
                     for p in parts)
@@ -281,8 +513,9 @@ def build_figures(results: str | Path, published_path: str | Path, out_dir: str 
     runs, settings = load_summary(results)
     published = load_published(published_path)
     ok = runs[runs["status"] == "ok"].copy()
-    labels = sorted({method_label(m, v) for m, v in zip(runs["method"], runs["variant"],
-                                                         strict=True)} | set(published["method"]))
+    labels = sorted({method_label(m, v) for m, v in zip(
+        [*runs["method"], *published["method"]], [*runs["variant"], *published["variant"]],
+        strict=True)})
     palette = _palette(labels)
     sns.set_theme(style="whitegrid", context="paper")
     figures: list[dict[str, Any]] = []
@@ -307,6 +540,9 @@ def build_figures(results: str | Path, published_path: str | Path, out_dir: str 
         add("accuracy_vs_sparsity", _slug("accuracy_vs_sparsity", dataset, arch),
             lambda d=dataset, a=arch: accuracy_vs_sparsity(runs, settings, published, d, a,
                                                            palette),
+            dataset=dataset, arch=arch)
+        add("accuracy_vs_macs", _slug("accuracy_vs_macs", dataset, arch),
+            lambda d=dataset, a=arch: accuracy_vs_macs(settings, d, a, palette),
             dataset=dataset, arch=arch)
         tagged = sel.assign(label=[method_label(m, v) for m, v in
                                    zip(sel["method"], sel["variant"], strict=True)])
@@ -333,10 +569,18 @@ def build_figures(results: str | Path, published_path: str | Path, out_dir: str 
     if matched.empty:
         skipped.append({"kind": "reproduced_vs_published", "reason": (
             "no published result matches a reproduced setting (matching on dataset, arch, "
-            "method and sparsity); e.g. the quick digits grid has no published counterpart")})
+            "method, sparsity and variant); e.g. the quick digits grid has no published "
+            "counterpart")})
     else:
         add("reproduced_vs_published", "reproduced_vs_published",
             lambda: reproduced_vs_published(matched, palette))
+    for keys, draw in paper_figures(compare_published(settings, published), palette):
+        keys = dict(keys)
+        kind, name = keys.pop("kind"), keys.pop("name")
+        if isinstance(draw, str):
+            skipped.append({"kind": kind, **keys, "reason": draw})
+        else:
+            add(kind, name, draw, **keys)
     manifest = {"figures": figures, "skipped": skipped,
                 "inputs": {"results": str(results), "published": str(published_path),
                            "runs_ok": int(len(ok)), "runs_total": int(len(runs))}}

@@ -23,15 +23,24 @@ from markupsafe import Markup
 
 from prunebench import __version__
 from prunebench.aggregate import (
+    MATCHED,
     STATUSES,
     SUMMARY,
     SUMMARY_BY_SETTING,
+    compare_published,
     load_published,
     load_summary,
-    match_published,
+    paired_differences,
 )
 from prunebench.errors import PrunebenchError
-from prunebench.figures import MANIFEST, budget_label, method_label
+from prunebench.figures import (
+    MANIFEST,
+    PAPER_FIGURES,
+    PAPERS,
+    PROPOSED,
+    budget_label,
+    method_label,
+)
 from prunebench.fileio import write_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -143,7 +152,9 @@ def results_tables(settings: pd.DataFrame) -> list[dict[str, Any]]:
             for b in budgets:
                 hit = mgroup[[_same(s, b) for s in mgroup["sparsity_target"]]]
                 cells.append(_cell(hit.iloc[0] if len(hit) else None))
-            rows.append({"method": method_label(method, variant), "cells": cells})
+            local = any(_local(o) for o in mgroup["data_origin"])
+            rows.append({"method": method_label(method, variant), "cells": cells,
+                         "local": LOCAL_MARK if local else ""})
         tables.append({"dataset": dataset, "arch": arch, "rows": rows,
                        "budgets": [budget_label(b) for b in budgets]})
     return tables
@@ -157,6 +168,7 @@ def setting_rows(settings: pd.DataFrame) -> list[dict[str, Any]]:
         rows.append({
             "dataset": r["dataset"], "arch": r["arch"],
             "method": method_label(r["method"], r["variant"]),
+            "local": LOCAL_MARK if _local(r["data_origin"]) else "",
             "target": sparsity_text(r["sparsity_target"]),
             "n": int(r["n"]), "n_failed": int(r["n_failed"]),
             "n_other": int(r["n_incomplete"]) + int(r["n_excluded"]),
@@ -170,12 +182,31 @@ def setting_rows(settings: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
+LOCAL_MARK = Markup(r"$^\dagger$")  # a setting whose runs read a local copy of the dataset
+
+
+def _local(origin: Any) -> bool:
+    return "local" in str(origin).split(" / ")
+
+
+def local_note(settings: pd.DataFrame) -> str:
+    """Where the runs marked with a dagger read their data from (empty when none did)."""
+    local = settings[[_local(o) for o in settings["data_origin"]]]
+    sources = sorted({s for text in local["data_source"] for s in str(text).split(" / ") if s})
+    if local.empty:
+        return ""
+    return ("read their dataset from a local copy (" + "; ".join(sources or ["source not "
+            "recorded"]) + ") instead of the official download; they are still compared with "
+            "the dataset's published rows")
+
+
 def comparison_rows(matched: pd.DataFrame) -> list[dict[str, Any]]:
     rows = []
     for _, r in matched.iterrows():
         rows.append({
             "dataset": r["dataset"], "arch": r["arch"],
             "method": method_label(r["method"], r["variant"]),
+            "local": LOCAL_MARK if _local(r["data_origin"]) else "",
             "sparsity": ("n.r." if pd.isna(r["sparsity"]) else f"{r['sparsity']:g}"),
             "achieved": num(r["ours_sparsity_achieved_mean"], 3),
             "source": r["source"], "setting": r["setting"],
@@ -237,12 +268,13 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _figures(results: Path, out_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Copy the manifest's PDFs beside the report; return (figures, notes)."""
+def _figures(results: Path, out_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Copy the manifest's PDFs beside the report; return (figures, notes). A paper figure's
+    entries carry its `source`; the others have source ""."""
     manifest_path = results / "figures" / MANIFEST
     if not manifest_path.is_file():
-        return [], [f"No figures: {manifest_path} does not exist (run `python -m prunebench "
-                    "figures` first)."]
+        return [], [{"source": "", "text": f"No figures: {manifest_path} does not exist (run "
+                     "`python -m prunebench figures` first)."}]
     manifest = json.loads(manifest_path.read_text())
     figures, notes = [], []
     dest = out_dir / "figures"
@@ -253,22 +285,99 @@ def _figures(results: Path, out_dir: Path) -> tuple[list[dict[str, Any]], list[s
             old.unlink()
     for entry in manifest.get("figures", []):
         src = manifest_path.parent / entry["pdf"]
+        source = entry.get("source", "")
         if not re.fullmatch(r"[A-Za-z0-9._-]+\.pdf", entry["pdf"]):
-            notes.append(f"Figure {entry['pdf']} has a file name LaTeX cannot include.")
+            notes.append({"source": source, "text": f"Figure {entry['pdf']} has a file name "
+                          "LaTeX cannot include."})
             continue
         if not src.is_file():
-            notes.append(f"Figure {entry['pdf']} is listed in the manifest but missing.")
+            notes.append({"source": source, "text": f"Figure {entry['pdf']} is listed in the "
+                          "manifest but missing."})
             continue
         shutil.copyfile(src, dest / src.name)
         scale = min(1.0, float(entry.get("width_in", TEXT_WIDTH_IN)) / TEXT_WIDTH_IN)
         figures.append({"path": Markup(f"figures/{src.name}"), "caption": entry["caption"],
-                        "width": Markup(f"{scale:.2f}"),
+                        "width": Markup(f"{scale:.2f}"), "source": source,
+                        "kind": entry.get("kind", ""),
                         "label": Markup("fig:" + re.sub(r"[^A-Za-z0-9]+", "-", entry["name"]))})
     for entry in manifest.get("skipped", []):
         where = " / ".join(entry[k] for k in ("dataset", "arch") if k in entry)
-        notes.append(f"Figure {entry['kind']}{' for ' + where if where else ''} skipped: "
-                     f"{entry['reason']}.")
+        notes.append({"source": entry.get("source", ""), "text": (
+            f"Figure {entry['kind']}{' for ' + where if where else ''} skipped: "
+            f"{entry['reason']}.")})
     return figures, notes
+
+
+def uncovered_rows(compared: pd.DataFrame) -> list[dict[str, Any]]:
+    """Published rows not compared with a number of ours, and why."""
+    rows = []
+    for _, r in compared[compared["match"] != MATCHED].iterrows():
+        rows.append({"dataset": r["dataset"], "arch": r["arch"],
+                     "method": method_label(r["method"], r["variant"]),
+                     "sparsity": "n.r." if pd.isna(r["sparsity"]) else f"{r['sparsity']:g}",
+                     "source": r["source"], "published": num(r["published_top1_pct"]),
+                     "why": f"{r['match']}: {r['match_reason']}"})
+    return rows
+
+
+def paired_rows(pairs: pd.DataFrame) -> list[dict[str, Any]]:
+    """The paired-difference table: proposed method vs best baseline, by seed."""
+    rows = []
+    for _, r in pairs.iterrows():
+        interval = (Markup(f"[{float(r['ci_low_pct']):+.2f}, {float(r['ci_high_pct']):+.2f}]")
+                    if not pd.isna(r["ci_low_pct"]) else None)
+        rows.append({"dataset": r["dataset"], "arch": r["arch"],
+                     "budget": sparsity_text(r["sparsity_target"]),
+                     "method": method_label(r["method"], r["variant"]),
+                     "baseline": (method_label(r["baseline_method"], r["baseline_variant"])
+                                  if r["baseline_method"] else None),
+                     "n": int(r["n"]), "mean": signed(r["mean_difference_pct"]),
+                     "interval": interval, "verdict": r["verdict"]})
+    return rows
+
+
+def data_rows(runs: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each dataset source the runs recorded (origin, source text, checksum), with a count."""
+    cols = ["dataset", "data_origin", "data_source", "data_source_sha256"]
+    if "data_origin" not in runs:
+        return []
+    ok = runs[runs["status"] == "ok"].reindex(columns=cols).fillna("").astype(str)
+    counts = ok.value_counts().reset_index(name="runs").sort_values(cols)
+    return [{"dataset": r["dataset"], "origin": r["data_origin"] or "not recorded",
+             "source": r["data_source"] or "--", "sha256": r["data_source_sha256"][:16] or "--",
+             "runs": int(r["runs"])} for _, r in counts.iterrows()]
+
+
+def _paper_table_row(r: pd.Series) -> dict[str, Any]:
+    ours = mean_std(r["ours_top1_pct_mean"], r["ours_top1_pct_std"], 1)
+    return {"arch": r["arch"], "method": method_label(r["method"], r["variant"]),
+            "local": LOCAL_MARK if _local(r["data_origin"]) else "", "setting": r["setting"],
+            "published": num(r["published_top1_pct"], 1),
+            "ours": Markup(f"{ours} ({int(r['n'])})") if r["n"] > 0 else "not reproduced",
+            "difference": signed(r["difference_pct"], 1)}
+
+
+def paper_sections(compared: pd.DataFrame, figures: list[dict[str, Any]],
+                   notes: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """One section per reproduced paper: its redrawn figures, skipped ones and its tables."""
+    sections = []
+    for source, title in PAPERS.items():
+        tables = []
+        for spec in PAPER_FIGURES:
+            if spec.source != source or spec.kind != "table":
+                continue
+            rows = compared[(compared["source"] == source)
+                            & compared["dataset"].isin(spec.datasets)].sort_values(
+                                "published_row")
+            for dataset, group in rows.groupby("dataset", sort=False):
+                tables.append({"dataset": dataset,
+                               "rows": [_paper_table_row(r) for _, r in group.iterrows()]})
+        sections.append({"source": source, "title": title, "tables": tables,
+                         "n_published": int((compared["source"] == source).sum()),
+                         "figures": [f for f in figures if f["source"] == source
+                                     and f["kind"] != "paper_table"],
+                         "notes": [n["text"] for n in notes if n["source"] == source]})
+    return sections
 
 
 def _versions() -> dict[str, str]:
@@ -284,7 +393,8 @@ def build_context(results: Path, published_path: Path, config_path: Path | None,
                   out_dir: Path) -> dict[str, Any]:
     runs, settings = load_summary(results)
     published = load_published(published_path)
-    matched = match_published(settings, published)
+    compared = compare_published(settings, published)
+    matched = compared[compared["match"] == MATCHED]
     figures, figure_notes = _figures(results, out_dir)
     not_ok = runs[runs["status"] != "ok"]
     status_counts = runs["status"].value_counts()
@@ -318,13 +428,19 @@ def build_context(results: Path, published_path: Path, config_path: Path | None,
         "results_tables": results_tables(settings),
         "settings": setting_rows(settings),
         "comparison": comparison_rows(matched),
+        "uncovered": uncovered_rows(compared),
+        "local_note": local_note(settings),
+        "local_mark": LOCAL_MARK,
+        "data_sources": data_rows(runs),
+        "paired": paired_rows(paired_differences(runs, settings, PROPOSED)),
+        "proposed": list(PROPOSED),
+        "papers": paper_sections(compared, figures, figure_notes),
         "published_total": len(published),
-        "published_matched": int(matched[["source", "method", "arch", "dataset", "sparsity",
-                                          "setting"]].drop_duplicates().shape[0]),
+        "published_matched": len(matched),
         "published_path": str(published_path),
         "published_sha256": _sha256(published_path),
-        "figures": figures,
-        "figure_notes": figure_notes,
+        "figures": [f for f in figures if not f["source"]],
+        "figure_notes": [n["text"] for n in figure_notes if not n["source"]],
         "not_ok": [{"run": path_text(r["run_id"]), "status": r["status"],
                     "reason": str(r["reason"]) if not pd.isna(r["reason"]) else ""}
                    for _, r in not_ok.iterrows()],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import statistics
 from pathlib import Path
@@ -11,10 +12,23 @@ import pytest
 from matplotlib.collections import PathCollection
 from runfactory import make_run, write_published
 
-from prunebench.aggregate import aggregate, load_published, load_summary
+from prunebench.aggregate import (
+    aggregate,
+    compare_published,
+    load_published,
+    load_summary,
+    paired_differences,
+)
 from prunebench.cli import main
 from prunebench.errors import PrunebenchError
-from prunebench.figures import accuracy_vs_sparsity, build_figures
+from prunebench.figures import (
+    PAPERS,
+    PROPOSED,
+    accuracy_vs_macs,
+    accuracy_vs_sparsity,
+    build_figures,
+    paper_curves,
+)
 from prunebench.report import build_report, latex_escape
 
 REPARAM_90 = (84.0, 86.0)  # seeds 0, 1: mean 85.00, std 1.41; published 85.57
@@ -209,3 +223,226 @@ def test_old_summary_asks_for_aggregate(results: Path, tmp_path: Path) -> None:
     settings.to_csv(tmp_path / "summary_by_setting.csv", index=False)
     with pytest.raises(PrunebenchError, match="n_excluded.*rerun"):
         load_summary(tmp_path)
+
+
+# A fabricated reproduction of parts of both papers (numbers made up: they test the plumbing).
+# conv4/cifar10 per budget and method: test top-1 of seeds 0, 1, 2.
+PAPER_TOP1 = {
+    0.9: {"reparam": [85.0, 86.5, 84.0], "magnitude": [50.0, 52.0, 51.0],
+          "magnitude_ft": [88.0, 87.0, 88.5], "random": [70.0, 71.0, 72.0]},
+    0.95: {"reparam": [80.0, 81.0, 82.0], "magnitude": [20.0, 22.0, 21.0],
+           "magnitude_ft": [70.0, 70.5, 71.5]},
+}
+T_975 = {1: 12.706205, 2: 4.302653, 3: 3.182446}  # Student-t 97.5 % quantiles (printed tables)
+PAPER_PUBLISHED = [
+    "dupont2021_reparam,reparam,conv4,cifar10,0.90,85.57,no fine-tuning,slides,",
+    "dupont2021_reparam,reparam,conv4,cifar10,0.95,84.59,no fine-tuning,slides,",
+    "dupont2021_reparam,reparam,conv4,cifar10,0.97,82.60,no fine-tuning,slides,",
+    "dupont2021_reparam,magnitude,conv4,cifar10,0.90,54.94,no fine-tuning,slides,",
+    "dupont2021_reparam,magnitude,conv4,cifar10,0.95,22.91,no fine-tuning,slides,",
+    "dupont2021_reparam,magnitude_ft,conv4,cifar10,0.90,89.50,fine-tune,slides,",
+    "dupont2021_reparam,magnitude_ft,conv4,cifar10,0.95,87.38,fine-tune,slides,",
+    "dupont2021_reparam,reparam,conv4,tinyimagenet,0.90,39.0,no fine-tuning,slides,",
+    "dupont2022_gumbel,gumbel,conv2,cifar10,,77.5,signed-constant; crop+flip; no rescale,poster,"
+    "sc-aug",
+    "dupont2022_gumbel,gumbel,conv2,cifar10,,77.5,signed-constant; crop+flip; smart rescale,"
+    "poster,sc-aug-rescale",
+    "dupont2022_gumbel,edgepopup,conv2,cifar10,0.50,71.5,signed-constant; crop+flip,poster,sc-aug",
+    "dupont2022_gumbel,gumbel,conv2,cifar10,,68.7,kaiming; no augmentation; no rescale,poster,"
+    "kn-noaug",
+    "dupont2022_gumbel,supermask,conv2,cifar10,,64.4,kaiming; no augmentation,poster,kn-noaug",
+    "dupont2022_gumbel,gumbel,conv2,cifar100,,43.4,signed-constant; smart rescale,table,sc-rescale",
+    "dupont2022_gumbel,edgepopup,conv2,cifar100,0.5,40.9,signed-constant,table,",
+    "synflow,random,conv4,cifar10,0.90,70.0,random at init,arrays,",
+    "other,random,conv4,cifar10,0.90,71.0,random at init,paper,",
+]
+
+
+@pytest.fixture(scope="module")
+def papers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Fabricated runs of both papers' settings, aggregated, with figures and report.tex."""
+    root = tmp_path_factory.mktemp("papers")
+    runs = root / "runs"
+    for sparsity, methods in PAPER_TOP1.items():
+        for method, values in methods.items():
+            for seed, top1 in enumerate(values):
+                make_run(runs, dataset="cifar10", method=method, sparsity=sparsity, seed=seed,
+                         top1=top1)
+    for seed in range(3):
+        make_run(runs, dataset="cifar10", method="dense", sparsity=None, seed=seed,
+                 top1=92.0 + seed)
+        for method, variant, top1, sparsity in (("gumbel", "sc-aug", 76.0, None),
+                                                ("gumbel", "sc-aug-rescale", 77.0, None),
+                                                ("supermask", "kn-noaug", 63.0, None),
+                                                ("edgepopup", "sc-aug", 70.0, 0.5)):
+            make_run(runs, dataset="cifar10", arch="conv2", method=method, variant=variant,
+                     sparsity=sparsity, seed=seed, top1=top1 + seed, achieved=0.5,
+                     data_origin="local")
+        make_run(runs, dataset="cifar100", arch="conv2", method="gumbel", variant="sc-rescale",
+                 sparsity=None, seed=seed, top1=42.0 + seed, achieved=0.5)
+    aggregate(runs, root, warn=False)
+    write_published(root / "published.csv", PAPER_PUBLISHED, variant=True)
+    build_figures(root, root / "published.csv", root / "figures")
+    build_report(root, root / "published.csv", None, root / "report", pdf=False)
+    return root
+
+
+def _papers_tex(papers: Path) -> str:
+    return (papers / "report" / "report.tex").read_text()
+
+
+def test_variants_are_separate_labelled_rows(papers: Path) -> None:
+    _, settings = load_summary(papers)
+    gumbel = settings[(settings["method"] == "gumbel") & (settings["dataset"] == "cifar10")]
+    assert sorted(gumbel["variant"]) == ["sc-aug", "sc-aug-rescale"]
+    assert gumbel["n"].tolist() == [3, 3]
+    tex = _papers_tex(papers)
+    table = tex[tex.index(r"\section{Results}"):tex.index(r"\section{Published versus")]
+    assert r"gumbel (sc-aug)$^\dagger$ & 77.00 $\pm$ 1.00" in table
+    assert r"gumbel (sc-aug-rescale)$^\dagger$ & 78.00 $\pm$ 1.00" in table
+    fig = [f for f in _manifest(papers)["figures"]
+           if f["kind"] == "accuracy_vs_sparsity" and f["arch"] == "conv2"]
+    assert fig  # its legend is drawn from the same labels
+
+
+def test_matching_picks_one_published_number_per_setting(papers: Path) -> None:
+    _, settings = load_summary(papers)
+    compared = compare_published(settings, load_published(papers / "published.csv"))
+    matched = compared[compared["match"] == "matched"]
+    assert not matched.duplicated(["dataset", "arch", "method", "sparsity", "variant"]).any()
+    assert len(matched) == 11
+    rescale = matched[(matched["method"] == "gumbel") & (matched["variant"] == "sc-aug-rescale")]
+    assert rescale["setting"].item().endswith("smart rescale")
+    assert rescale["difference_pct"].item() == pytest.approx(78.0 - 77.5)
+    ambiguous = compared[compared["match"] == "ambiguous"]
+    assert sorted(ambiguous["source"]) == ["other", "synflow"]
+    assert ambiguous["difference_pct"].isna().all()
+    missing = compared[compared["match"] == "not reproduced"]
+    assert sorted(zip(missing["dataset"], missing["method"], missing["variant"],
+                      strict=True)) == [
+        ("cifar10", "gumbel", "kn-noaug"), ("cifar10", "reparam", ""),
+        ("cifar100", "edgepopup", ""), ("tinyimagenet", "reparam", "")]
+    assert (missing["match_reason"] == "no finished runs of that setting").all()
+
+
+def test_csv_without_variant_column_reads_as_default(results: Path, tmp_path: Path) -> None:
+    """The published CSV before its variant column: variant "", and published rows that then
+    name one setting twice are listed as ambiguous, not set beside it twice."""
+    published = load_published(results / "published.csv")
+    assert set(published["variant"]) == {""}
+    rows = [*PUBLISHED, "dupont2022,gumbel,conv4,cifar10,,70.0,kaiming; no augmentation,poster"]
+    write_published(tmp_path / "pub.csv", rows)
+    _, settings = load_summary(results)
+    compared = compare_published(settings, load_published(tmp_path / "pub.csv"))
+    gumbel = compared[compared["method"] == "gumbel"]
+    assert gumbel["match"].tolist() == ["ambiguous", "ambiguous"]
+    reparam = compared[(compared["method"] == "reparam") & (compared["sparsity"] == 0.9)]
+    assert reparam["match"].item() == "matched"
+
+
+def test_uncovered_published_rows_are_listed(papers: Path) -> None:
+    tex = _papers_tex(papers)
+    section = tex[tex.index(r"\subsection{Published results not compared}"):
+                  tex.index(r"\section{Does the difference hold")]
+    assert section.count("not reproduced: no finished runs of that setting") == 4
+    assert section.count("ambiguous: 2 published rows") == 2
+    assert r"tinyimagenet & conv4 & reparam & 0.9 & dupont2021\_reparam" in section
+
+
+def test_paired_interval_matches_hand_computation(papers: Path) -> None:
+    runs, settings = load_summary(papers)
+    pairs = paired_differences(runs, settings, PROPOSED)
+    row = pairs[(pairs["method"] == "reparam") & (pairs["sparsity_target"] == 0.9)].iloc[0]
+    assert row["baseline_method"] == "magnitude_ft"  # the best baseline at 0.9
+    d = [a - b for a, b in zip(PAPER_TOP1[0.9]["reparam"], PAPER_TOP1[0.9]["magnitude_ft"],
+                               strict=True)]
+    half = T_975[2] * statistics.stdev(d) / math.sqrt(3)
+    assert row["n"] == 3 and row["seeds"] == "0;1;2"
+    assert row["mean_difference_pct"] == pytest.approx(statistics.mean(d))
+    assert (row["ci_low_pct"], row["ci_high_pct"]) == pytest.approx(
+        (statistics.mean(d) - half, statistics.mean(d) + half), abs=1e-4)
+    assert row["verdict"] == "not resolved"
+    at95 = pairs[(pairs["method"] == "reparam") & (pairs["sparsity_target"] == 0.95)].iloc[0]
+    assert at95["verdict"] == "holds" and at95["ci_low_pct"] > 0
+    gumbel = pairs[(pairs["dataset"] == "cifar10") & (pairs["method"] == "gumbel")]
+    assert set(gumbel["baseline_method"]) == {"supermask"}  # dense is no pruned baseline
+    alone = pairs[pairs["dataset"] == "cifar100"].iloc[0]
+    assert alone["verdict"] == "no pruned baseline" and alone["n"] == 0
+    tex = _papers_tex(papers)
+    assert (f"[{row['ci_low_pct']:+.2f}, {row['ci_high_pct']:+.2f}] & not resolved"
+            in tex)
+
+
+def test_paired_interval_uses_shared_seeds_only(papers: Path) -> None:
+    runs, settings = load_summary(papers)
+    drop = (runs["method"] == "magnitude_ft") & (runs["seed"] == 2)
+    pairs = paired_differences(runs[~drop], settings, PROPOSED)
+    row = pairs[(pairs["method"] == "reparam") & (pairs["sparsity_target"] == 0.9)].iloc[0]
+    d = [85.0 - 88.0, 86.5 - 87.0]
+    assert row["n"] == 2 and row["seeds"] == "0;1"
+    assert row["ci_high_pct"] - row["mean_difference_pct"] == pytest.approx(
+        T_975[1] * statistics.stdev(d) / math.sqrt(2), abs=1e-4)
+
+
+def test_paper_sections_render(papers: Path) -> None:
+    manifest = _manifest(papers)
+    drawn = {(f["kind"], f["source"], f.get("dataset"), f.get("arch"))
+             for f in manifest["figures"] if "source" in f}
+    assert drawn == {("paper_curves", "dupont2021_reparam", "cifar10", "conv4"),
+                     ("paper_bars", "dupont2022_gumbel", "cifar10", None),
+                     ("paper_table", "dupont2022_gumbel", "cifar100", None)}
+    for entry in manifest["figures"]:
+        if entry["kind"].startswith("paper_"):
+            assert (papers / "figures" / entry["pdf"]).read_bytes()[:4] == b"%PDF"
+            assert (papers / "figures" / entry["png"]).is_file()
+    skipped = [s for s in manifest["skipped"] if s["kind"] == "paper_curves"]
+    assert [(s["dataset"], s["arch"]) for s in skipped] == [("tinyimagenet", "conv4")]
+    assert skipped[0]["reason"].startswith("not reproduced")
+    tex = _papers_tex(papers)
+    section = tex[tex.index(r"\section{The papers' figures, regenerated}"):
+                  tex.index(r"\section{Figures}")]
+    for title in PAPERS.values():
+        assert latex_escape(title) in section
+    assert "figures/paper_dupont2021_reparam_curves_cifar10_conv4.pdf" in section
+    assert "figures/paper_dupont2022_gumbel_bars_cifar10.pdf" in section
+    assert r"conv2 & gumbel (sc-rescale) & signed-constant; smart rescale & 43.4 & " \
+           r"43.0 $\pm$ 1.0 (3) &" in section
+    assert "conv2 & edgepopup & signed-constant & 40.9 & not reproduced &" in section
+
+
+def test_paper_curves_overlay_published_values(papers: Path) -> None:
+    _, settings = load_summary(papers)
+    compared = compare_published(settings, load_published(papers / "published.csv"))
+    rows = compared[(compared["source"] == "dupont2021_reparam")
+                    & (compared["dataset"] == "cifar10")]
+    rows = rows.assign(label=rows["method"])
+    fig, caption = paper_curves(rows, "paper", "cifar10", "conv4", {})
+    lines = {tuple(round(float(y), 2) for y in line.get_ydata()) for line in fig.axes[0].lines}
+    assert (85.57, 84.59, 82.6) in lines  # published reparam, all three budgets
+    assert (85.17, 81.0) in lines  # ours: means over seeds at 0.9 and 0.95
+    assert "1 of the 7 published setting(s) have no finished run" in caption
+
+
+def test_macs_figure_written(papers: Path) -> None:
+    entries = [f for f in _manifest(papers)["figures"] if f["kind"] == "accuracy_vs_macs"]
+    assert {(f["dataset"], f["arch"]) for f in entries} == {
+        ("cifar10", "conv2"), ("cifar10", "conv4"), ("cifar100", "conv2")}
+    for entry in entries:
+        assert (papers / "figures" / entry["pdf"]).read_bytes()[:4] == b"%PDF"
+    _, settings = load_summary(papers)
+    fig, caption = accuracy_vs_macs(settings, "cifar10", "conv4",
+                                    dict.fromkeys(["dense", *PAPER_TOP1[0.9]], "black"))
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    flat = [tuple(line.get_ydata()) for line in ax.lines if len(set(line.get_ydata())) == 1]
+    assert (93.0, 93.0) in flat  # the dense runs' mean as the reference line
+    assert "unpruned runs" in caption
+
+
+def test_local_data_is_marked_and_still_matched(papers: Path) -> None:
+    tex = _papers_tex(papers)
+    assert "local archive cifar10-jpeg.tar.gz" in tex
+    section = tex[tex.index(r"\section{Published versus"):
+                  tex.index(r"\subsection{Published results not compared}")]
+    assert r"gumbel (sc-aug)$^\dagger$ & n.r." in section
+    assert r"reparam & 0.9 &" in section  # official download: no mark
