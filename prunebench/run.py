@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunebench import __version__, paths
+from prunebench import __version__, gpus, paths
 from prunebench.archives import one_line
 from prunebench.artifact import save_network
 from prunebench.config import RunConfig
@@ -48,12 +49,44 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def resolve_device(name: str) -> torch.device:
+    """The run's device. `cuda` (what a workflow job that requests a GPU runs with) and `auto`
+    first claim a free GPU slot and pin the process to its device (prunebench/gpus.py); `cuda`
+    and `cuda:N` never fall back to the CPU, `auto` uses the CPU when no GPU is usable."""
+    if name in ("auto", "cuda"):
+        gpus.claim_device()
+    problem = None if name == "cpu" else cuda_problem()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PrunebenchError(f"device {name!r} requested but CUDA is not available here; "
-                              "use device=cpu or device=auto")
-    return torch.device(name)
+        if problem and gpus.visible_devices():
+            print(f"prunebench: device=auto runs on the CPU: {problem}", file=sys.stderr)
+        return torch.device("cpu" if problem else "cuda")
+    if problem:
+        raise PrunebenchError(f"device={name} requested but CUDA is not usable here: {problem}. "
+                              "Use device=cpu to run on the CPU")
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise PrunebenchError(f"device={name} requested but this process sees "
+                              f"{torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    return device
+
+
+def cuda_problem() -> str | None:
+    """Why CUDA cannot be used here, naming the usual cause; None when it can."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if torch.cuda.is_available():
+            return None
+    build = torch.version.cuda
+    if build is None:
+        return (f"torch {torch.__version__} is a CPU-only build; install a CUDA build of torch "
+                "(README, Set-up)")
+    if not gpus.visible_devices():
+        return (f"no NVIDIA GPU is visible (CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}, {gpus.DRIVER_GPUS} lists none)")
+    said = "; ".join(one_line(w.message) for w in caught)
+    return (f"torch {torch.__version__} (built for CUDA {build}) finds no usable GPU"
+            f"{f' ({said})' if said else ''}. The usual cause is an NVIDIA driver too old for "
+            f"this torch build: `nvidia-smi` must show 'CUDA Version' >= {build}; update the "
+            "driver or install a torch build for the driver's CUDA version (README, Set-up)")
 
 
 def git_commit() -> str:

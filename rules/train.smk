@@ -35,6 +35,12 @@ rule train_run:
         marker=touch(RUN_DONE),
     params:
         args=run_args,
+        # A job that requests a GPU runs on one: `auto` (the default) becomes `cuda`, which
+        # claims a free device slot and fails, saying why, when CUDA is unusable (an explicit
+        # device in the config is kept).
+        device=lambda wildcards, resources: (
+            "device=cuda" if resources.gpu > 0
+            and dict(JOBS[wildcards.run].overrides).get("device", "auto") == "auto" else ""),
     log:
         "results/logs/train_run/{run}.log",
     conda:
@@ -46,4 +52,5 @@ rule train_run:
         mem_mb=lambda wildcards: train_resources(wildcards)["mem_mb"],
         runtime=lambda wildcards: train_resources(wildcards)["runtime"],
     shell:
-        "trap '' TERM; python -m prunebench run {params.args} > {log} 2>&1 || [ $? -eq 3 ]"
+        "trap '' TERM; python -m prunebench run {params.args} {params.device} > {log} 2>&1"
+        " || [ $? -eq 3 ]"

@@ -1,0 +1,167 @@
+"""GPU slots on a machine with several GPUs (prunebench/gpus.py), tested on CPU with a fake
+device list (CUDA_VISIBLE_DEVICES): the local profile admits one GPU job per slot, each job
+claims its own slot, and a run asked for a GPU never runs on the CPU."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_workflow import REPO, SNAKEMAKE, _env
+
+from prunebench import gpus
+from prunebench.errors import PrunebenchError
+
+FAKE_4_GPUS = "0,1,2,3"
+
+
+@pytest.fixture
+def no_claim(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process's claims start empty and are released afterwards."""
+    monkeypatch.setattr(gpus, "_claimed", [])
+    yield
+    for claim in gpus._claimed:
+        os.close(claim.fd)
+
+
+def test_slots_spread_over_devices_and_are_never_handed_out_twice(
+        tmp_path: Path, no_claim: None) -> None:
+    devices = FAKE_4_GPUS.split(",")
+    claims = [gpus.try_claim(devices, 2, tmp_path) for _ in range(8)]
+    assert [c.device for c in claims] == devices * 2  # one per device before a second on any
+    assert len({c.lock_file for c in claims}) == 8
+    assert gpus.try_claim(devices, 2, tmp_path) is None  # all 8 held
+    os.close(claims[5].fd)  # that run ended
+    again = gpus.try_claim(devices, 2, tmp_path)
+    assert (again.device, again.slot) == (devices[1], 1)
+    for claim in [*claims[:5], *claims[6:], again]:
+        os.close(claim.fd)
+
+
+def test_visible_devices_follow_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    for listed, expected in [("0,1,2,3", ["0", "1", "2", "3"]), ("2, 3", ["2", "3"]),
+                             ("", []), ("-1", []), ("1,-1,2", ["1"]),
+                             ("GPU-8e1c,GPU-77aa", ["GPU-8e1c", "GPU-77aa"])]:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", listed)
+        assert gpus.visible_devices() == expected, listed
+
+
+def test_claim_pins_the_process_and_waits_only_as_long_as_asked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_claim: None) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    monkeypatch.setenv(gpus.LOCK_DIR_ENV, str(tmp_path))
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    held = gpus.try_claim(["5"], 1, tmp_path)  # another run holds device 5
+    assert held is not None and held.device == "5"
+    claim = gpus.claim_device(wait_seconds=0)
+    assert claim.device == "7" and os.environ["CUDA_VISIBLE_DEVICES"] == "7"
+    assert gpus.claim_device() is claim  # one claim per process
+    monkeypatch.setattr(gpus, "_claimed", [])  # a second process: both slots are held
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    with pytest.raises(PrunebenchError, match="no free GPU slot after 0 s"):
+        gpus.claim_device(wait_seconds=0, poll_seconds=0.01)
+    os.close(held.fd)
+    os.close(claim.fd)
+
+
+def test_nothing_is_claimed_under_slurm(monkeypatch: pytest.MonkeyPatch, no_claim: None) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    assert gpus.claim_device() is None
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+@pytest.mark.parametrize(("listed", "per_gpu", "expected"), [
+    (FAKE_4_GPUS, "1", 4), (FAKE_4_GPUS, "2", 8), ("3", "1", 1), ("", "1", 1)])
+def test_local_profile_gpu_resource_is_the_slot_count(
+        monkeypatch: pytest.MonkeyPatch, listed: str, per_gpu: str, expected: int) -> None:
+    """Parsed as Snakemake parses `snakemake` in the repository (profiles/default applied)."""
+    from snakemake.cli import parse_args
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", listed)
+    monkeypatch.setenv(gpus.JOBS_PER_GPU_ENV, per_gpu)
+    _, args = parse_args([])
+    assert args.resources["gpu"].value == expected
+    assert max(gpus.slot_count(), 1) == expected
+
+
+def test_fake_4_gpu_machine_runs_4_gpu_jobs_at_once_on_distinct_devices(tmp_path: Path) -> None:
+    """Six GPU jobs under the local profile on a fake 4-GPU machine: at most 4 run at once, and
+    jobs running at the same time hold distinct devices."""
+    (tmp_path / "Snakefile").write_text(textwrap.dedent(f"""
+        rule all:
+            input: expand("job{{i}}.txt", i=range(6))
+
+        rule gpu_job:
+            output: "job{{i}}.txt"
+            resources: gpu=1
+            shell: "{sys.executable} {REPO}/tests/gpu_job.py > {{output}}"
+        """))
+    env = {**_env(), "CUDA_VISIBLE_DEVICES": FAKE_4_GPUS, gpus.LOCK_DIR_ENV: str(tmp_path),
+           "PYTHONPATH": str(REPO)}
+    env.pop("SLURM_JOB_ID", None)
+    out = subprocess.run(
+        [SNAKEMAKE, "--workflow-profile", str(REPO / "profiles/default"), "--cores", "8"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    jobs = []
+    for i in range(6):
+        device, start, end = (tmp_path / f"job{i}.txt").read_text().split()
+        jobs.append((device, float(start), float(end)))
+    most = 0
+    for _, start, _ in jobs:
+        running = [d for d, s, e in jobs if s <= start < e]
+        assert len(running) == len(set(running)), jobs  # no device twice at one time
+        most = max(most, len(running))
+    assert most == 4, jobs
+
+
+def test_cuda_run_never_falls_back_to_the_cpu(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, no_claim: None) -> None:
+    """A driver too old for the torch build: `cuda` stops naming the cause, `auto` may choose."""
+    import warnings
+
+    import torch
+
+    from prunebench.run import resolve_device
+
+    def old_driver() -> bool:
+        warnings.warn("CUDA initialization: The NVIDIA driver on your system is too old "
+                      "(found version 11040)", UserWarning, stacklevel=1)
+        return False
+
+    monkeypatch.setattr(torch.cuda, "is_available", old_driver)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setenv(gpus.LOCK_DIR_ENV, str(tmp_path))
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with pytest.raises(PrunebenchError) as e:
+        resolve_device("cuda")
+    assert "driver on your system is too old" in str(e.value)
+    assert "NVIDIA driver too old for this torch build" in str(e.value)
+    assert "'CUDA Version' >= 13.0" in str(e.value)
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(PrunebenchError, match="CPU-only build"):
+        resolve_device("cuda:0")
+
+
+def test_gpu_job_without_cuda_fails_before_touching_its_folder(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is usable here")
+    run_dir = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "prunebench", "run", "--dataset", "digits", "--arch", "conv2",
+         "--method", "dense", "--run-dir", str(run_dir), "device=cuda", "epochs=0"],
+        cwd=REPO, env={**_env(), "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        timeout=120)
+    assert out.returncode == 1, out.stderr
+    assert "device=cuda requested but CUDA is not usable here" in out.stderr
+    assert not run_dir.exists()
