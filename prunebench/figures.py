@@ -328,7 +328,8 @@ def accuracy_vs_macs(settings: pd.DataFrame, dataset: str, arch: str, palette: d
                         fmt="o" if row.budgeted else "D", color=palette[label], capsize=3,
                         markersize=5)
     macs_dense = float(st["macs_dense_mean"].max())
-    ax.axvline(macs_dense, color="grey", linestyle=":", linewidth=1)
+    if not pd.isna(macs_dense):
+        ax.axvline(macs_dense, color="grey", linestyle=":", linewidth=1)
     for row in dense.itertuples():
         ax.axhline(row.test_top1_pct_mean, color=palette[row.label], linestyle="--",
                    linewidth=1)

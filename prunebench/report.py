@@ -370,6 +370,8 @@ def paper_sections(compared: pd.DataFrame, figures: list[dict[str, Any]],
                             & compared["dataset"].isin(spec.datasets)].sort_values(
                                 "published_row")
             for dataset, group in rows.groupby("dataset", sort=False):
+                if not (group["n"] > 0).any():
+                    continue  # listed among the skipped figures as not reproduced
                 tables.append({"dataset": dataset,
                                "rows": [_paper_table_row(r) for _, r in group.iterrows()]})
         sections.append({"source": source, "title": title, "tables": tables,
