@@ -349,6 +349,7 @@ def compare_published(settings: pd.DataFrame, published: pd.DataFrame) -> pd.Dat
     can be compared); `match_reason` says which. Matched rows carry our mean, std, n and
     `difference_pct` = ours - published."""
     pub = published.reset_index(drop=True).copy()
+    pub["published_row"] = pub.index + 1  # the row's position in the CSV (1 = first data row)
     pub["_s"] = _sparsity_key(pub["sparsity"])
     keys = ["dataset", "arch", "method", "_s", "variant"]
     ours = settings.copy()
@@ -372,7 +373,7 @@ def compare_published(settings: pd.DataFrame, published: pd.DataFrame) -> pd.Dat
         for f in merged.loc[~finished, "n_failed"]]
     merged.loc[merged["match"] == AMBIGUOUS, "match_reason"] = [
         f"{k} published rows name this dataset, arch, method, sparsity and variant; give each "
-        "its own `variant` in the published results CSV"
+        "its own variant (the variant column of the published results CSV)"
         for k in shared[merged["match"] == AMBIGUOUS]]
     merged["difference_pct"] = (merged["ours_top1_pct_mean"] - merged["published_top1_pct"]
                                 ).where(merged["match"] == MATCHED)
@@ -381,7 +382,7 @@ def compare_published(settings: pd.DataFrame, published: pd.DataFrame) -> pd.Dat
     cols = ["dataset", "arch", "method", "sparsity", "variant", "source", "setting", "certainty",
             "published_top1_pct", "match", "match_reason", "ours_top1_pct_mean",
             "ours_top1_pct_std", "n", "n_failed", "ours_sparsity_achieved_mean",
-            "difference_pct", *PROVENANCE]
+            "difference_pct", *PROVENANCE, "published_row"]
     return merged[cols].sort_values(["dataset", "arch", "method", "sparsity", "variant",
                                      "source"], na_position="first",
                                     kind="stable").reset_index(drop=True)
