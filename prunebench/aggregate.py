@@ -414,47 +414,66 @@ HOLDS, REVERSED, UNRESOLVED, TOO_FEW, NO_BASELINE = (
     "holds", "reversed", "not resolved", "fewer than 2 paired seeds", "no pruned baseline")
 
 
+def best_baseline(setting: pd.Series, done: pd.DataFrame, proposed: set[str]
+                  ) -> pd.Series | None:
+    """The baseline a proposed setting is measured against: among the other methods' pruned
+    settings of its dataset and arch at its budget (for a setting without a budget, also those
+    of its own variant at any budget: the 2022 paper sets gumbel beside edge-popup at k = 50 %),
+    the one with the highest mean test top-1, preferring the same variant (the same recipe)."""
+    same_place = ((done["dataset"] == setting["dataset"]) & (done["arch"] == setting["arch"])
+                  & ~done["method"].isin(proposed)
+                  & (pd.to_numeric(done["sparsity_achieved_mean"]) > 0))
+    budget = _budget_key(setting["sparsity_target"])
+    at_budget = done["sparsity_target"].map(lambda v: _budget_key(v) == budget)
+    same_variant = done["variant"] == setting["variant"]
+    if budget is None and setting["variant"]:
+        at_budget = at_budget | same_variant
+    candidates = done[same_place & at_budget]
+    if (candidates["variant"] == setting["variant"]).any():
+        candidates = candidates[candidates["variant"] == setting["variant"]]
+    if candidates.empty:
+        return None
+    return candidates.sort_values(["test_top1_pct_mean", "method", "variant"],
+                                  ascending=[False, True, True]).iloc[0]
+
+
 def paired_differences(runs: pd.DataFrame, settings: pd.DataFrame, proposed: Iterable[str],
                        level: float = 0.95) -> pd.DataFrame:
-    """Per dataset, arch and budget, each proposed method's (and variant's) test top-1 minus the
-    best baseline's (highest mean among the other pruned settings at that budget), paired by
-    seed, with a Student-t interval. `verdict`: `holds` (interval above 0), `reversed` (below
-    0), `not resolved` (contains 0), or why there is no interval."""
+    """Each proposed method's (and variant's) test top-1 minus its best baseline's
+    (`best_baseline`), per dataset, arch and budget, paired by seed, with a Student-t interval.
+    `verdict`: `holds` (interval above 0), `reversed` (below 0), `not resolved` (contains 0), or
+    why there is no interval."""
     proposed = set(proposed)
     ok = runs[runs["status"] == "ok"]
-    done = settings[settings["n"] > 0].assign(_b=settings["sparsity_target"].map(_budget_key))
+    done = settings[settings["n"] > 0]
     rows = []
-    for (dataset, arch, _), group in done.groupby(["dataset", "arch", "_b"], dropna=False,
-                                                       sort=True):
-        ours = group[group["method"].isin(proposed)]
-        baselines = group[~group["method"].isin(proposed)
-                          & (pd.to_numeric(group["sparsity_achieved_mean"]) > 0)]
-        best = (baselines.sort_values(["test_top1_pct_mean", "method", "variant"],
-                                      ascending=[False, True, True]).iloc[0]
-                if len(baselines) else None)
-        for _, mine in ours.iterrows():
-            row: dict[str, Any] = {"dataset": dataset, "arch": arch,
-                                   "sparsity_target": mine["sparsity_target"],
-                                   "method": mine["method"], "variant": mine["variant"],
-                                   "baseline_method": "", "baseline_variant": "", "n": 0,
-                                   "seeds": "", "mean_difference_pct": float("nan"),
-                                   "ci_low_pct": float("nan"), "ci_high_pct": float("nan"),
-                                   "level": level, "verdict": NO_BASELINE}
-            if best is not None:
-                a = _seed_top1(ok, mine)
-                b = _seed_top1(ok, best)
-                seeds = sorted(set(a.index) & set(b.index))
-                mean, low, high = t_interval([a[s] - b[s] for s in seeds], level)
-                row.update(baseline_method=best["method"], baseline_variant=best["variant"],
-                           n=len(seeds), seeds=";".join(map(str, seeds)),
-                           mean_difference_pct=mean, ci_low_pct=low, ci_high_pct=high,
-                           verdict=(TOO_FEW if len(seeds) < 2 else HOLDS if low > 0
-                                    else REVERSED if high < 0 else UNRESOLVED))
-            rows.append(row)
+    for _, mine in done[done["method"].isin(proposed)].iterrows():
+        row: dict[str, Any] = {"dataset": mine["dataset"], "arch": mine["arch"],
+                               "sparsity_target": mine["sparsity_target"],
+                               "method": mine["method"], "variant": mine["variant"],
+                               "baseline_method": "", "baseline_variant": "",
+                               "baseline_sparsity_target": float("nan"), "n": 0, "seeds": "",
+                               "mean_difference_pct": float("nan"), "ci_low_pct": float("nan"),
+                               "ci_high_pct": float("nan"), "level": level,
+                               "verdict": NO_BASELINE}
+        best = best_baseline(mine, done, proposed)
+        if best is not None:
+            a, b = _seed_top1(ok, mine), _seed_top1(ok, best)
+            seeds = sorted(set(a.index) & set(b.index))
+            mean, low, high = t_interval([a[s] - b[s] for s in seeds], level)
+            row.update(baseline_method=best["method"], baseline_variant=best["variant"],
+                       baseline_sparsity_target=best["sparsity_target"], n=len(seeds),
+                       seeds=";".join(map(str, seeds)), mean_difference_pct=mean,
+                       ci_low_pct=low, ci_high_pct=high,
+                       verdict=(TOO_FEW if len(seeds) < 2 else HOLDS if low > 0
+                                else REVERSED if high < 0 else UNRESOLVED))
+        rows.append(row)
     columns = ["dataset", "arch", "sparsity_target", "method", "variant", "baseline_method",
-               "baseline_variant", "n", "seeds", "mean_difference_pct", "ci_low_pct",
-               "ci_high_pct", "level", "verdict"]
-    return pd.DataFrame(rows, columns=columns)
+               "baseline_variant", "baseline_sparsity_target", "n", "seeds",
+               "mean_difference_pct", "ci_low_pct", "ci_high_pct", "level", "verdict"]
+    return pd.DataFrame(rows, columns=columns).sort_values(
+        ["dataset", "arch", "sparsity_target", "method", "variant"], na_position="first",
+        kind="stable").reset_index(drop=True)
 
 
 def _seed_top1(ok_runs: pd.DataFrame, setting: pd.Series) -> pd.Series:

@@ -320,6 +320,13 @@ def uncovered_rows(compared: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
+def _at_budget(r: pd.Series) -> str:
+    """` at 0.5` when the baseline's budget differs from the proposed setting's."""
+    if _same(r["baseline_sparsity_target"], r["sparsity_target"]):
+        return ""
+    return f" at {sparsity_text(r['baseline_sparsity_target'])}"
+
+
 def paired_rows(pairs: pd.DataFrame) -> list[dict[str, Any]]:
     """The paired-difference table: proposed method vs best baseline, by seed."""
     rows = []
@@ -330,7 +337,7 @@ def paired_rows(pairs: pd.DataFrame) -> list[dict[str, Any]]:
                      "budget": sparsity_text(r["sparsity_target"]),
                      "method": method_label(r["method"], r["variant"]),
                      "baseline": (method_label(r["baseline_method"], r["baseline_variant"])
-                                  if r["baseline_method"] else None),
+                                  + _at_budget(r) if r["baseline_method"] else None),
                      "n": int(r["n"]), "mean": signed(r["mean_difference_pct"]),
                      "interval": interval, "verdict": r["verdict"]})
     return rows

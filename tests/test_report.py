@@ -365,12 +365,17 @@ def test_paired_interval_matches_hand_computation(papers: Path) -> None:
     at95 = pairs[(pairs["method"] == "reparam") & (pairs["sparsity_target"] == 0.95)].iloc[0]
     assert at95["verdict"] == "holds" and at95["ci_low_pct"] > 0
     gumbel = pairs[(pairs["dataset"] == "cifar10") & (pairs["method"] == "gumbel")]
-    assert set(gumbel["baseline_method"]) == {"supermask"}  # dense is no pruned baseline
+    baselines = dict(zip(gumbel["variant"], zip(gumbel["baseline_method"],
+                                                gumbel["baseline_sparsity_target"], strict=True),
+                         strict=True))
+    assert baselines["sc-aug"] == ("edgepopup", 0.5)  # its own variant's baseline, at its budget
+    assert baselines["sc-aug-rescale"][0] == "supermask"  # else no budget; dense is not pruned
     alone = pairs[pairs["dataset"] == "cifar100"].iloc[0]
     assert alone["verdict"] == "no pruned baseline" and alone["n"] == 0
     tex = _papers_tex(papers)
     assert (f"[{row['ci_low_pct']:+.2f}, {row['ci_high_pct']:+.2f}] & not resolved"
             in tex)
+    assert r"gumbel (sc-aug) & edgepopup (sc-aug) at 0.5 & 3 &" in tex
 
 
 def test_paired_interval_uses_shared_seeds_only(papers: Path) -> None:
