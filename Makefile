@@ -1,7 +1,8 @@
 # Two commands: `make run` (the quick default benchmark, offline, CPU, -> results/report/
 # report.pdf) and `make test`. Each creates .venv from the pinned requirements on first use and
 # installs a TeX engine for the report where it can.
-PYTHON ?= python3.11
+# The first interpreter on PATH in the pinned torch's range (3.11-3.13); `make PYTHON=...` overrides.
+PYTHON ?= $(firstword $(foreach v,3.11 3.12 3.13,$(shell command -v python$(v) 2>/dev/null)))
 VENV := .venv
 PY := $(VENV)/bin/python
 # The workflow's rules call `python -m prunebench`: make that the venv's python.
@@ -10,13 +11,23 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # latexmk beyond texlive-base.
 TEX_PACKAGES := texlive-latex-recommended latexmk
 
-.PHONY: run test lint tex
+.PHONY: run test lint tex slurm python
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	@if [ -z "$(PYTHON)" ]; then \
+		echo "make: no python3.11, python3.12 or python3.13 on PATH (the range torch 2.14.1" \
+			"supports): install one, or give it: make PYTHON=/path/to/python3.x" >&2; exit 1; \
+	fi
+	@echo "make: creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version 2>&1))"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install -r requirements-dev.txt
+	$(PY) -m pip install --no-deps -e .
 	touch $@
+
+# Which interpreter the environment runs (printed by run and test).
+python: $(VENV)/.installed
+	@echo "make: using $(PY) ($$($(PY) --version 2>&1))"
 
 # Idempotent: nothing to do when latexmk and the LaTeX packages are there; installs them as
 # root with apt-get (Debian/Ubuntu); elsewhere says how, and the report rule fails naming it.
@@ -32,10 +43,29 @@ tex:
 			"with latexmk (Debian/Ubuntu: $(TEX_PACKAGES)), or the report step will fail" >&2; \
 	fi
 
-run: $(VENV)/.installed tex
+# The single-node SLURM of tests/test_slurm.py: Debian's slurm-wlm and munge, installed as root
+# with apt-get when missing; elsewhere its cluster tests skip, saying so.
+SLURM_PACKAGES := slurm-wlm munge
+slurm:
+	@if command -v slurmctld >/dev/null 2>&1 && command -v munged >/dev/null 2>&1; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "make: installing $(SLURM_PACKAGES) for tests/test_slurm.py"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq --no-install-recommends $(SLURM_PACKAGES) >/dev/null 2>&1 \
+		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+			$(SLURM_PACKAGES) >/dev/null; } \
+		|| echo "make: could not install $(SLURM_PACKAGES): tests/test_slurm.py skips its" \
+			"cluster tests" >&2; \
+	else \
+		echo "make: no SLURM and no root apt-get to install it ($(SLURM_PACKAGES)):" \
+			"tests/test_slurm.py skips its cluster tests" >&2; \
+	fi
+
+run: python tex
 	$(VENV)/bin/snakemake
 
-test: $(VENV)/.installed tex
+test: python tex slurm
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed

@@ -1,14 +1,27 @@
 """environment.yml (conda users, the rules' `conda:` env) and requirements.txt (pip users) must
-pin the same packages at the same versions."""
+pin the same packages at the same versions; the pins resolve on every Python the pinned torch
+supports; the package (pyproject.toml) builds as a wheel with its `prunebench` command."""
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 PIN = re.compile(r"^([A-Za-z0-9_.\-\[\]]+)\s*==\s*([^\s;#]+)$")
+# environment.yml's last pip line: prunebench itself, from the folder conda runs in.
+SELF_INSTALL = "-e ${PWD}"
+# Dependencies PyPI has only as a source archive (snakemake's connection_pool): built into a
+# wheel first, since a resolve for another Python accepts wheels only.
+SDIST_ONLY = ["connection_pool==0.0.3"]
 
 
 def _pins(lines: list[str], where: str) -> dict[str, str]:
@@ -34,7 +47,8 @@ def test_environment_pins_equal_requirements() -> None:
     deps = _environment()["dependencies"]
     pip_sections = [d["pip"] for d in deps if isinstance(d, dict) and "pip" in d]
     assert len(pip_sections) == 1, "environment.yml needs exactly one pip: section"
-    from_env = _pins(pip_sections[0], "environment.yml pip:")
+    assert pip_sections[0][-1] == SELF_INSTALL, "environment.yml must install prunebench last"
+    from_env = _pins(pip_sections[0][:-1], "environment.yml pip:")
     missing = sorted(set(required) - set(from_env))
     extra = sorted(set(from_env) - set(required))
     assert not missing and not extra, (
@@ -51,6 +65,62 @@ def test_environment_python_and_channels() -> None:
     assert "pip" in conda_deps
     pythons = [d for d in conda_deps if d.startswith("python")]
     assert pythons == ["python=3.11"], pythons
-    requires = re.search(r'requires-python\s*=\s*">=\s*([0-9.]+)"',
-                         (REPO / "pyproject.toml").read_text())
-    assert requires and requires.group(1) == "3.11"
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"] == ">=3.11,<3.14"
+
+
+def test_package_dependencies_are_requirements_txt() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "dependencies" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["dependencies"] == {
+        "file": ["requirements.txt"]}
+    assert pyproject["project"]["scripts"] == {"prunebench": "prunebench.cli:main"}
+
+
+def test_wheel_builds_with_the_engine_methods_and_command(tmp_path: Path) -> None:
+    """`pip wheel --no-deps .`, on a copy of the sources (the build leaves nothing in the repo)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "requirements.txt"):
+        shutil.copy2(REPO / name, src / name)
+    for package in ("prunebench", "methods", "baselines"):
+        shutil.copytree(REPO / package, src / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", ".",
+                          "-w", str(tmp_path / "dist")], cwd=src, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("prunebench-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for module in ("prunebench/cli.py", "prunebench/artifact.py", "methods/gumbel.py",
+                   "baselines/snip.py"):
+        assert module in names, module
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "prunebench = prunebench.cli:main" in zipfile.ZipFile(wheel).read(
+        entry_points).decode()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("python", ["3.12", "3.13"])
+def test_requirements_resolve_on_newer_python(tmp_path: Path, python: str) -> None:
+    """The pins have wheels for `python` (what `make run` installs there), resolved by pip
+    against the package index without installing anything."""
+    wheels = tmp_path / "wheels"
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
+                            "--no-binary=:all:", "-w", str(wheels), *SDIST_ONLY],
+                           capture_output=True, text=True, timeout=600)
+    if built.returncode != 0 and "No matching distribution" in built.stderr:
+        pytest.skip(f"no package index reachable: {built.stderr[-300:]}")
+    assert built.returncode == 0, built.stderr[-3000:]
+    report = tmp_path / "report.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
+         "--python-version", python, "--only-binary=:all:", "--find-links", str(wheels),
+         "--report", str(report), "-r", str(REPO / "requirements.txt")],
+        capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    resolved = {i["metadata"]["name"].lower(): i["metadata"]["version"]
+                for i in json.loads(report.read_text())["install"]}
+    pins = _pins((REPO / "requirements.txt").read_text().splitlines(), "requirements.txt")
+    for name, version in pins.items():
+        assert resolved.get(name) == version, (name, resolved.get(name))

@@ -1,6 +1,8 @@
-"""The SLURM profile on a one-node SLURM started by the test (slurm-wlm + munge, installed with
-apt-get when missing and possible; skipped with the reason otherwise): train_run jobs go
-through sbatch with their GPU request, and a SIGTERM-ed job is resubmitted and resumes.
+"""The SLURM profile. The README's cluster command, parsed as Snakemake parses it, applies the
+cluster settings alone (no machine-wide GPU cap of the local profile). On a one-node SLURM
+started by the test (slurm-wlm + munge, which `make test` installs with apt-get where it can;
+skipped with the reason otherwise): train_run jobs go through sbatch with their GPU request,
+and a SIGTERM-ed job is resubmitted and resumes.
 
 The cluster is private to the test: its own munged socket and key, slurm.conf, state folders and
 ports in a temporary folder. Clients find slurm.conf through SLURM_CONF, except the `srun` the
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -23,8 +26,6 @@ from pathlib import Path
 import pytest
 import yaml
 from test_workflow import REPO, SNAKEMAKE, _copy_workflow, _env, _tiny_config, _write_config
-
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
@@ -43,21 +44,39 @@ TEST_PROFILE = {
 }
 
 
-def _install_or_skip() -> None:
-    if all(shutil.which(d) for d in DAEMONS) and shutil.which("sbatch"):
-        return
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip("SLURM is not installed and cannot be (needs root and apt-get): "
-                    "apt-get install slurm-wlm munge")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "slurm-wlm", "munge"]
-    if subprocess.run(cmd, env=env, capture_output=True, timeout=900).returncode != 0:
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=900)
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        if out.returncode != 0:
-            pytest.skip(f"apt-get install slurm-wlm munge failed: {out.stderr[-500:]}")
-    if not all(shutil.which(d) for d in DAEMONS):
-        pytest.skip("slurm-wlm/munge installed but their daemons are not on PATH")
+def _readme_cluster_command() -> list[str]:
+    """The command the README's "Running on SLURM" section gives, as argv after `snakemake`."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Running on SLURM", 1)[1].split("\n## ", 1)[0]
+    commands = [ln.strip() for ln in section.splitlines() if ln.startswith("    snakemake ")]
+    assert len(commands) == 1, commands
+    return shlex.split(commands[0])[1:]
+
+
+def test_readme_cluster_command_applies_the_slurm_profile_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No global GPU cap (each job asks SLURM for its own GPUs), the cluster's retries and
+    latency-wait: what Snakemake's own argument parser makes of the README's command."""
+    from snakemake.cli import parse_args
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # a login node with a GPU changes nothing
+    _, args = parse_args(_readme_cluster_command())
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    assert args.executor == "slurm"
+    assert "gpu" not in (args.resources or {}), args.resources
+    assert (args.retries, args.latency_wait) == (3, 120) == (profile["retries"],
+                                                            profile["latency-wait"])
+    assert (args.jobs, args.local_cores) == (profile["jobs"], profile["local-cores"])
+    assert "train_run" in args.set_resources and "slurm_extra" in args.set_resources["train_run"]
+
+
+def _require_slurm() -> None:
+    """The daemons and clients, installed beforehand by `make test` (Makefile target slurm)."""
+    missing = [d for d in (*DAEMONS, "sbatch", "sinfo") if shutil.which(d) is None]
+    if missing:
+        pytest.skip(f"SLURM is not installed ({', '.join(missing)} missing): `make slurm` "
+                    "installs slurm-wlm and munge with apt-get as root")
 
 
 def _free_port() -> int:
@@ -126,7 +145,7 @@ def _wait(what: str, check, timeout: float = 60) -> None:
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A running one-node SLURM; yields the environment its clients need (SLURM_CONF)."""
-    _install_or_skip()
+    _require_slurm()
     if SYSTEM_CONF.exists() or NODE_CONF.exists() or NODE_CONF.is_symlink():
         pytest.skip(f"this machine has a SLURM configuration ({SYSTEM_CONF} or {NODE_CONF}); "
                     "the test starts its own cluster only where there is none")
@@ -196,11 +215,13 @@ def _gpu_config(methods: list[str], epochs: int) -> dict:
 def _run(workdir: Path, env: dict[str, str], config: dict, timeout: int = 600
          ) -> subprocess.Popen:
     return subprocess.Popen(
-        [SNAKEMAKE, "aggregate_runs", "--profile", _test_profile(workdir), "--configfile",
+        [SNAKEMAKE, "aggregate_runs", "--workflow-profile", _test_profile(workdir), "--configfile",
          _write_config(workdir, config), "--verbose"],
         cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slurm
+@pytest.mark.slow
 def test_train_jobs_run_through_sbatch_with_their_gpu(slurm: dict[str, str],
                                                      tmp_path: Path) -> None:
     workdir = _copy_workflow(tmp_path)
@@ -225,6 +246,8 @@ def _slurm_jobs(env: dict[str, str]) -> list[str]:
     return out.stdout.split()
 
 
+@pytest.mark.slurm
+@pytest.mark.slow
 def test_terminated_job_is_resubmitted_and_resumes(slurm: dict[str, str],
                                                   tmp_path: Path) -> None:
     """What `--signal=TERM@120` does before a time limit (and preemption does): SIGTERM to the
