@@ -20,7 +20,9 @@ from typing import Any
 
 import yaml
 
+from prunebench.catalogue import method_catalogue
 from prunebench.errors import PrunebenchError
+from prunebench.values import coerce
 
 DATASETS = ("digits", "cifar10", "cifar100", "tinyimagenet", "imagefolder")
 ARCHS = ("conv2", "conv4", "conv6", "vgg19", "resnet18")  # built by prunebench/models.py
@@ -172,41 +174,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def coerce(value: Any, annotation: Any, where: str) -> Any:
-    """A config or command-line value as the field's type (bool, int, float, optional number);
-    an error naming `where` otherwise. Strings pass through."""
-    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
-    try:
-        if kind == "bool":
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
-        if kind == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if kind == "float":
-            return _finite(float(value))
-        if kind.startswith("float | None") or kind.startswith("Optional[float]"):
-            return None if value in (None, "none", "None", "null") else _finite(float(value))
-        if kind.startswith("int | None") or kind.startswith("Optional[int]"):
-            return None if value in (None, "none", "None", "null") else coerce(value, "int",
-                                                                                where)
-    except (TypeError, ValueError):
-        finite = " (a finite number)" if "float" in kind else ""
-        raise PrunebenchError(f"{where}: {value!r} is not a valid {kind}{finite}") from None
-    return value
-
-
-def _finite(x: float) -> float:
-    """NaN or infinity as a setting only makes a run diverge later: refuse it up front."""
-    if not math.isfinite(x):
-        raise ValueError(x)
-    return x
-
-
 def variant_settings(file_config: dict[str, Any], method: str, variant: str
                      ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The `train:` and `options.<method>:` of the grids blocks that name `variant` and run
@@ -261,7 +228,7 @@ def resolve(dataset: str, arch: str, method: str, sparsity: float | None, seed: 
                                        variant if file_config else "")
     for where, values in layers:
         _apply_train(train, values, where)
-    run = RunConfig(dataset, arch, method, sparsity, seed, variant, train, options)
+    run = RunConfig(dataset, arch, method, sparsity, seed, variant, train, {})
     for key in ("data_dir", "data_root"):
         if key in file_config:
             setattr(run, key, str(file_config[key]))
@@ -274,5 +241,12 @@ def resolve(dataset: str, arch: str, method: str, sparsity: float | None, seed: 
         else:
             train_overrides[key] = value
     _apply_train(train, train_overrides, "override")
+    spec = method_catalogue().get(method)
+    if spec is None:
+        raise PrunebenchError(f"unknown method {method!r}; registered methods: "
+                              f"{', '.join(method_catalogue())}")
+    # Typed here, so a run resolved from a config file and the same run resolved from its
+    # command line (strings) are one config, with one digest.
+    run.method_options = spec.typed_options(options, f"method {method} options")
     run.validate()
     return run

@@ -6,14 +6,12 @@ rules/common.smk (the Snakemake process, which need not have torch: `--use-conda
 `config.resolve`, as `python -m prunebench run` resolves them, and passed to the job as
 `key=value` arguments, so a job's command alone reproduces it.
 
-Which methods have a budget is read from the method files' source (`method_catalogue`): the
-class attributes `budgeted` and `budget_option` and the option names of the hparams dataclass
-are plain declarations. Option values that only a method's constructor can judge are checked by
-`python -m prunebench check-options` (the workflow's first job) before any run starts.
+Which methods have a budget is read from the method files' source (prunebench/catalogue.py).
+Option values that only a method's constructor can judge are checked by
+`python -m prunebench check-options` (a first job per method folder) before its runs start.
 """
 from __future__ import annotations
 
-import ast
 import csv
 import re
 from dataclasses import dataclass
@@ -22,18 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from prunebench import paths
+from prunebench.catalogue import MethodSpec, method_catalogue
 from prunebench.config import (
     ARCHS,
     DATASETS,
     VARIANT_PATTERN,
-    coerce,
     layered_settings,
     resolve,
 )
 from prunebench.errors import PrunebenchError
-from prunebench.registry import PLUGIN_PACKAGES
 
-REPO = Path(__file__).resolve().parent.parent
 RUNS_ROOT = "results/runs"
 DATA_DIR = "results/data"
 
@@ -43,89 +39,6 @@ class ConfigError(PrunebenchError):
 
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"config {key}: {message}")
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """What the grid needs to know of a registered method, read from its source."""
-
-    name: str
-    budgeted: bool
-    budget_option: str
-    options: tuple[tuple[str, str], ...]  # (option name, type annotation), in field order
-
-    def is_budgeted(self, options: dict[str, Any], where: str) -> bool:
-        """The rule of PruningMethod.is_budgeted, on config values."""
-        if self.budgeted or not self.budget_option:
-            return self.budgeted
-        return bool(coerce(options.get(self.budget_option, False), "bool",
-                           f"{where}.{self.budget_option}"))
-
-
-def _registered_name(node: ast.ClassDef) -> str:
-    for deco in node.decorator_list:
-        if (isinstance(deco, ast.Call) and getattr(deco.func, "id", "") == "register_method"
-                and deco.args and isinstance(deco.args[0], ast.Constant)):
-            return str(deco.args[0].value)
-    return ""
-
-
-def _class_attrs(node: ast.ClassDef, classes: dict[str, ast.ClassDef]) -> dict[str, Any]:
-    """Constant and class-name assignments of a class body, inherited from bases in `classes`."""
-    attrs: dict[str, Any] = {}
-    for base in node.bases:
-        if isinstance(base, ast.Name) and base.id in classes:
-            attrs.update(_class_attrs(classes[base.id], classes))
-    for stmt in node.body:
-        target, value = None, None
-        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
-            target, value = stmt.targets[0], stmt.value
-        elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
-            target, value = stmt.target, stmt.value
-        if isinstance(target, ast.Name):
-            if isinstance(value, ast.Constant):
-                attrs[target.id] = value.value
-            elif isinstance(value, ast.Name):
-                attrs[target.id] = value
-    return attrs
-
-
-def _fields(node: ast.ClassDef | None, classes: dict[str, ast.ClassDef]
-            ) -> dict[str, str]:
-    """Dataclass fields (name -> annotation text) of an hparams class and its scanned bases."""
-    if node is None:
-        return {}
-    out: dict[str, str] = {}
-    for base in node.bases:
-        if isinstance(base, ast.Name):
-            out.update(_fields(classes.get(base.id), classes))
-    for stmt in node.body:
-        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
-            annotation = ast.unparse(stmt.annotation)
-            if not annotation.startswith("ClassVar"):
-                out[stmt.target.id] = annotation
-    return out
-
-
-def method_catalogue(root: Path = REPO) -> dict[str, MethodSpec]:
-    """Every method registered in the plugin packages, read from source (no import)."""
-    classes: dict[str, ast.ClassDef] = {}
-    for package in PLUGIN_PACKAGES:
-        for path in sorted((root / package).glob("*.py")):
-            tree = ast.parse(path.read_text(), str(path))
-            classes.update({n.name: n for n in tree.body if isinstance(n, ast.ClassDef)})
-    specs = {}
-    for node in classes.values():
-        name = _registered_name(node)
-        if not name:
-            continue
-        attrs = _class_attrs(node, classes)
-        hparams = attrs.get("hparams_cls")
-        fields = _fields(classes.get(hparams.id) if isinstance(hparams, ast.Name) else None,
-                         classes)
-        specs[name] = MethodSpec(name, bool(attrs.get("budgeted", True)),
-                                 str(attrs.get("budget_option", "")), tuple(fields.items()))
-    return dict(sorted(specs.items()))
 
 
 @dataclass(frozen=True)
@@ -185,13 +98,7 @@ def _check_names(key: str, values: list[str], allowed: Any, kind: str) -> None:
 
 
 def _check_options(key: str, options: dict[str, Any], spec: MethodSpec) -> None:
-    names = dict(spec.options)
-    unknown = sorted(set(options) - set(names))
-    if unknown:
-        raise ConfigError(key, f"unknown option(s) {', '.join(unknown)} of method {spec.name}; "
-                          f"allowed: {', '.join(sorted(names)) or '(none)'}")
-    for name, value in options.items():
-        coerce(value, names[name], f"config {key}.{name}")
+    spec.typed_options(options, f"config {key}")
 
 
 def _sparsities(key: str, values: list[Any]) -> list[float]:
@@ -331,11 +238,10 @@ def coverage(jobs: list[Job], published: list[dict[str, str]]
         reason = ""
         if run is None:
             near = [k for k in by_setting if k[:3] == (row["dataset"], row["arch"], row["method"])]
-            reason = (row.get("not_in_grid") or
-                      (f"the grid runs {row['method']} on {row['dataset']}/{row['arch']} only as "
-                       + ", ".join(sorted({f"{paths.method_folder(k[2], k[3])} {k[4]}"
-                                           for k in near}))
-                       if near else f"no grid block runs {row['method']} on "
-                       f"{row['dataset']}/{row['arch']}"))
+            reason = (f"the grid runs {row['method']} on {row['dataset']}/{row['arch']} only as "
+                      + ", ".join(sorted({f"{paths.method_folder(k[2], k[3])} {k[4]}"
+                                          for k in near}))
+                      if near else f"no grid block runs {row['method']} on "
+                      f"{row['dataset']}/{row['arch']}")
         out.append((row, run, reason))
     return out

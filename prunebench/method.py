@@ -17,8 +17,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from prunebench.config import coerce
 from prunebench.errors import PrunebenchError
+from prunebench.values import coerce
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

@@ -34,7 +34,7 @@ except ImportError as e:
     ) from None
 
 DATA_DIR = grid.DATA_DIR
-RUN_DONE = grid.RUNS_ROOT + "/{run}/workflow.done"
+RUN_DONE = "results/runs/{run}/workflow.done"  # results/runs = grid.RUNS_ROOT
 OPTIONS_CHECKED = "results/checks/{method_folder}.ok"
 TRAIN_RESOURCE_KEYS = ("gpu", "cpus_per_task", "mem_mb", "runtime")
 # The config file the report describes: config/config.yaml, or the (last) --configfile,

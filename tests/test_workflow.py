@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -94,10 +95,10 @@ BAD_CONFIGS = {
         lambda c: c["grids"][0].update(sparsities=[]),
         ["grids[0] (quick).sparsities", "method random prunes to a budget"]),
     "unknown method option": (
-        lambda c: c["methods"]["gumbel"]["options"].update(temperature=2.0),
+        lambda c: c["methods"]["gumbel"].setdefault("options", {}).update(temperature=2.0),
         ["methods.gumbel.options", "temperature", "allowed:", "tau"]),
     "bad method option value": (
-        lambda c: c["methods"]["gumbel"]["options"].update(tau="hot"),
+        lambda c: c["methods"]["gumbel"].setdefault("options", {}).update(tau="hot"),
         ["methods.gumbel.options.tau", "'hot'"]),
     "options of an unknown method": (
         lambda c: c["methods"].update(lottery={"options": {}}),
@@ -161,7 +162,7 @@ def test_budget_option_makes_gumbel_run_per_sparsity(tmp_path: Path) -> None:
     config["grids"][0]["sparsities"] = [0.5, 0.9]
     outputs = {}
     for budget in (False, True):
-        config["methods"]["gumbel"]["options"]["budget"] = budget
+        config["methods"]["gumbel"]["options"] = {"budget": budget}
         out = _snakemake("aggregate_runs", "--dry-run", "--configfile",
                          _write_config(workdir, config), cwd=workdir, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
@@ -207,41 +208,42 @@ def test_schema_documents_every_key() -> None:
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "cifar10-local.yaml"])
-def test_configs_list_every_method_option(name: str) -> None:
-    """Per-method hyper-parameters live in the config: every option of every method used is
-    listed (a new option shows up here), and the papers' grid uses the papers' defaults."""
+def test_configs_list_only_what_differs_from_the_defaults(name: str) -> None:
+    """Defaults live in the hparams dataclasses only: a config's methods.<name>.options lists
+    an option only to change it (a variant block may repeat one to say what it compares)."""
     config = _load(name)
-    used = {m for block in config["grids"] for m in block["methods"]}
-    for method in sorted(used):
+    for method, section in config.get("methods", {}).items():
         fields = {f.name: f.default for f in dataclasses.fields(get_method(method).hparams_cls)}
-        options = config["methods"][method]["options"]
-        assert set(options) == set(fields), (
-            f"{name}: methods.{method}.options lists {sorted(options)}, the method has "
-            f"{sorted(fields)}")
-        if name != "config.yaml":
-            differ = {k: (options[k], fields[k]) for k in fields if options[k] != fields[k]}
-            assert not differ, f"{name}: methods.{method} differs from the defaults: {differ}"
+        options = (section or {}).get("options") or {}
+        same = sorted(k for k, v in options.items() if v == fields[k])
+        assert not same, f"{name}: methods.{method}.options repeats the defaults of {same}"
+        assert section, f"{name}: methods.{method} changes nothing: leave it out"
 
 
 def _expected_paper_jobs() -> int:
-    """The papers' grid counted from config/paper.yaml alone: the union over blocks of
-    datasets x archs x methods x (sparsities if the method has a budget, else one) x seeds,
-    plus one prepare_dataset per dataset and aggregate_runs, plot_figures, build_report, all.
-    (783 runs: CIFAR-10 5 x (7 x 5 + 3) x 3, TinyImageNet 2 x (6 x 5 + 1) x 3, CIFAR-100 3 x 3
-    x 3.)"""
+    """The papers' grid counted from config/paper.yaml with the live methods: the union over
+    blocks of datasets x archs x methods (and variant) x (sparsities if the method has a budget,
+    else one) x seeds, plus one prepare_dataset per dataset, one check_options per method folder
+    and aggregate_runs, plot_figures, build_report, all. (933 runs: CIFAR-10 5 x (7 x 5 + 3) x 3
+    + reparam@paper-sgd-t 3 x 4 x 3 + the 2022 variants 4 x 3 x 2 x 3 + SynFlow 3 x 3 + 2 x 3;
+    TinyImageNet 2 x (6 x 5 + 1) x 3 + 4 x 3 + 3 x 3 + 2 x 3; CIFAR-100 3 x 3 x 3.)"""
     config = _load("paper.yaml")
     runs = set()
     for block in config["grids"]:
+        variant = block.get("variant", "")
         for dataset, arch, method in product(block["datasets"], block["archs"],
                                              block["methods"]):
             cls = get_method(method)
-            options = config["methods"].get(method, {}).get("options", {})
+            options = {**config["methods"].get(method, {}).get("options", {}),
+                       **block.get("options", {}).get(method, {})}
             budgeted = cls(cls.hparams_cls.from_dict(options, method), None).is_budgeted()
             for sparsity in (block["sparsities"] if budgeted else [None]):
                 for seed in block["seeds"]:
-                    runs.add((dataset, arch, method, sparsity, seed))
+                    runs.add((dataset, arch, method, variant, sparsity, seed))
+    assert len(runs) == 933, len(runs)
     datasets = {run[0] for run in runs}
-    return len(runs) + len(datasets) + 4
+    method_folders = {run[2:4] for run in runs}
+    return len(runs) + len(datasets) + len(method_folders) + 4
 
 
 def _job_count(stdout: str) -> int:
@@ -252,7 +254,7 @@ def _job_count(stdout: str) -> int:
 
 def test_paper_dry_run_builds_the_grid_in_seconds(tmp_path: Path) -> None:
     expected = _expected_paper_jobs()
-    assert expected == 790, expected
+    assert expected == 960, expected
     # A fresh working copy, so that no earlier results change what needs to run.
     workdir = _copy_workflow(tmp_path)
     start = time.perf_counter()
@@ -270,7 +272,9 @@ def test_paper_resources_follow_the_overrides(tmp_path: Path) -> None:
     targets = {
         "cifar10/conv4/dense/snone": "gpu=1, cpus_per_task=4, runtime=240, mem_mb=16000",
         "cifar10/vgg19/snip/s0.97": "gpu=1, cpus_per_task=4, runtime=720, mem_mb=16000",
-        "cifar10/resnet18/gumbel/snone": "gpu=1, cpus_per_task=4, runtime=1440, mem_mb=16000",
+        "cifar10/resnet18/gumbel/snone": "gpu=1, cpus_per_task=4, runtime=2880, mem_mb=16000",
+        "cifar10/conv2/edgepopup@aslp-sc-aug/s0.5": "gpu=1, cpus_per_task=4, runtime=1440, "
+                                                     "mem_mb=16000",
         "tinyimagenet/resnet18/reparam/s0.9": "gpu=1, cpus_per_task=4, runtime=1440, "
                                               "mem_mb=32000",
     }
@@ -284,7 +288,8 @@ def test_paper_resources_follow_the_overrides(tmp_path: Path) -> None:
         target = re.search(r"output: results/runs/(.+)/seed1/workflow.done", job).group(1)
         resources = re.search(r"resources: (.*)", job).group(1)
         assert f", {targets[target]}," in resources, resources
-        assert f"--method {target.split('/')[2]}" in job, job
+        method, _, variant = target.split("/")[2].partition("@")
+        assert f"--method {method}" in job and (f"--variant {variant}" in job) == bool(variant)
 
 
 def test_lint_is_clean() -> None:
@@ -317,7 +322,7 @@ def _tiny_config(methods: list[str], **train) -> dict:
     config["grids"] = [{"name": "tiny", "datasets": ["digits"], "archs": ["conv2"],
                         "methods": methods, "sparsities": [0.9], "seeds": [0]}]
     config["train"] = {"device": "cpu", "epochs": 1, **train}
-    config["methods"] = {m: config["methods"][m] for m in methods}
+    config["methods"] = {m: config["methods"].get(m, {}) for m in methods}
     return config
 
 
@@ -425,12 +430,12 @@ def test_rules_are_thin_cli_calls() -> None:
     """Every rule with a command runs `python -m prunebench <subcommand>` (pasteable)."""
     text = "\n".join(p.read_text() for p in sorted((REPO / "rules").glob("*.smk")))
     commands = re.findall(r"shell:\n\s+((?:\"[^\n]*\"\n\s*)+)", text)
-    assert len(commands) == 5, commands
+    assert len(commands) == 6, commands
     for command in commands:
         assert "python -m prunebench " in command, command
     names = re.findall(r"^rule (\w+):", text, flags=re.M)
-    assert set(names) == {"prepare_dataset", "train_run", "aggregate_runs", "plot_figures",
-                          "build_report"}
+    assert set(names) == {"prepare_dataset", "check_options", "train_run", "aggregate_runs",
+                          "plot_figures", "build_report"}
     for block in re.split(r"^rule ", text, flags=re.M)[1:]:
         for directive in ("log:", "conda:", "resources:"):
             assert f"    {directive}" in block, f"rule {block.split(':')[0]} lacks {directive}"
@@ -440,3 +445,179 @@ def test_quick_config_runs_every_method() -> None:
     """A newly registered method joins the default benchmark (and so the CI workflow test)."""
     config = _load("config.yaml")
     assert sorted(config["grids"][0]["methods"]) == list_methods()
+
+
+# ---- the grid: variants, torch-free parsing, coverage ------------------------------------
+
+
+def _two_variant_config(**train) -> dict:
+    """gumbel with its own settings and as two variants (a sweep of tau), dense beside it."""
+    config = _tiny_config(["dense", "gumbel"], **train)
+    config["methods"]["gumbel"] = {}  # the run-wide epochs apply
+    block = config["grids"][0]
+    config["grids"] += [
+        {**block, "name": "sweep", "variant": "tau2", "methods": ["gumbel"],
+         "options": {"gumbel": {"tau": 2.0}}},
+        {**block, "name": "sweep", "variant": "tau2-sc", "methods": ["gumbel"],
+         "train": {"batch_size": 64},
+         "options": {"gumbel": {"tau": 2.0, "init": "signed_constant"}}},
+    ]
+    return config
+
+
+def test_two_variant_block_dry_run(tmp_path: Path) -> None:
+    """Each variant runs into its own `method@variant` folder with its settings on the command
+    line (method options, train settings, --variant), after its own options check."""
+    workdir = _copy_workflow(tmp_path)
+    out = _snakemake("aggregate_runs", "--dry-run", "--configfile",
+                     _write_config(workdir, _two_variant_config()), cwd=workdir, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    commands = {re.search(r"--run-dir results/runs/digits/conv2/([^/]+)/", line).group(1): line
+                for line in out.stdout.splitlines() if "prunebench run" in line}
+    assert set(commands) == {"dense", "gumbel", "gumbel@tau2", "gumbel@tau2-sc"}, commands
+    assert "--variant" not in commands["gumbel"] and "method.tau" not in commands["gumbel"]
+    assert "--variant tau2 " in commands["gumbel@tau2"]
+    assert "--variant tau2-sc " in commands["gumbel@tau2-sc"]
+    checks = set(re.findall(r"results/checks/(\S+)\.ok", out.stdout))
+    assert checks == {"dense", "gumbel", "gumbel@tau2", "gumbel@tau2-sc"}, checks
+    # Snakemake shortens long commands in its printout: the settings, from the same expansion.
+    from prunebench.grid import expand
+
+    args = {j.run.folder.split("/")[4]: j.args() for j in expand(_two_variant_config())}
+    assert "method.tau=2.0" in args["gumbel@tau2"] and "batch_size=64" not in args["gumbel@tau2"]
+    assert {"method.init=signed_constant", "method.tau=2.0", "batch_size=64",
+            "epochs=1"} <= set(args["gumbel@tau2-sc"])
+    assert not any(a.startswith("method.") for a in args["gumbel"])
+
+
+def test_snakefile_parses_without_torch(tmp_path: Path) -> None:
+    """`snakemake -n` of the papers' grid in a process where torch and timm cannot be imported
+    (as with --use-conda, where only the rules' environment has them)."""
+    workdir = _copy_workflow(tmp_path)
+    shim = tmp_path / "no_torch"
+    shim.mkdir()
+    for name in ("torch", "timm"):
+        (shim / f"{name}.py").write_text(f"raise ImportError('{name} is unimportable here')\n")
+    env = {**_env(), "PYTHONPATH": str(shim)}
+    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True,
+                           text=True)
+    assert "unimportable" in probe.stderr, probe.stderr
+    out = subprocess.run([SNAKEMAKE, "--dry-run", "--quiet", "rules", "--configfile",
+                          "config/paper.yaml"], cwd=workdir, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _job_count(out.stdout + out.stderr) == _expected_paper_jobs()
+
+
+def test_static_catalogue_matches_the_registry() -> None:
+    """What the Snakemake process reads from the method files without importing them (budget,
+    budget option, option names and types) is what the registered classes say."""
+    from prunebench.grid import method_catalogue
+
+    catalogue = method_catalogue()
+    assert list(catalogue) == list_methods()
+    for name, spec in catalogue.items():
+        cls = get_method(name)
+        fields = tuple((f.name, str(f.type)) for f in dataclasses.fields(cls.hparams_cls))
+        assert spec.options == fields, name
+        assert (spec.budgeted, spec.budget_option) == (cls.budgeted, cls.budget_option), name
+        switches = [{}] + ([{spec.budget_option: True}] if spec.budget_option else [])
+        for options in switches:
+            live = cls(cls.hparams_cls.from_dict(options, name), None).is_budgeted()
+            assert spec.is_budgeted(options, name) == live, (name, options)
+
+
+def test_check_options_refuses_a_value_the_method_refuses(capsys) -> None:
+    from prunebench.cli import EXIT_ERROR, main
+
+    bad = {"gumbel@hot": {"method": "gumbel", "options": {"tau": -1.0}, "budgeted": False}}
+    assert main(["check-options", json.dumps(bad)]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "method options of gumbel@hot" in err and "tau" in err, err
+    good = {"gumbel": {"method": "gumbel", "options": {"budget": True}, "budgeted": True}}
+    assert main(["check-options", json.dumps(good)]) == 0
+
+
+def test_cli_runs_a_variant_as_the_workflow_does(capsys) -> None:
+    """`run --config config/paper.yaml --variant V` resolves to the config and folder of the
+    workflow's job, whose command carries every setting itself."""
+    from prunebench.cli import main
+    from prunebench.config import load_config_file, parse_overrides, resolve
+    from prunebench.grid import expand
+
+    config = load_config_file(REPO / "config/paper.yaml")
+    jobs = [j for j in expand(config) if j.run.variant]
+    assert {j.run.variant for j in jobs} >= {"aslp-sc-aug", "aslp-kn-noaug-rescale",
+                                             "paper-sgd-t", "synflow"}
+    for job in jobs:
+        r = job.run
+        from_file = resolve(r.dataset, r.arch, r.method, r.sparsity, r.seed, config,
+                            variant=r.variant)
+        args = job.args()
+        from_command = resolve(r.dataset, r.arch, r.method, r.sparsity, r.seed,
+                               overrides=parse_overrides([a for a in args if "=" in a]),
+                               variant=r.variant)
+        assert from_file.to_dict() == {**from_command.to_dict(), "data_dir": "results/data"}
+    job = next(j for j in jobs if j.run.variant == "aslp-kn-noaug" and j.run.method == "gumbel")
+    r = job.run
+    assert main(["run", "--config", str(REPO / "config/paper.yaml"), "--variant", r.variant,
+                 "--dataset", r.dataset, "--arch", r.arch, "--method", r.method,
+                 "--seed", str(r.seed), "--print-run-dir"]) == 0
+    assert capsys.readouterr().out.strip() == r.folder
+    assert main(["run", "--config", str(REPO / "config/paper.yaml"), "--variant", "nope",
+                 "--dataset", "cifar10", "--arch", "conv2", "--method", "gumbel",
+                 "--print-run-dir"]) == 1
+    assert "variant 'nope' of method gumbel is defined by no grids block" in (
+        capsys.readouterr().err)
+
+
+def test_coverage_of_the_paper_grid(capsys) -> None:
+    """Every published row names the grid run that reproduces it."""
+    from prunebench.cli import main
+
+    assert main(["coverage", "--configfile", str(REPO / "config/paper.yaml"),
+                 "--published", str(REPO / "config/published_results.csv")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    with open(REPO / "config/published_results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert out[-1] == f"{len(rows)} of {len(rows)} published rows covered", out[-1]
+    targets = [line.split("-> ", 1)[1] for line in out if "-> " in line]
+    assert len(targets) == len(rows)
+    for row, target in zip(rows, targets, strict=True):
+        folder = f"{row['method']}@{row['variant']}" if row["variant"] else row["method"]
+        sparsity = f"s{float(row['sparsity']):g}" if row["sparsity"] else "snone"
+        assert target.startswith(
+            f"results/runs/{row['dataset']}/{row['arch']}/{folder}/{sparsity}/seed"), (row, target)
+
+
+def test_coverage_names_what_is_missing(tmp_path: Path, capsys) -> None:
+    from prunebench.cli import main
+
+    config = _load("config.yaml")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["coverage", "--configfile", str(path),
+                 "--published", str(REPO / "config/published_results.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "not in grid: no grid block runs reparam on cifar10/conv4" in out
+    assert out.splitlines()[-1].startswith("0 of ")
+
+
+@pytest.mark.slow
+def test_two_variant_block_runs_end_to_end(tmp_path: Path) -> None:
+    """A method and two variants of it on digits, from nothing to summary.csv: three settings,
+    each in its own folder, aggregated apart and labelled by variant."""
+    workdir = _copy_workflow(tmp_path)
+    config = _two_variant_config(epochs=2)
+    config["grids"][0]["methods"] = ["gumbel"]
+    out = _snakemake("aggregate_runs", "--cores", "2", "--configfile",
+                     _write_config(workdir, config), cwd=workdir)
+    assert out.returncode == 0, out.stderr[-4000:]
+    with open(workdir / "results/summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["method"], r["variant"], r["status"]) for r in rows) == [
+        ("gumbel", "", "ok"), ("gumbel", "tau2", "ok"), ("gumbel", "tau2-sc", "ok")]
+    for row in rows:
+        metrics = json.loads((workdir / row["run_dir"] / "metrics.json").read_text())
+        assert metrics["variant"] == row["variant"]
+        assert metrics["hp_tau"] == (2.0 if row["variant"] else 1.0)
