@@ -308,16 +308,24 @@ def _figures(results: Path, out_dir: Path) -> tuple[list[dict[str, Any]], list[d
     return figures, notes
 
 
-def uncovered_rows(compared: pd.DataFrame) -> list[dict[str, Any]]:
-    """Published rows not compared with a number of ours, and why."""
+def uncovered_rows(compared: pd.DataFrame, settings: pd.DataFrame
+                   ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Published rows not compared with a number of ours, and why: one by one where we have
+    finished runs of that dataset and arch, else counted per dataset/arch (e.g. a digits-only
+    grid leaves every published row uncovered)."""
+    run_here = {(d, a) for d, a in zip(settings.loc[settings["n"] > 0, "dataset"],
+                                       settings.loc[settings["n"] > 0, "arch"], strict=True)}
+    missing = compared[compared["match"] != MATCHED]
+    here = [(d, a) in run_here for d, a in zip(missing["dataset"], missing["arch"], strict=True)]
     rows = []
-    for _, r in compared[compared["match"] != MATCHED].iterrows():
+    for _, r in missing[here].iterrows():
         rows.append({"dataset": r["dataset"], "arch": r["arch"],
                      "method": method_label(r["method"], r["variant"]),
                      "sparsity": "n.r." if pd.isna(r["sparsity"]) else f"{r['sparsity']:g}",
                      "source": r["source"], "published": num(r["published_top1_pct"]),
                      "why": f"{r['match']}: {r['match_reason']}"})
-    return rows
+    elsewhere = missing[[not h for h in here]].groupby(["dataset", "arch"], sort=True).size()
+    return rows, [f"{d} / {a} ({k})" for (d, a), k in elsewhere.items()]
 
 
 def _at_budget(r: pd.Series) -> str:
@@ -405,6 +413,7 @@ def build_context(results: Path, published_path: Path, config_path: Path | None,
     compared = compare_published(settings, published)
     matched = compared[compared["match"] == MATCHED]
     figures, figure_notes = _figures(results, out_dir)
+    uncovered, uncovered_elsewhere = uncovered_rows(compared, settings)
     not_ok = runs[runs["status"] != "ok"]
     status_counts = runs["status"].value_counts()
     config_text = None
@@ -437,7 +446,9 @@ def build_context(results: Path, published_path: Path, config_path: Path | None,
         "results_tables": results_tables(settings),
         "settings": setting_rows(settings),
         "comparison": comparison_rows(matched),
-        "uncovered": uncovered_rows(compared),
+        "uncovered": uncovered,
+        "uncovered_elsewhere": uncovered_elsewhere,
+        "n_uncovered": int((compared["match"] != MATCHED).sum()),
         "local_note": local_note(settings),
         "local_mark": LOCAL_MARK,
         "data_sources": data_rows(runs),
