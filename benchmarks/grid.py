@@ -94,7 +94,11 @@ def estimate(ctx: Context, device: torch.device, jobs: list[Any],
     """Device-hours of every job of the grid, summed per (dataset, arch, method) and in total.
 
     job seconds = start-up + sum over phases of epochs x (train images x seconds per image x
-    method ratio + validation images x seconds per image / 3 + checkpoint save)."""
+    method ratio + validation images x seconds per image / 3 + checkpoint save). Epochs are
+    each job's planned maximum: a run with early stopping (`patience` > 0: gumbel, supermask
+    and ASLP's edge-popup in config/paper.yaml, 1000 epochs at patience 100) stops when its
+    validation accuracy has not improved for `patience` epochs, which no CIFAR run has measured
+    yet, so the figure is an upper bound for those jobs."""
     dev = device.type
     per_image = {r["arch"]: (1.0 / r["images_per_s"], r["image_size"], r["checkpoint_s"])
                  for r in epoch_rows if r.get("device") == dev and r.get("status") == "ok"}
@@ -132,7 +136,8 @@ def estimate(ctx: Context, device: torch.device, jobs: list[Any],
     note = ("estimate from this run's measurements: dense images/s per arch (epoch_time.csv), "
             "method/dense step-time ratios (method_overhead.csv; conv2/conv6 use conv4's, vgg19 "
             "resnet18's), checkpoint save per epoch, validation pass at 1/3 of a training step "
-            "per image, start-up per job (workflow.csv); time scales with images x pixels")
+            "per image, start-up per job (workflow.csv); time scales with images x pixels; "
+            "epochs are each job's planned maximum, an upper bound for runs with early stopping")
     if missing:
         note += "; missing (counted at ratio 1 or left out): " + ", ".join(sorted(missing))
     if fixed_s != fixed_s:
