@@ -501,6 +501,22 @@ def paper_figures(compared: pd.DataFrame, palette: dict[str, Any]
     return out
 
 
+def local_data_note(runs: pd.DataFrame) -> str:
+    """A caption sentence naming the finished runs that read their dataset from a local copy
+    (e.g. the offline CIFAR-10 JPEG archive) rather than the official download; "" if none."""
+    if "data_origin" not in runs:
+        return ""
+    local = runs[runs["data_origin"].fillna("") == "local"]
+    if local.empty:
+        return ""
+    labels = sorted({method_label(m, v) for m, v in zip(local["method"], local["variant"],
+                                                       strict=True)})
+    texts = local["data_source"].dropna() if "data_source" in local else []
+    sources = sorted({str(x) for x in texts if str(x)})
+    return (f" Runs of {', '.join(labels)} read the dataset from a local copy "
+            f"({'; '.join(sources) or 'source not recorded'}), not the official download.")
+
+
 def _slug(*parts: str) -> str:
     return "_".join("".join(ch if ch.isalnum() or ch in "-._" else "-" for ch in str(p))
                     for p in parts)
@@ -527,9 +543,11 @@ def build_figures(results: str | Path, published_path: str | Path, out_dir: str 
         fig, caption = draw()
         width_in = float(fig.get_size_inches()[0])
         files = _save(fig, out_dir, name)
+        scope = ok[[all(r.get(k) == keys[k] for k in ("dataset", "arch") if k in keys)
+                    for _, r in ok.iterrows()]]
         figures.append({"kind": kind, "name": name, **keys, "files": files,
                         "pdf": f"{name}.pdf", "png": f"{name}.png", "width_in": width_in,
-                        "caption": caption})
+                        "caption": caption + local_data_note(scope)})
 
     pairs = runs[["dataset", "arch"]].drop_duplicates().sort_values(["dataset", "arch"])
     for dataset, arch in pairs.itertuples(index=False):

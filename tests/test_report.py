@@ -454,3 +454,9 @@ def test_local_data_is_marked_and_still_matched(papers: Path) -> None:
                   tex.index(r"\subsection{Published results not compared}")]
     assert r"gumbel (sc-aug)$^\dagger$ & n.r." in section
     assert r"reparam & 0.9 &" in section  # official download: no mark
+    captions = {(f["kind"], f.get("dataset"), f.get("arch")): f["caption"]
+                for f in _manifest(papers)["figures"]}
+    note = "read the dataset from a local copy (local archive cifar10-jpeg.tar.gz)"
+    assert note in captions[("accuracy_vs_sparsity", "cifar10", "conv2")]
+    assert note in captions[("paper_bars", "cifar10", None)]
+    assert note not in captions[("accuracy_vs_sparsity", "cifar10", "conv4")]
