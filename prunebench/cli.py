@@ -3,11 +3,12 @@ workflow rules call, so any job can be rerun by pasting its command."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from prunebench import paths
+from prunebench import __version__, paths
 from prunebench.config import DATASETS, load_config_file, parse_overrides, resolve
 from prunebench.errors import Preempted, PrunebenchError, TrainingDiverged
 
@@ -67,6 +68,9 @@ def cmd_list(args: argparse.Namespace) -> None:
     from prunebench.models import ARCHS
     from prunebench.registry import get_method, list_methods
 
+    if args.options:
+        print_options(args.options)
+        return
     print("methods:")
     for name in list_methods():
         cls = get_method(name)
@@ -74,6 +78,41 @@ def cmd_list(args: argparse.Namespace) -> None:
         print(f"  {name:15s} {kind:10s} {cls.paper}")
     print("archs:    " + ", ".join(ARCHS))
     print("datasets: " + ", ".join(DATASETS))
+
+
+def print_options(method: str) -> None:
+    """One method's options: name, type, default and the help its dataclass field carries."""
+    from prunebench.registry import get_method
+
+    cls = get_method(method)
+    kind = "budgeted" if cls.budgeted else "no budget"
+    print(f"{method} ({kind}; {cls.paper}): set with method.<option>=<value>")
+    rows = []
+    for f in dataclasses.fields(cls.hparams_cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        rows.append((f.name, kind, str(default), f.metadata.get("help", "")))
+    if not rows:
+        print("  (no options)")
+    widths = [max(len(r[i]) for r in rows) for i in range(3)] if rows else []
+    for row in rows:
+        cells = "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True))
+        print(f"  {cells}  {row[3]}".rstrip())
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default (empty, unset and False defaults say nothing)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default == "" \
+                or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
 
 
 def cmd_coverage(args: argparse.Namespace) -> None:
@@ -129,12 +168,15 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m prunebench", description=__doc__)
+    prog = "prunebench" if Path(sys.argv[0]).name == "prunebench" else "python -m prunebench"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"prunebench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="download/read a dataset into one checksummed tensor file")
     p.add_argument("--dataset", required=True, choices=DATASETS)
-    p.add_argument("--data-dir", default="results/data")
+    p.add_argument("--data-dir", default="results/data", help="where the prepared file goes")
     p.add_argument("--root", default="", metavar="PATH", help=(
         "imagefolder: the folder or archive holding train/<class>/* and test/<class>/*. "
         "cifar10, cifar100, tinyimagenet: a LOCAL COPY read instead of the download when PATH is "
@@ -145,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         "cifar-10-python.tar.gz) is kept, or that archive's own path: used if its checksum "
         "matches, else downloaded there (default <data-dir>/raw). A folder holding both is "
         "refused as ambiguous."))
-    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="training images held out for validation, class-stratified")
     p.add_argument("--url", default="", help="download from this mirror instead")
     p.add_argument("--checksum", default="", help="expected checksum of a mirror's archive")
     p.set_defaults(func=cmd_prepare)
@@ -157,8 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=_sparsity, default=None,
                    help="fraction of prunable weights removed, in [0, 1); omit for methods "
                    "without a budget")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of the run (init, data order)")
+    p.add_argument("--epochs", type=int, default=None, help="same as epochs=N")
     p.add_argument("--variant", default="", help="a variant of the method: with --config, its "
                    "settings come from the grids block naming it; its runs get their own folder")
     p.add_argument("--config", default="", help="YAML with train: and methods.<name>: sections "
@@ -172,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("coverage", help="which grid run reproduces each published row")
     p.add_argument("--configfile", default="config/config.yaml", help="the workflow config")
-    p.add_argument("--published", default="config/published_results.csv")
+    p.add_argument("--published", default="config/published_results.csv",
+                   help="the papers' numbers")
     p.set_defaults(func=cmd_coverage)
 
     p = sub.add_parser("check-options", help="build each method of the workflow with its "
@@ -182,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check_options)
 
     p = sub.add_parser("list", help="list methods, archs and datasets")
+    p.add_argument("--options", default="", metavar="METHOD",
+                   help="print METHOD's options with their defaults and help instead")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("aggregate", help="run folders -> summary.csv (one row per run) and "
@@ -192,17 +238,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("figures", help="seaborn figures (PDF + PNG) and manifest.json")
     p.add_argument("--results", default="results", help="folder holding summary*.csv")
-    p.add_argument("--published", default="config/published_results.csv")
-    p.add_argument("--out", default="results/figures")
+    p.add_argument("--published", default="config/published_results.csv",
+                   help="the papers' numbers")
+    p.add_argument("--out", default="results/figures", help="folder for the figures")
     p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser("report", help="render the LaTeX report and build report.pdf (latexmk)")
     p.add_argument("--results", default="results", help="folder holding summary*.csv, figures/")
-    p.add_argument("--published", default="config/published_results.csv")
+    p.add_argument("--published", default="config/published_results.csv",
+                   help="the papers' numbers")
     p.add_argument("--config", default="", help="the workflow config YAML, shown verbatim")
-    p.add_argument("--out", default="results/report")
+    p.add_argument("--out", default="results/report", help="folder for report.tex/.pdf")
     p.add_argument("--tex-only", action="store_true", help="write report.tex, build no PDF")
     p.set_defaults(func=cmd_report)
+    for p in sub.choices.values():
+        p.formatter_class = _HelpFormatter
     return parser
 
 

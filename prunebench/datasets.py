@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from prunebench.archives import one_line, read_files
 from prunebench.errors import PrunebenchError
@@ -144,15 +146,22 @@ def read_images(items: Sequence[Any], mode: str | None = None,
 
     chunks = [(lo, min(lo + READ_CHUNK, len(items))) for lo in range(1, len(items), READ_CHUNK)]
     threads = read_threads()
+    bar = tqdm(total=len(items), initial=1, unit="img", desc="decoding images", leave=False,
+               disable=not sys.stderr.isatty())
     if threads == 1:
         for lo, hi in chunks:
             work(lo, hi)
+            bar.update(hi - lo)
+        bar.close()
         return out
     pool = ThreadPoolExecutor(max_workers=threads)
     try:
-        for future in [pool.submit(work, lo, hi) for lo, hi in chunks]:
+        for (lo, hi), future in zip(chunks, [pool.submit(work, lo, hi) for lo, hi in chunks],
+                                    strict=True):
             future.result()
+            bar.update(hi - lo)
     finally:
+        bar.close()
         pool.shutdown(wait=True, cancel_futures=True)
     return out
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from prunebench.archives import SafeZip, one_line, safe_extract
 from prunebench.datasets import RawDataset, SourceArgs, read_images, register_source
@@ -130,10 +131,14 @@ def _stream(url: str, out: io.BufferedWriter, algo: str) -> tuple[str, int, int 
         with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as resp:
             length = resp.headers.get("Content-Length")
             declared = int(length) if length and length.isdigit() else None
-            while chunk := resp.read(CHUNK):
-                h.update(chunk)
-                out.write(chunk)
-                got += len(chunk)
+            with tqdm(total=declared, unit="B", unit_scale=True, unit_divisor=1024,
+                      desc=url.rsplit("/", 1)[-1][:40] or url[:40],
+                      leave=False, disable=not sys.stderr.isatty()) as bar:
+                while chunk := resp.read(CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+                    got += len(chunk)
+                    bar.update(len(chunk))
     except urllib.error.HTTPError as e:
         raise PrunebenchError(f"download of {url} failed: HTTP {e.code} {e.reason}; pass a "
                               "mirror with --url, place the archive under --root, or give "

@@ -1,0 +1,45 @@
+"""Command-line conventions: --version, every option's default in --help, and
+`list --options METHOD` (a method's options with defaults and the help of their fields)."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from prunebench import __version__
+from prunebench.cli import main
+from prunebench.registry import get_method
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"prunebench {__version__}"
+
+
+def test_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: 0)" in out and "(default: results/runs)" in out
+    assert "(default: None)" not in out and "(default: )" not in out
+
+
+@pytest.mark.parametrize("method", ["gumbel", "reparam", "supermask"])
+def test_list_options_prints_every_option_with_its_default(
+        capsys: pytest.CaptureFixture[str], method: str) -> None:
+    assert main(["list", "--options", method]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{method} (")
+    fields = dataclasses.fields(get_method(method).hparams_cls)
+    assert len(lines) == 1 + len(fields)
+    for f, line in zip(fields, lines[1:], strict=True):
+        assert line.split()[0] == f.name and f"  {f.default}" in line, line
+        if f.metadata.get("help"):
+            assert line.endswith(f.metadata["help"]), line
+
+
+def test_list_options_of_unknown_method(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "--options", "nope"]) == 1
+    assert "unknown method 'nope'; registered methods: " in capsys.readouterr().err
