@@ -82,8 +82,9 @@ def fast_topk_mask(score: torch.Tensor, k: int) -> torch.Tensor:
         return torch.full_like(score, k > 0, dtype=torch.bool)
     threshold = torch.topk(flat, k, sorted=False).values.min()
     keep = flat > threshold
-    ties = torch.nonzero(flat == threshold).flatten()
-    keep[ties[: k - int(keep.sum())]] = True
+    # the first (k - kept) ties, counted on the device: no host sync at each forward pass
+    ties = flat == threshold
+    keep |= ties & (torch.cumsum(ties, 0) <= k - keep.sum())
     return keep.view_as(score)
 
 

@@ -23,6 +23,11 @@ Deviations and decisions:
   rate used is recorded as `method_ft_lr`.
 - The dense phase of `magnitude_ft` is, seed for seed, the training of `magnitude`, so MP and MP+FT
   differ only by the fine-tuning.
+- Shared dense phase (option `dense_from`, both methods): the folder of a finished `dense` run of
+  the same seed and recipe; its saved network (`network.safetensors`) is loaded instead of
+  training the dense phase, so every budget prunes one trained network. The fine-tuning epochs
+  draw the randomness they would draw after the dense epochs: the result equals that of the
+  run that trains its own dense phase (tests/test_window.py).
 - With `selection=val`, `magnitude` selects the epoch on the *dense* network's validation accuracy
   and prunes that network; `magnitude_ft` selects within the fine-tuning phase.
 - `magnitude_init` option `rescale` (off: the papers do not rescale) multiplies each layer's
@@ -31,12 +36,17 @@ Deviations and decisions:
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
+from prunebench import paths
+from prunebench.errors import PrunebenchError
 from prunebench.masking import (
     apply_global_topk,
     attach_fixed_masks,
@@ -45,17 +55,20 @@ from prunebench.masking import (
     prunable_layers,
     stored_weight,
 )
-from prunebench.method import MethodHparams, OptimGroup, Phase, PruningMethod
+from prunebench.method import MethodContext, MethodHparams, OptimGroup, Phase, PruningMethod
 from prunebench.registry import register_method
 
 
 @dataclass
 class MagnitudeHparams(MethodHparams):
-    """`magnitude` has no option: the recipe is the dense one, pruning happens after it."""
+    """The recipe is the dense one, pruning happens after it."""
+
+    dense_from: str = ""  # a finished `dense` run folder: prune its network, skip the dense phase
 
 
 @dataclass
 class MagnitudeFtHparams(MethodHparams):
+    dense_from: str = ""  # a finished `dense` run folder: prune its network, skip the dense phase
     ft_epochs: int | None = None  # papers silent; None: a quarter of the recipe's epochs
     ft_lr: float | None = None  # papers silent; None: the recipe's lr (LR restarting, Le 2021)
 
@@ -68,6 +81,33 @@ class MagnitudeInitHparams(MethodHparams):
 def magnitude_scores(model: nn.Module) -> list[torch.Tensor]:
     """|w| of every prunable layer's stored weight, in layer order."""
     return [stored_weight(layer).detach().abs() for _, layer in prunable_layers(model)]
+
+
+def load_dense(model: nn.Module, run_dir: str, ctx: MethodContext, method: str,
+               last_epoch: bool) -> None:
+    """Put the trained weights of the finished dense run `run_dir` into `model` (before masks
+    are attached), refusing a run of another method, seed or training recipe, and with
+    `last_epoch` one whose network is not that of its last planned epoch (early stopping or
+    best-validation selection: a fine-tuned run's own dense phase has neither)."""
+    folder = Path(run_dir)
+    where = f"method {method} option dense_from={run_dir!r}"
+    if not (folder / paths.METRICS).is_file() or not (folder / paths.NETWORK).is_file():
+        raise PrunebenchError(f"{where}: no finished run there ({paths.METRICS} and "
+                              f"{paths.NETWORK} are needed); run the dense run first")
+    metrics = json.loads((folder / paths.METRICS).read_text())
+    t = ctx.train
+    expected = {"method": "dense", "seed": ctx.seed, "train_epochs": t.epochs, "train_lr": t.lr,
+                "train_momentum": t.momentum, "train_weight_decay": t.weight_decay,
+                "train_optimizer": t.optimizer}
+    if last_epoch:
+        expected["epoch_selected"] = t.epochs
+    differ = [f"{k}={metrics.get(k)!r} (this run: {v!r})" for k, v in expected.items()
+              if metrics.get(k) != v]
+    if differ:
+        raise PrunebenchError(f"{where}: that run differs from this one's dense phase in "
+                              f"{', '.join(differ)}")
+    state = load_file(folder / paths.NETWORK, device=str(ctx.device))
+    model.load_state_dict(state, strict=True)
 
 
 def prune_by_magnitude(model: nn.Module, sparsity: float, rescale: bool = False) -> list[float]:
@@ -84,7 +124,12 @@ class Magnitude(PruningMethod):
     paper = "Han et al. NeurIPS 2015; MP as in Dupont et al. ICIP 2021"
 
     def prepare(self, model: nn.Module) -> None:
+        if self.hp.dense_from:
+            load_dense(model, self.hp.dense_from, self.ctx, "magnitude", last_epoch=False)
         attach_fixed_masks(model)
+
+    def phases(self) -> list[Phase]:
+        return [Phase("train", 0 if self.hp.dense_from else self.ctx.train.epochs)]
 
     def extract(self, model: nn.Module) -> dict[str, Any]:
         prune_by_magnitude(model, self.ctx.sparsity)
@@ -107,10 +152,15 @@ class MagnitudeFinetune(PruningMethod):
         return max(1, round(self.ctx.train.epochs / 4))
 
     def prepare(self, model: nn.Module) -> None:
+        if self.hp.dense_from:
+            load_dense(model, self.hp.dense_from, self.ctx, "magnitude_ft", last_epoch=True)
         attach_fixed_masks(model)
 
     def phases(self) -> list[Phase]:
-        return [Phase("dense", self.ctx.train.epochs), Phase("finetune", self.ft_epochs())]
+        dense = self.ctx.train.epochs
+        if self.hp.dense_from:
+            return [Phase("dense", 0), Phase("finetune", self.ft_epochs(), epochs_before=dense)]
+        return [Phase("dense", dense), Phase("finetune", self.ft_epochs())]
 
     def param_groups(self, model: nn.Module, phase: Phase) -> list[OptimGroup]:
         groups = super().param_groups(model, phase)

@@ -130,6 +130,21 @@ def run_sections(ctx: Context, sz: Sizes, sections: list[str], method_names: lis
                 rows += engine_changes.fixed_mask(
                     ctx, cpu, arch, _per_arch(sz.image_size, arch, cpu), sz.batch,
                     _per_arch(sz.steps, arch, cpu), _per_arch(sz.repeats, arch, cpu))
+        for dev in devices():
+            with cpu_clock(dev, cpu_time):
+                for arch in archs:
+                    size = _per_arch(sz.image_size, arch, dev)
+                    steps = _per_arch(sz.steps, arch, dev)
+                    repeats = _per_arch(sz.repeats, arch, dev)
+                    for method in ("reparam", "edgepopup"):
+                        rows += engine_changes.method_step(ctx, dev, method, arch, size,
+                                                           sz.batch, steps, repeats)
+                    # per-step Python overhead: the small inputs and batch of digits
+                    rows += engine_changes.method_step(ctx, dev, "reparam", arch, 8, 32,
+                                                       4 * steps, repeats)
+                    for method in ("dense", "reparam"):
+                        rows += engine_changes.evaluation(ctx, dev, method, arch, size,
+                                                          4 * sz.batch, sz.batch, repeats)
         done("changes", rows)
     if "overhead" in sections:
         rows = []

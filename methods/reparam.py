@@ -28,7 +28,7 @@ Decisions where the paper is silent, and deviations:
   0.9, weight decay 5e-4; the digits/conv recipe lowers lr to 0.01); t gets no weight decay.
 - How t is learned: the paper-faithful setting is t itself under the weights' SGD
   (`t_param=t t_optimizer=sgd t_lr=null lam=1`; `t_lr=null` is the weights' lr), the paper
-  grid's `paper` variant. The gradient reaching t is ~1e-5
+  grid's `paper-sgd-t` variant. The gradient reaching t is ~1e-5
   against a value of 100 (METHODS.md, "Measured pitfalls"), so t never moves, the soft budget is
   never reached and the hard top-K destroys accuracy. Measured here (digits conv4, 20 epochs,
   batch 32, seed 0, sparsity 0.9): t stayed in [99.97, 100], C/N = 0.72 against 0.10, soft test
@@ -112,6 +112,7 @@ class BudgetReparam(nn.Module):
         self.t_raw = nn.Parameter(torch.tensor(raw, dtype=weight.dtype, device=weight.device))
         # all ones until `extract` installs the top-K (multiplying always avoids a device sync)
         self.register_buffer("mask", torch.ones_like(weight, dtype=torch.bool))
+        self.gate_sum: torch.Tensor | None = None
 
     def t(self) -> torch.Tensor:
         return self.t_raw.exp() if self.log_scale else self.t_raw
@@ -120,7 +121,15 @@ class BudgetReparam(nn.Module):
         return gate(weight, self.t(), self.n)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * self.gate(weight) * self.mask
+        g = self.gate(weight)
+        if torch.is_grad_enabled():  # the step's budget loss reuses it: h_t(w) once per step
+            self.gate_sum = g.sum()
+        return weight * g * self.mask
+
+    def take_gate_sum(self) -> torch.Tensor | None:
+        """Sum of h_t(w) from the last forward (None if taken already), with its graph."""
+        out, self.gate_sum = self.gate_sum, None
+        return out
 
 
 def budget_loss(cost: torch.Tensor, k: int, c_init: float) -> torch.Tensor:
@@ -151,6 +160,7 @@ class Reparam(PruningMethod):
             raise PrunebenchError(f"method reparam option t_init={hparams.t_init} must be > 0")
         self.k = 0
         self.c_init = float("nan")
+        self._gates: list[BudgetReparam] = []
 
     def _reparams(self, model: nn.Module) -> list[tuple[torch.Tensor, BudgetReparam]]:
         return [(stored_weight(layer), weight_transform(layer))
@@ -164,6 +174,7 @@ class Reparam(PruningMethod):
         hp = self.hp
         attach(model, lambda _name, layer: BudgetReparam(layer.weight, hp.t_init, hp.t_param,
                                                          hp.n))
+        self._gates = [r for _, r in self._reparams(model)]  # not re-walked at every step
         n = sum(w.numel() for w, _ in self._reparams(model))
         self.k = budget_count(n, self.ctx.sparsity)
         with torch.no_grad():
@@ -185,7 +196,9 @@ class Reparam(PruningMethod):
         ]
 
     def regularizer(self, model: nn.Module) -> torch.Tensor:
-        return self.hp.lam * budget_loss(self.soft_cost(model), self.k, self.c_init)
+        sums = [r.take_gate_sum() for r in self._gates]
+        cost = self.soft_cost(model) if any(s is None for s in sums) else sum(sums)
+        return self.hp.lam * budget_loss(cost, self.k, self.c_init)
 
     @torch.no_grad()
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]:

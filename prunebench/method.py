@@ -43,6 +43,9 @@ class Phase:
 
     name: str
     epochs: int
+    epochs_before: int = 0
+    """Epochs trained before this phase in another run (a shared dense network): this phase's
+    epochs draw the randomness they would draw after them, so results equal the one-run ones."""
 
 
 @dataclass

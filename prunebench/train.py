@@ -211,8 +211,9 @@ class Trainer:
         mid = self._mid_epoch
         self._mid_epoch = None
         if mid is None:
-            gen.manual_seed(epoch_seed(self.seed, s.global_epoch))
-            torch.manual_seed(epoch_seed(self.seed, s.global_epoch) + 1)
+            seed = epoch_seed(self.seed, s.global_epoch + phase.epochs_before)
+            gen.manual_seed(seed)
+            torch.manual_seed(seed + 1)
             order = None
             start, loss_sum, correct, seen, elapsed = 0, 0.0, 0, 0, 0.0
         else:

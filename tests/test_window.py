@@ -1,0 +1,156 @@
+"""The GPU-window script (`python -m benchmarks.window`) and the engine changes it relies on:
+no host sync per training step, one h_t(w) per reparam step, sync-free batched evaluation, and
+magnitude pruning from a shared dense network (`method.dense_from`)."""
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO
+
+from benchmarks.common import PhaseStepper, build, synthetic_prepared
+from prunebench.registry import list_methods
+
+CPU = torch.device("cpu")
+# Tensor methods that force a device-to-host copy (a sync on CUDA) when our code calls them.
+SYNCING = ("item", "tolist", "nonzero", "cpu", "numpy", "__float__", "__int__", "__bool__",
+           "__index__")
+
+
+@contextmanager
+def host_syncs() -> Iterator[Counter]:
+    """Count syncing tensor calls made from the suite's own files (not torch's internals)."""
+    counts: Counter = Counter()
+    originals = {name: getattr(torch.Tensor, name) for name in SYNCING}
+
+    def wrap(name, fn):
+        def counted(*args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.startswith(str(REPO)) and "/.venv/" not in caller:
+                counts[f"{name} in {Path(caller).name}:{sys._getframe(1).f_lineno}"] += 1
+            return fn(*args, **kwargs)
+        return counted
+
+    for name, fn in originals.items():
+        setattr(torch.Tensor, name, wrap(name, fn))
+    try:
+        yield counts
+    finally:
+        for name, fn in originals.items():
+            setattr(torch.Tensor, name, fn)
+
+
+def _epoch_syncs(method: str, phase: int, steps: int) -> Counter:
+    data_cls = __import__("prunebench.data", fromlist=["DeviceData"]).DeviceData
+    data = data_cls(synthetic_prepared(steps * 8, 0, 8), CPU, 0.0)
+    built = build("conv4", method, data, CPU, 8)
+    stepper = PhaseStepper(built, phase)
+    with host_syncs() as counts:
+        stepper.step_seconds()
+    return counts
+
+
+@pytest.mark.parametrize("method", sorted(list_methods()))
+def test_training_steps_make_no_host_sync(method: str) -> None:
+    """An epoch of 6 steps syncs exactly as often as one of 2: nothing in the step loop or in a
+    method's per-step hooks (forward, regularizer) waits for the device."""
+    phases = range(2) if method == "magnitude_ft" else range(1)
+    for phase in phases:
+        short, long = _epoch_syncs(method, phase, 2), _epoch_syncs(method, phase, 6)
+        assert long == short, (method, phase, long - short)
+
+
+# -- shared dense phase ------------------------------------------------------------------------
+def _run(root: Path, digits_dir: Path, method: str, sparsity: float | None, name: str,
+         **options: str) -> tuple[dict, Path]:
+    from prunebench.config import resolve
+    from prunebench.run import execute
+
+    overrides = {"epochs": "2", "data_dir": str(digits_dir), "device": "cpu",
+                 **{f"method.{k}": v for k, v in options.items()}}
+    run_dir = root / name
+    return execute(resolve("digits", "conv4", method, sparsity, 0, overrides=overrides),
+                   run_dir), run_dir
+
+
+def _network(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "network.safetensors")
+
+
+def test_magnitude_from_a_shared_dense_run_equals_the_separate_run(tmp_path: Path,
+                                                                   digits_dir: Path) -> None:
+    _, dense = _run(tmp_path, digits_dir, "dense", None, "dense")
+    for method, options in (("magnitude", {}), ("magnitude_ft", {"ft_epochs": "1"})):
+        alone, alone_dir = _run(tmp_path, digits_dir, method, 0.9, f"{method}-alone", **options)
+        shared, shared_dir = _run(tmp_path, digits_dir, method, 0.9, f"{method}-shared",
+                                  dense_from=str(dense), **options)
+        for key in ("test_top1", "test_loss", "val_top1", "kept_prunable"):
+            assert shared[key] == alone[key], (method, key)
+        a, b = _network(alone_dir), _network(shared_dir)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), method
+        # only the fine-tuning epochs ran in the shared run
+        assert shared["epochs_run"] == alone["epochs_run"] - 2
+
+
+def test_dense_from_refuses_another_recipe_or_an_unfinished_run(tmp_path: Path,
+                                                                digits_dir: Path) -> None:
+    from prunebench.errors import PrunebenchError
+
+    _, dense = _run(tmp_path, digits_dir, "dense", None, "dense")
+    from prunebench.config import resolve
+    from prunebench.run import execute
+
+    other = resolve("digits", "conv4", "magnitude", 0.9, 0, overrides={
+        "epochs": "3", "data_dir": str(digits_dir), "device": "cpu",
+        "method.dense_from": str(dense)})
+    with pytest.raises(PrunebenchError, match="train_epochs=2 .this run: 3."):
+        execute(other, tmp_path / "other")
+    with pytest.raises(PrunebenchError, match="no finished run there"):
+        _run(tmp_path, digits_dir, "magnitude", 0.9, "missing", dense_from=str(tmp_path / "x"))
+
+
+# -- reparam: h_t(w) once per step -------------------------------------------------------------
+def test_reparam_computes_the_gate_once_per_step_with_the_same_loss(monkeypatch) -> None:
+    import methods.reparam as reparam
+    from prunebench.data import DeviceData
+
+    calls = Counter()
+    gate = reparam.gate
+    monkeypatch.setattr(reparam, "gate", lambda *a: calls.update(["gate"]) or gate(*a))
+    data = DeviceData(synthetic_prepared(16, 0, 8), CPU, 0.0)
+    built = build("conv4", "reparam", data, CPU, 8)
+    x, y = next(data.train_batches_from(8, torch.Generator().manual_seed(0), 0, False)[0])
+    layers = len(built.method._gates)
+    calls.clear()
+    out = built.model(x)
+    reg = built.method.regularizer(built.model)
+    assert calls["gate"] == layers  # forward only: the budget loss reused its sums
+    with torch.no_grad():
+        recomputed = built.method.hp.lam * reparam.budget_loss(
+            built.method.soft_cost(built.model), built.method.k, built.method.c_init)
+    assert torch.equal(reg.detach(), recomputed)
+    (torch.nn.functional.cross_entropy(out, y) + reg).backward()
+    assert all(r.t_raw.grad is not None for r in built.method._gates)
+    # a regularizer without a forward of its own (taken already) computes the cost afresh
+    assert torch.equal(built.method.regularizer(built.model).detach(), recomputed)
+
+
+# -- evaluation --------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["dense", "reparam", "gumbel"])
+def test_evaluation_equals_the_per_batch_synced_version(method: str) -> None:
+    from benchmarks.engine_changes import previous_evaluate
+    from prunebench.data import DeviceData
+    from prunebench.metrics import evaluate
+
+    data = DeviceData(synthetic_prepared(16, 70, 8), CPU, 0.0)
+    model = build("conv4", method, data, CPU, 8).model
+    for batch in (16, 70, 1000):
+        assert (evaluate(model, data.eval_batches("test", batch), False)
+                == previous_evaluate(model, data.eval_batches("test", batch), False))
