@@ -30,43 +30,54 @@ ARCHS = ("conv2", "conv4", "conv6", "vgg19", "resnet18")  # built by prunebench/
 VARIANT_PATTERN = r"[a-z0-9][a-z0-9_-]*"
 
 
+def _setting(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
+    """A TrainConfig field: its default, one-line help and allowed values, side by side (the
+    OpenLTH style); config/schema.yaml's train section is tested against them."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclass
 class TrainConfig:
-    """The training recipe shared by every method (the method's own tensors have own settings)."""
+    """The training recipe shared by every method (the method's own tensors have own settings).
+    Defaults live here only; `recipe()` changes some per dataset/arch."""
 
-    epochs: int = 20
-    batch_size: int = 128
-    optimizer: str = "sgd"  # sgd | adam, for the weights
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | step | constant, per step over each phase
-    val_fraction: float = 0.1  # held out from training, class-stratified, seeded
-    selection: str = "final"  # final | val: which epoch's network is extracted and tested
-    patience: int = 0  # early stopping: epochs without a better val accuracy (0 = off; ASLP 100)
-    crop_padding: int = 4  # random crop with this zero padding; 0 disables
-    flip: bool = True  # random horizontal flip
-    normalize: bool = True  # per-channel mean/std normalisation (ASLP's no-augmentation runs: off)
-    amp: bool = True  # bf16 autocast, CUDA only
-    channels_last: bool = True  # CUDA only
-    compile: bool = False  # torch.compile the model, CUDA only
-    eval_batch_size: int = 1024
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    epochs: int = _setting(20, "epochs of the method's main phase")
+    batch_size: int = _setting(128, "training mini-batch size")
+    optimizer: str = _setting("sgd", "optimiser of the weights", ("sgd", "adam"))
+    lr: float = _setting(0.1, "learning rate of the weights")
+    momentum: float = _setting(0.9, "SGD momentum (Adam beta1) of the weights")
+    weight_decay: float = _setting(5e-4, "L2 weight decay of the weights (not biases, norms)")
+    schedule: str = _setting("cosine", "lr schedule, stepped per optimiser step over each phase",
+                             ("cosine", "step", "constant"))
+    val_fraction: float = _setting(0.1, "training images held out, class-stratified, seeded")
+    selection: str = _setting("final", "which epoch's network is extracted and tested",
+                              ("final", "val"))
+    patience: int = _setting(0, "early stopping: epochs without a better val accuracy "
+                             "(0 = off; ASLP 100)")
+    crop_padding: int = _setting(4, "random crop with this zero padding; 0 disables")
+    flip: bool = _setting(True, "random horizontal flip")
+    normalize: bool = _setting(True, "per-channel mean/std normalisation (ASLP's "
+                               "no-augmentation runs: off)")
+    amp: bool = _setting(True, "bf16 autocast, CUDA only")
+    channels_last: bool = _setting(True, "channels_last memory format, CUDA only")
+    compile: bool = _setting(False, "torch.compile the model, CUDA only")
+    eval_batch_size: int = _setting(1024, "batch size of validation and test evaluation")
+    device: str = _setting("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
 
     def validate(self) -> None:
         checks = [
+            (getattr(self, f.name) in f.metadata["choices"],
+             f"{f.name} must be one of {', '.join(f.metadata['choices'])}")
+            for f in dataclasses.fields(self) if f.metadata["choices"]
+        ] + [
             (self.epochs >= 0, "epochs must be >= 0"),
             (self.batch_size > 0, "batch_size must be > 0"),
-            (self.optimizer in ("sgd", "adam"), "optimizer must be one of sgd, adam"),
             (math.isfinite(self.lr) and self.lr > 0, "lr must be a finite number > 0"),
             (math.isfinite(self.momentum) and self.momentum >= 0,
              "momentum must be a finite number >= 0"),
             (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
              "weight_decay must be a finite number >= 0"),
-            (self.schedule in ("cosine", "step", "constant"),
-             "schedule must be one of cosine, step, constant"),
             (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
-            (self.selection in ("final", "val"), "selection must be one of final, val"),
             (self.selection == "final" or self.val_fraction > 0,
              "selection=val needs val_fraction > 0"),
             (self.patience >= 0, "patience must be >= 0 (0 turns early stopping off)"),
@@ -241,12 +252,11 @@ def resolve(dataset: str, arch: str, method: str, sparsity: float | None, seed: 
         else:
             train_overrides[key] = value
     _apply_train(train, train_overrides, "override")
-    spec = method_catalogue().get(method)
-    if spec is None:
-        raise PrunebenchError(f"unknown method {method!r}; registered methods: "
-                              f"{', '.join(method_catalogue())}")
     # Typed here, so a run resolved from a config file and the same run resolved from its
-    # command line (strings) are one config, with one digest.
-    run.method_options = spec.typed_options(options, f"method {method} options")
+    # command line (strings) are one config, with one digest. A method registered outside the
+    # plugin packages (a test's) is not in the catalogue: building it types its options.
+    spec = method_catalogue().get(method)
+    run.method_options = (spec.typed_options(options, f"method {method} options") if spec
+                          else options)
     run.validate()
     return run

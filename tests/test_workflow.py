@@ -205,6 +205,13 @@ def test_schema_documents_every_key() -> None:
         f"extra {sorted(set(train) - fields)}")
     assert not any("default" in p for p in train.values()), (
         "train keys must have no schema default: it would override the engine's recipe")
+    kinds = {"int": "integer", "float": "number", "bool": "boolean", "str": "string"}
+    for f in dataclasses.fields(TrainConfig):
+        choices = list(f.metadata["choices"])
+        assert train[f.name].get("enum", []) == choices, f"schema train.{f.name}: enum {choices}"
+        if not choices:
+            assert train[f.name]["type"] == kinds[str(f.type)], f"schema train.{f.name}: type"
+        assert f.metadata["help"], f"TrainConfig.{f.name} has no help"
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "cifar10-local.yaml"])
