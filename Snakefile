@@ -1,7 +1,7 @@
 # prunebench: pruning methods x archs x datasets x budgets x seeds -> tidy CSVs, figures, report.
 #   snakemake                                   quick default benchmark (config/config.yaml)
 #   snakemake --configfile config/paper.yaml    the papers' grid
-#   snakemake --profile profiles/slurm ...      the same on a SLURM cluster
+#   snakemake --workflow-profile profiles/slurm ...   the same on a SLURM cluster (README)
 from snakemake.utils import min_version, validate
 
 min_version("9.0")

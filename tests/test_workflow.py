@@ -628,3 +628,52 @@ def test_two_variant_block_runs_end_to_end(tmp_path: Path) -> None:
         metrics = json.loads((workdir / row["run_dir"] / "metrics.json").read_text())
         assert metrics["variant"] == row["variant"]
         assert metrics["hp_tau"] == (2.0 if row["variant"] else 1.0)
+
+
+NEW_METHOD = '''"""`zzkeep`: a test's method, one file and nothing else."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prunebench.method import MethodHparams, PruningMethod
+from prunebench.registry import register_method
+
+
+@dataclass
+class KeepHparams(MethodHparams):
+    strength: float = 1.0  # test option
+    budgeted_run: bool = False  # switches a budget on
+
+
+@register_method("zzkeep")
+class Keep(PruningMethod):
+    hparams_cls = KeepHparams
+    budgeted = False
+    budget_option = "budgeted_run"
+    paper = "test"
+'''
+
+
+def test_a_new_method_file_is_all_it_takes(tmp_path: Path) -> None:
+    """One file in baselines/ appears in `prunebench list` and in the workflow's grid, with its
+    options checked and its budget option read, and no other edit."""
+    workdir = _copy_workflow(tmp_path)
+    (workdir / "baselines" / "zzkeep.py").write_text(NEW_METHOD)
+    listed = subprocess.run([sys.executable, "-m", "prunebench", "list"], cwd=workdir,
+                            env=_env(), capture_output=True, text=True, timeout=120)
+    assert re.search(r"^\s+zzkeep\s+no budget\s+test$", listed.stdout, flags=re.M), listed.stdout
+    config = _tiny_config(["zzkeep"])
+    config["grids"][0]["sparsities"] = [0.5, 0.9]
+    for options, folders in (({}, ["snone"]), ({"budgeted_run": True}, ["s0.5", "s0.9"])):
+        config["methods"]["zzkeep"] = {"options": {"strength": 2.0, **options}}
+        out = _snakemake("aggregate_runs", "--dry-run", "--configfile",
+                         _write_config(workdir, config), cwd=workdir, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        found = sorted(set(re.findall(r"results/runs/digits/conv2/zzkeep/(s[^/]+)/", out.stdout)))
+        assert found == folders
+    config["methods"]["zzkeep"] = {"options": {"strenght": 2.0}}
+    out = _snakemake("aggregate_runs", "--dry-run", "--configfile",
+                     _write_config(workdir, config), cwd=workdir, timeout=300)
+    message = out.stdout + out.stderr
+    assert out.returncode != 0 and "methods.zzkeep.options" in message, message[-3000:]
+    assert "strenght" in message and "allowed: budgeted_run, strength" in message
