@@ -4,6 +4,7 @@ names and types. A test holds this reading equal to the live registry."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -12,8 +13,6 @@ from typing import Any
 from prunebench.errors import PrunebenchError
 from prunebench.registry import PLUGIN_PACKAGES
 from prunebench.values import coerce
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -51,60 +50,80 @@ def _registered_name(node: ast.ClassDef) -> str:
     return ""
 
 
-def _class_attrs(node: ast.ClassDef, classes: dict[str, ast.ClassDef]) -> dict[str, Any]:
-    """Constant and class-name assignments of a class body, inherited from bases in `classes`."""
-    attrs: dict[str, Any] = {}
-    for base in node.bases:
-        if isinstance(base, ast.Name) and base.id in classes:
-            attrs.update(_class_attrs(classes[base.id], classes))
-    for stmt in node.body:
-        target, value = None, None
-        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
-            target, value = stmt.targets[0], stmt.value
-        elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
-            target, value = stmt.target, stmt.value
-        if isinstance(target, ast.Name):
-            if isinstance(value, ast.Constant):
-                attrs[target.id] = value.value
-            elif isinstance(value, ast.Name):
-                attrs[target.id] = value
-    return attrs
+class _Classes:
+    """The top-level classes of the plugin modules; a name is looked up in the module that uses
+    it first (two modules may each define an `Hparams`), then in any module."""
+
+    def __init__(self, modules: list[list[ast.ClassDef]]) -> None:
+        self.modules = [{n.name: n for n in nodes} for nodes in modules]
+        self.anywhere = {name: n for local in self.modules for name, n in local.items()}
+        self.home = {id(n): local for local in self.modules for n in local.values()}
+
+    def all(self) -> list[ast.ClassDef]:
+        return [n for local in self.modules for n in local.values()]
+
+    def find(self, name: str, user: ast.ClassDef) -> ast.ClassDef | None:
+        return self.home[id(user)].get(name) or self.anywhere.get(name)
+
+    def attrs(self, node: ast.ClassDef) -> dict[str, Any]:
+        """Constant and class-name assignments of a class body, inherited from scanned bases."""
+        out: dict[str, Any] = {}
+        for base in node.bases:
+            found = self.find(base.id, node) if isinstance(base, ast.Name) else None
+            if found is not None:
+                out.update(self.attrs(found))
+        for stmt in node.body:
+            target, value = None, None
+            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+                target, value = stmt.targets[0], stmt.value
+            elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+                target, value = stmt.target, stmt.value
+            if isinstance(target, ast.Name):
+                if isinstance(value, ast.Constant):
+                    out[target.id] = value.value
+                elif isinstance(value, ast.Name):
+                    out[target.id] = self.find(value.id, node)
+        return out
+
+    def fields(self, node: ast.ClassDef | None) -> dict[str, str]:
+        """Dataclass fields (name -> annotation text) of a class and its scanned bases."""
+        if node is None:
+            return {}
+        out: dict[str, str] = {}
+        for base in node.bases:
+            if isinstance(base, ast.Name):
+                out.update(self.fields(self.find(base.id, node)))
+        for stmt in node.body:
+            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                annotation = ast.unparse(stmt.annotation)
+                if not annotation.startswith("ClassVar"):
+                    out[stmt.target.id] = annotation
+        return out
 
 
-def _fields(node: ast.ClassDef | None, classes: dict[str, ast.ClassDef]
-            ) -> dict[str, str]:
-    """Dataclass fields (name -> annotation text) of an hparams class and its scanned bases."""
-    if node is None:
-        return {}
-    out: dict[str, str] = {}
-    for base in node.bases:
-        if isinstance(base, ast.Name):
-            out.update(_fields(classes.get(base.id), classes))
-    for stmt in node.body:
-        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
-            annotation = ast.unparse(stmt.annotation)
-            if not annotation.startswith("ClassVar"):
-                out[stmt.target.id] = annotation
-    return out
-
-
-@lru_cache(maxsize=4)
-def method_catalogue(root: Path = REPO) -> dict[str, MethodSpec]:
-    """Every method registered in the plugin packages, read from source (no import)."""
-    classes: dict[str, ast.ClassDef] = {}
+def _plugin_files() -> list[Path]:
+    """The modules of the plugin packages the registry imports (found as Python finds them)."""
+    files = []
     for package in PLUGIN_PACKAGES:
-        for path in sorted((root / package).glob("*.py")):
-            tree = ast.parse(path.read_text(), str(path))
-            classes.update({n.name: n for n in tree.body if isinstance(n, ast.ClassDef)})
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise PrunebenchError(f"method package {package!r} not found on the Python path")
+        for folder in spec.submodule_search_locations:
+            files += sorted(Path(folder).glob("*.py"))
+    return files
+
+
+@lru_cache(maxsize=1)
+def method_catalogue() -> dict[str, MethodSpec]:
+    """Every method registered in the plugin packages, read from source (no import)."""
+    classes = _Classes([[n for n in ast.parse(path.read_text(), str(path)).body
+                         if isinstance(n, ast.ClassDef)] for path in _plugin_files()])
     specs = {}
-    for node in classes.values():
+    for node in classes.all():
         name = _registered_name(node)
-        if not name:
-            continue
-        attrs = _class_attrs(node, classes)
-        hparams = attrs.get("hparams_cls")
-        fields = _fields(classes.get(hparams.id) if isinstance(hparams, ast.Name) else None,
-                         classes)
-        specs[name] = MethodSpec(name, bool(attrs.get("budgeted", True)),
-                                 str(attrs.get("budget_option", "")), tuple(fields.items()))
+        if name:
+            attrs = classes.attrs(node)
+            fields = classes.fields(attrs.get("hparams_cls"))
+            specs[name] = MethodSpec(name, bool(attrs.get("budgeted", True)),
+                                     str(attrs.get("budget_option", "")), tuple(fields.items()))
     return dict(sorted(specs.items()))
