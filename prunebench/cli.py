@@ -119,12 +119,15 @@ def cmd_coverage(args: argparse.Namespace) -> None:
     from prunebench.grid import coverage, expand, read_published
 
     rows = coverage(expand(load_config_file(args.configfile)), read_published(args.published))
-    for row, run, reason in rows:
-        sparsity = row["sparsity"] or "none"
+    for row, runs, reason in rows:
         name = (f"{row['source']}: {row['dataset']} {row['arch']} {row['method']} "
-                f"sparsity={sparsity} variant={row.get('variant') or '-'} ({row['setting']})")
-        print(f"{name}\n    -> " + (f"{run.folder}" if run else f"not in grid: {reason}"))
-    covered = sum(run is not None for _, run, _ in rows)
+                f"sparsity={row['sparsity'] or 'none'} variant={row.get('variant') or '-'} "
+                f"({row['setting']})")
+        seeds = ",".join(str(run.seed) for run in runs)
+        target = (f"{Path(runs[0].folder).parent}/seed{{{seeds}}}" if runs
+                  else f"not in grid: {reason}")
+        print(f"{name}\n    -> {target}")
+    covered = sum(bool(runs) for _, runs, _ in rows)
     print(f"{covered} of {len(rows)} published rows covered")
 
 

@@ -223,25 +223,25 @@ def _published_sparsity(text: str) -> float | None:
 
 
 def coverage(jobs: list[Job], published: list[dict[str, str]]
-             ) -> list[tuple[dict[str, str], Run | None, str]]:
-    """For each published row: the grid run (lowest seed) that reproduces it, or why none does."""
-    by_setting: dict[tuple[str, str, str, str, str], Run] = {}
+             ) -> list[tuple[dict[str, str], list[Run], str]]:
+    """For each published row: the grid's runs (one per seed) that reproduce it, or why none do."""
+    by_setting: dict[tuple[str, str, str, str, str], list[Run]] = {}
     for job in sorted(jobs, key=lambda j: j.run.seed):
         r = job.run
-        by_setting.setdefault((r.dataset, r.arch, r.method, r.variant,
-                               paths.sparsity_label(r.sparsity)), r)
+        key = (r.dataset, r.arch, r.method, r.variant, paths.sparsity_label(r.sparsity))
+        by_setting.setdefault(key, []).append(r)
     out = []
     for row in published:
-        variant = row.get("variant", "")
         label = paths.sparsity_label(_published_sparsity(row["sparsity"]))
-        run = by_setting.get((row["dataset"], row["arch"], row["method"], variant, label))
+        runs = by_setting.get((row["dataset"], row["arch"], row["method"],
+                               row.get("variant", ""), label), [])
         reason = ""
-        if run is None:
+        if not runs:
             near = [k for k in by_setting if k[:3] == (row["dataset"], row["arch"], row["method"])]
             reason = (f"the grid runs {row['method']} on {row['dataset']}/{row['arch']} only as "
                       + ", ".join(sorted({f"{paths.method_folder(k[2], k[3])} {k[4]}"
                                           for k in near}))
                       if near else f"no grid block runs {row['method']} on "
                       f"{row['dataset']}/{row['arch']}")
-        out.append((row, run, reason))
+        out.append((row, runs, reason))
     return out
