@@ -677,3 +677,17 @@ def test_a_new_method_file_is_all_it_takes(tmp_path: Path) -> None:
     message = out.stdout + out.stderr
     assert out.returncode != 0 and "methods.zzkeep.options" in message, message[-3000:]
     assert "strenght" in message and "allowed: budgeted_run, strength" in message
+
+
+def test_published_rows_name_one_setting_each() -> None:
+    """Every row of config/published_results.csv is well formed and names its own setting
+    (dataset, arch, method, sparsity, variant), so the report compares one number with one."""
+    with open(REPO / "config/published_results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    keys = set()
+    for i, row in enumerate(rows, start=2):
+        assert None not in row and None not in row.values(), f"line {i}: wrong field count"
+        sparsity = f"{float(row['sparsity']):g}" if row["sparsity"] else "none"
+        key = (row["dataset"], row["arch"], row["method"], sparsity, row["variant"])
+        assert key not in keys, f"line {i}: setting {key} named twice"
+        keys.add(key)
