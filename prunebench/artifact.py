@@ -13,9 +13,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from prunebench import paths
+from prunebench import fileio, paths
 from prunebench.errors import PrunebenchError
-from prunebench.fileio import atomic_write
 from prunebench.masking import prunable_layers
 from prunebench.models import TIMM_PREFIX, create_model
 
@@ -55,8 +54,9 @@ def save_network(run_dir: Path, model: nn.Module, arch: str, num_classes: int,
         "mean": json.dumps([float(m) for m in mean]),
         "std": json.dumps([float(s) for s in std]),
     }
-    atomic_write(run_dir / paths.NETWORK, lambda tmp: save_file(state, tmp, metadata))
-    atomic_write(run_dir / paths.MASKS, lambda tmp: save_file(masks, tmp, {"format": FORMAT}))
+    fileio.atomic_write(run_dir / paths.NETWORK, lambda tmp: save_file(state, tmp, metadata))
+    fileio.atomic_write(run_dir / paths.MASKS,
+                        lambda tmp: save_file(masks, tmp, {"format": FORMAT}))
 
 
 def load_run(run_dir: str | Path) -> SavedRun:

@@ -4,10 +4,14 @@ run's recorded test accuracy."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, cli_env
 
 import prunebench
 from prunebench import paths
@@ -73,3 +77,33 @@ def test_unfinished_run_has_no_network_to_load(tmp_path: Path) -> None:
     (tmp_path / paths.CONFIG).write_text(json.dumps({"digest": "x", "config": {}}))
     with pytest.raises(PrunebenchError, match="holds no saved network"):
         prunebench.load_run(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("file", "when"), [(paths.NETWORK, "mid"),
+                                            (paths.MASKS, "after_rename")])
+def test_run_killed_while_saving_its_network_finishes_unchanged(
+        digits_dir: Path, tmp_path: Path, file: str, when: str) -> None:
+    """SIGKILL inside the network's atomic write (tests/faultlaunch.py): no metrics.json, and
+    the rerun resumes from the last checkpoint to the uninterrupted run's network and result."""
+    _, reference = _finished_run(digits_dir, tmp_path / "reference", "random", 0.5)
+    run_dir = tmp_path / "killed"
+    argv = ["run", "--dataset", "digits", "--arch", "conv4", "--method", "random",
+            "--sparsity", "0.5", "--seed", "0", "--run-dir", str(run_dir), "epochs=1",
+            "device=cpu", f"data_dir={digits_dir}"]
+    faults = [{"at": "write", "file": file, "n": 1, "when": when, "action": "kill"}]
+    killed = subprocess.run([sys.executable, str(REPO / "tests/faultlaunch.py"),
+                             json.dumps(faults), *argv], cwd=REPO, env=cli_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (run_dir / paths.METRICS).exists() and (run_dir / paths.CHECKPOINT).exists()
+    done = subprocess.run([sys.executable, "-m", "prunebench", *argv], cwd=REPO, env=cli_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run_dir / paths.METRICS).read_text())
+    assert metrics["test_top1"] == reference["test_top1"]
+    saved, ref_saved = prunebench.load_run(run_dir), prunebench.load_run(tmp_path / "reference"
+                                                                          / "random")
+    for key, value in ref_saved.model.state_dict().items():
+        assert torch.equal(saved.model.state_dict()[key], value), key
+    assert not list(run_dir.glob(".*.tmp"))
