@@ -4,6 +4,7 @@ supports; the package (pyproject.toml) builds as a wheel with its `prunebench` c
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -124,3 +125,21 @@ def test_requirements_resolve_on_newer_python(tmp_path: Path, python: str) -> No
     pins = _pins((REPO / "requirements.txt").read_text().splitlines(), "requirements.txt")
     for name, version in pins.items():
         assert resolved.get(name) == version, (name, resolved.get(name))
+
+
+def test_environment_installs_prunebench_from_a_copy_of_the_file(tmp_path: Path) -> None:
+    """Snakemake's --use-conda creates the environment from its copy of environment.yml under
+    .snakemake/conda/, and conda runs pip there on a requirements file of the pip: lines; pip
+    expands ${PWD}, which is the workflow's folder, so prunebench comes from the repository."""
+    copy = tmp_path / ".snakemake" / "conda"
+    copy.mkdir(parents=True)
+    requirements = copy / "condaenv.requirements.txt"
+    requirements.write_text(SELF_INSTALL + "\n")
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps",
+                          "--report", str(tmp_path / "report.json"), "-r", str(requirements)],
+                         cwd=copy, env={**os.environ, "PWD": str(REPO)}, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (item,) = json.loads((tmp_path / "report.json").read_text())["install"]
+    assert item["metadata"]["name"] == "prunebench"
+    assert item["download_info"]["url"] == REPO.as_uri()
