@@ -24,7 +24,7 @@ from snakemake.exceptions import WorkflowError
 # The engine lives beside the Snakefile; the rules run it as `python -m prunebench`.
 sys.path.insert(0, workflow.basedir)
 try:
-    from prunebench import grid
+    from prunebench import grid, paths
     from prunebench.errors import PrunebenchError
 except ImportError as e:
     raise WorkflowError(
@@ -80,7 +80,7 @@ def run_options_checked(wildcards):
     """The check of the run's method options (one per method folder, e.g. `gumbel@sc-aug`).
     Not `ancient`: Snakemake skips the params check of a job whose ancient input is rebuilt."""
     run = JOBS[wildcards.run].run
-    return OPTIONS_CHECKED.format(method_folder=grid.paths.method_folder(run.method, run.variant))
+    return OPTIONS_CHECKED.format(method_folder=paths.method_folder(run.method, run.variant))
 
 
 def run_args(wildcards):
