@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_workflow import REPO, SNAKEMAKE, _env
+from test_workflow import REPO, SNAKEMAKE, _env, _snakemake, _tiny_config, _write_config
 
 from prunebench import gpus
 from prunebench.errors import PrunebenchError
@@ -165,3 +165,23 @@ def test_gpu_job_without_cuda_fails_before_touching_its_folder(tmp_path: Path) -
     assert out.returncode == 1, out.stderr
     assert "device=cuda requested but CUDA is not usable here" in out.stderr
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize(("gpu", "device", "expected"), [
+    (1, None, "device=cuda"), (0, None, ""), (1, "cpu", "device=cpu")])
+def test_job_requesting_a_gpu_runs_with_device_cuda(
+        tmp_path: Path, gpu: int, device: str | None, expected: str) -> None:
+    """train_run's command: `cuda` for a job with gpu > 0 unless the config names a device."""
+    (tmp_path / "config").mkdir()
+    config = _tiny_config(["dense"])
+    config["train"].pop("device")
+    if device:
+        config["train"]["device"] = device
+    config["resources"]["train"]["gpu"] = gpu
+    configfile = str(tmp_path / _write_config(tmp_path, config))
+    out = _snakemake("aggregate_runs", "-n", "-p", "--forceall", "--directory", str(tmp_path),
+                     "--configfile", configfile, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:]
+    (command,) = [ln for ln in out.stdout.splitlines() if "prunebench run " in ln]
+    devices = [arg for arg in command.split() if arg.startswith("device=")]
+    assert devices == ([expected] if expected else []), command
