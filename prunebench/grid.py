@@ -1,5 +1,5 @@
 """The workflow's grid without torch: one expansion of a workflow config into runs (run folder,
-command line), the method catalogue it needs, and which published rows the grid covers.
+command line), and which published rows the grid covers.
 
 rules/common.smk (the Snakemake process, which need not have torch: `--use-conda`) and
 `python -m prunebench coverage` call `expand`. Each run's settings are resolved by
@@ -68,7 +68,6 @@ class Job:
     """A run of the grid with every setting it takes from the config, as `key=value`."""
 
     run: Run
-    block: str
     overrides: tuple[tuple[str, Any], ...]
 
     def args(self) -> list[str]:
@@ -152,11 +151,10 @@ def check_config(config: dict[str, Any], catalogue: dict[str, MethodSpec]) -> No
                          allowed, axis[:-1])
 
 
-def expand(config: dict[str, Any], catalogue: dict[str, MethodSpec] | None = None
-           ) -> list[Job]:
+def expand(config: dict[str, Any]) -> list[Job]:
     """Every run of a workflow config, in config order, deduplicated, each resolved once per
     setting by `config.resolve`; a ConfigError (naming the key) for anything that cannot run."""
-    catalogue = catalogue if catalogue is not None else method_catalogue()
+    catalogue = method_catalogue()
     check_config(config, catalogue)
     jobs: dict[Run, Job] = {}
     resolved: dict[tuple[str, str, str, str], tuple[tuple[str, Any], ...]] = {}
@@ -190,7 +188,7 @@ def expand(config: dict[str, Any], catalogue: dict[str, MethodSpec] | None = Non
                                      *((f"method.{k}", v) for k, v in options.items()))
             for sparsity, seed in product(sparsities if budgeted else [None], block["seeds"]):
                 run = Run(dataset, arch, method, variant, sparsity, int(seed))
-                jobs.setdefault(run, Job(run, key, resolved[setting]))
+                jobs.setdefault(run, Job(run, resolved[setting]))
     return list(jobs.values())
 
 
