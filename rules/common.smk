@@ -36,7 +36,8 @@ except ImportError as e:
 DATA_DIR = grid.DATA_DIR
 RUN_DONE = "results/runs/{run}/workflow.done"  # results/runs = grid.RUNS_ROOT
 OPTIONS_CHECKED = "results/checks/{method_folder}.ok"
-TRAIN_RESOURCE_KEYS = ("gpu", "cpus_per_task", "mem_mb", "runtime")
+TRAIN_RESOURCE_KEYS = ("gpu", "cpus_per_task", "mem_mb", "runtime", "gpu_model", "constraint",
+                       "gres")
 # The config file the report describes: config/config.yaml, or the (last) --configfile,
 # which replaces it (see Snakefile).
 WORKFLOW_CONFIG_FILE = os.path.relpath(workflow.configfiles[-1])

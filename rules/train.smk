@@ -39,7 +39,7 @@ rule train_run:
         # claims a free device slot and fails, saying why, when CUDA is unusable (an explicit
         # device in the config is kept).
         device=lambda wildcards, resources: (
-            "device=cuda" if resources.gpu > 0
+            "device=cuda" if (resources.gpu > 0 or "gpu" in getattr(resources, "gres", ""))
             and dict(JOBS[wildcards.run].overrides).get("device", "auto") == "auto" else ""),
     log:
         "results/logs/train_run/{run}.log",
@@ -51,6 +51,10 @@ rule train_run:
         cpus_per_task=lambda wildcards: train_resources(wildcards)["cpus_per_task"],
         mem_mb=lambda wildcards: train_resources(wildcards)["mem_mb"],
         runtime=lambda wildcards: train_resources(wildcards)["runtime"],
+        # SLURM only (the executor plugin's names); None = not requested.
+        gpu_model=lambda wildcards: train_resources(wildcards).get("gpu_model"),
+        constraint=lambda wildcards: train_resources(wildcards).get("constraint"),
+        gres=lambda wildcards: train_resources(wildcards).get("gres"),
     shell:
         "trap '' TERM; python -m prunebench run {params.args} {params.device} > {log} 2>&1"
         " || [ $? -eq 3 ]"

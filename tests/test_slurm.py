@@ -274,3 +274,28 @@ def test_terminated_job_is_resubmitted_and_resumes(slurm: dict[str, str],
     assert "preempted: signal 15 received; checkpoint saved" in log, log
     assert "resumed from" in log, log
     assert (run_dir / "metrics.json").exists()
+
+
+def test_gpu_model_constraint_and_gres_come_from_the_workflow_config(tmp_path: Path) -> None:
+    """resources.train and train_overrides hand the plugin's gpu_model, constraint and gres to
+    train_run (unset ones stay unset); a gres GPU request also makes the run use device=cuda."""
+    (tmp_path / "config").mkdir()
+    config = _tiny_config(["dense", "random"])
+    config["train"].pop("device")
+    config["resources"]["train"].update(gpu=1, constraint="a100|h100")
+    config["resources"]["train_overrides"] = [
+        {"methods": ["dense"], "gpu_model": "a100"},
+        {"methods": ["random"], "gpu": 0, "gres": "gpu:h100:1"}]
+    configfile = str(tmp_path / _write_config(tmp_path, config))
+    out = subprocess.run(
+        [SNAKEMAKE, "aggregate_runs", "-n", "-p", "--forceall", "--workflow-profile", "none",
+         "--cores", "1", "--directory", str(tmp_path), "--configfile", configfile],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:]
+    jobs = out.stdout.split("\nrule ")
+    dense = next(j for j in jobs if j.startswith("train_run") and "/dense/" in j)
+    random = next(j for j in jobs if j.startswith("train_run") and "/random/" in j)
+    assert "gpu=1" in dense and "gpu_model=a100" in dense and "constraint=a100|h100" in dense
+    assert "gres" not in dense
+    assert "gres=gpu:h100:1" in random and "gpu=0" in random and "gpu_model" not in random
+    assert "device=cuda" in dense and "device=cuda" in random
