@@ -3,7 +3,11 @@ no host sync per training step, one h_t(w) per reparam step, sync-free batched e
 magnitude pruning from a shared dense network (`method.dense_from`)."""
 from __future__ import annotations
 
+import csv
+import os
+import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -154,3 +158,80 @@ def test_evaluation_equals_the_per_batch_synced_version(method: str) -> None:
     for batch in (16, 70, 1000):
         assert (evaluate(model, data.eval_batches("test", batch), False)
                 == previous_evaluate(model, data.eval_batches("test", batch), False))
+
+
+# -- the window script ---------------------------------------------------------------------------
+def _no_snakemake_env(tmp_path: Path) -> dict[str, str]:
+    """cli_env with a `snakemake` package that refuses to be imported: the window script and
+    the runs it starts must work on a GPU box's Python without Snakemake."""
+    from conftest import cli_env
+
+    fake = tmp_path / "fake"
+    (fake / "snakemake").mkdir(parents=True)
+    (fake / "snakemake" / "__init__.py").write_text(
+        "raise ImportError('benchmarks.window must not import snakemake')\n")
+    env = cli_env()
+    env["PYTHONPATH"] = f"{fake}{os.pathsep}{env['PYTHONPATH']}"
+    return env
+
+
+@pytest.mark.slow
+def test_tiny_window_writes_its_csvs_and_summary(tmp_path: Path) -> None:
+    from conftest import PYTHON
+
+    from benchmarks import window
+
+    out = tmp_path / "out"
+    res = subprocess.run([PYTHON, "-m", "benchmarks.window", "--tiny", "--out", str(out)],
+                         cwd=REPO, env=_no_snakemake_env(tmp_path), capture_output=True,
+                         text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = {name: list(csv.DictReader(open(out / f"window_{name}.csv")))
+            for name in ("epoch_times", "packing", "finished", "unfinished")}
+    assert any(r["status"] == "ok" and float(r["epoch_s"]) > 0 for r in rows["epoch_times"])
+    assert [int(r["runs"]) for r in rows["packing"] if r["status"] == "ok"] == [1, 2]
+    labels = [s.label for s in window.priority(tiny=True)]
+    finished = [r["run"] for r in rows["finished"]]
+    others = [r["run"] for r in rows["unfinished"]]
+    assert sorted(finished + others) == sorted(labels) and not set(finished) & set(others)
+    assert "conv4 dense" in finished  # the first of the list always fits the tiny budget
+    for r in rows["finished"]:
+        assert 0 <= float(r["test_top1"]) <= 100
+        assert (Path(r["run_dir"]) / "metrics.json").exists()
+    shared = [r for r in rows["finished"] if r["method"] == "magnitude"]
+    assert shared and all(r["epochs_run"] == "0" for r in shared)  # pruned the dense network
+    text = (out / "window_summary.md").read_text()
+    assert torch.__version__ in text and "packing factor" in text and "conv4 dense" in text
+
+
+def test_the_budget_stops_runs_cleanly_and_lists_them_unfinished(tmp_path: Path,
+                                                                 digits_dir: Path) -> None:
+    """A run still going at the deadline gets SIGTERM, keeps a checkpoint and is listed as
+    unfinished; the magnitude run waiting for it is listed as not run; neither is a result."""
+    from benchmarks import window
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    specs = [window.Spec("conv4", "dense", None), window.Spec("conv4", "magnitude", 0.9,
+                                                              needs_dense=True)]
+    config = window.window_config(tmp_path, "digits", tiny=True)
+    extra = ["epochs=100000"]
+    dense_dir = window.make_job(specs[0], tmp_path, "digits", digits_dir, config, CPU, extra,
+                                None).run_dir
+    jobs = [window.make_job(s, tmp_path, "digits", digits_dir, config, CPU, extra, dense_dir)
+            for s in specs]
+    (tmp_path / "logs").mkdir()
+    started = time.perf_counter()
+
+    def trained_an_epoch() -> bool:
+        log = dense_dir / "log.txt"
+        return log.exists() and "epoch=1 " in log.read_text()
+
+    # stop once the run has trained an epoch (its start-up time varies with the load)
+    window.schedule(jobs, started + 600, 1, tmp_path / "logs", lambda j: 1.0, poll_s=0.2,
+                    stop=trained_an_epoch)
+    dense, magnitude = jobs
+    assert dense.status == "unfinished" and (dense_dir / "checkpoint.pt").exists()
+    assert not (dense_dir / "metrics.json").exists()
+    assert magnitude.status == "not run" or magnitude.reason == "its dense run did not finish"
+    finished, others = window.result_rows(jobs)
+    assert finished == [] and [r["status"] for r in others][0] == "unfinished"
