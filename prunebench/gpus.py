@@ -25,6 +25,8 @@ from prunebench.errors import PrunebenchError
 DRIVER_GPUS = Path("/proc/driver/nvidia/gpus")
 JOBS_PER_GPU_ENV = "PRUNEBENCH_JOBS_PER_GPU"
 LOCK_DIR_ENV = "PRUNEBENCH_GPU_LOCK_DIR"
+# Set with CUDA_VISIBLE_DEVICES by a claim: child processes share their parent's device slot.
+CLAIMED_ENV = "PRUNEBENCH_GPU_CLAIMED"
 
 
 
@@ -121,12 +123,14 @@ def try_claim(devices: list[str], per_gpu: int, folder: Path) -> Claim | None:
 def claim_device(wait_seconds: float | None = None, poll_seconds: float = 1.0
                  ) -> Claim | None:
     """Claim a free slot and pin this process to its device (CUDA_VISIBLE_DEVICES); wait while
-    every slot is held (by runs started outside Snakemake). None without GPUs or under SLURM.
-    A process claims once: later calls return its claim."""
+    every slot is held (by runs started outside Snakemake). None without GPUs, under SLURM and
+    in a child of a process holding a claim (it shares that slot). A process claims once: later
+    calls return its claim."""
     if _claimed:
         return _claimed[0]
     devices = visible_devices()
-    if not devices or os.environ.get("SLURM_JOB_ID"):
+    inherited = os.environ.get(CLAIMED_ENV)
+    if not devices or os.environ.get("SLURM_JOB_ID") or (inherited and devices == [inherited]):
         return None
     per_gpu, folder = jobs_per_gpu(), lock_dir()
     deadline = None if wait_seconds is None else time.monotonic() + wait_seconds
@@ -143,5 +147,5 @@ def claim_device(wait_seconds: float | None = None, poll_seconds: float = 1.0
             said = True
         time.sleep(poll_seconds)
     _claimed.append(claim)
-    os.environ["CUDA_VISIBLE_DEVICES"] = claim.device
+    os.environ["CUDA_VISIBLE_DEVICES"] = os.environ[CLAIMED_ENV] = claim.device
     return claim

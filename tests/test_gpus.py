@@ -23,6 +23,7 @@ FAKE_4_GPUS = "0,1,2,3"
 def no_claim(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """This process's claims start empty and are released afterwards."""
     monkeypatch.setattr(gpus, "_claimed", [])
+    monkeypatch.delenv(gpus.CLAIMED_ENV, raising=False)
     yield
     for claim in gpus._claimed:
         os.close(claim.fd)
@@ -60,8 +61,10 @@ def test_claim_pins_the_process_and_waits_only_as_long_as_asked(
     claim = gpus.claim_device(wait_seconds=0)
     assert claim.device == "7" and os.environ["CUDA_VISIBLE_DEVICES"] == "7"
     assert gpus.claim_device() is claim  # one claim per process
+    assert os.environ[gpus.CLAIMED_ENV] == "7"
     monkeypatch.setattr(gpus, "_claimed", [])  # a second process: both slots are held
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    monkeypatch.delenv(gpus.CLAIMED_ENV)
     with pytest.raises(PrunebenchError, match="no free GPU slot after 0 s"):
         gpus.claim_device(wait_seconds=0, poll_seconds=0.01)
     os.close(held.fd)
@@ -73,6 +76,15 @@ def test_nothing_is_claimed_under_slurm(monkeypatch: pytest.MonkeyPatch, no_clai
     monkeypatch.setenv("SLURM_JOB_ID", "42")
     assert gpus.claim_device() is None
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+def test_child_of_a_claiming_process_shares_its_slot(
+        monkeypatch: pytest.MonkeyPatch, no_claim: None) -> None:
+    """What a parent's claim leaves in the environment: its one device, marked as claimed."""
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setenv(gpus.CLAIMED_ENV, "3")
+    assert gpus.claim_device(wait_seconds=0) is None
 
 
 @pytest.mark.parametrize(("listed", "per_gpu", "expected"), [
@@ -105,6 +117,7 @@ def test_fake_4_gpu_machine_runs_4_gpu_jobs_at_once_on_distinct_devices(tmp_path
     env = {**_env(), "CUDA_VISIBLE_DEVICES": FAKE_4_GPUS, gpus.LOCK_DIR_ENV: str(tmp_path),
            "PYTHONPATH": str(REPO)}
     env.pop("SLURM_JOB_ID", None)
+    env.pop(gpus.CLAIMED_ENV, None)
     out = subprocess.run(
         [SNAKEMAKE, "--workflow-profile", str(REPO / "profiles/default"), "--cores", "8"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
