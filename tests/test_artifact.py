@@ -107,3 +107,23 @@ def test_run_killed_while_saving_its_network_finishes_unchanged(
     for key, value in ref_saved.model.state_dict().items():
         assert torch.equal(saved.model.state_dict()[key], value), key
     assert not list(run_dir.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_every_workflow_run_folder_holds_a_loadable_network(tmp_path: Path) -> None:
+    """Through the workflow (train_run jobs): each finished run folder has its network, and the
+    loaded network scores the run's recorded accuracy on the workflow's prepared data."""
+    from test_workflow import _copy_workflow, _snakemake, _tiny_config, _write_config
+
+    workdir = _copy_workflow(tmp_path)
+    config = _tiny_config(["dense", "magnitude", "supermask"])
+    out = _snakemake("aggregate_runs", "--configfile", _write_config(workdir, config),
+                     cwd=workdir)
+    assert out.returncode == 0, out.stderr[-4000:]
+    folders = sorted(p.parent for p in (workdir / "results/runs").rglob(paths.METRICS))
+    assert len(folders) == 3, folders
+    for folder in folders:
+        metrics = json.loads((folder / paths.METRICS).read_text())
+        saved = prunebench.load_run(folder)
+        top1 = _test_accuracy(saved, workdir / "results/data", normalize=True)
+        assert top1 == metrics["test_top1_extracted"], folder
