@@ -182,3 +182,15 @@ def test_tiny_run_writes_every_csv(tmp_path: Path) -> None:
         grid_rows = list(csv.DictReader(f))
     if not torch.cuda.is_available():
         assert any(r["device"] == "cuda" and r["status"].startswith("pending") for r in grid_rows)
+
+
+def test_engine_change_rows_for_the_window_speed_ups(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    rows = [r for m in ("reparam", "edgepopup")
+            for r in engine_changes.method_step(ctx, CPU, m, "conv4", 8, 8, 1, 1)]
+    rows += engine_changes.evaluation(ctx, CPU, "reparam", "conv4", 8, 32, 8, 1)
+    assert all(r["status"] == "ok" and r["ratio"] > 0 for r in rows)
+    assert all(r["before_vs_dense"] > 0 and r["after_vs_dense"] > 0 for r in rows[:2])
+    with pytest.raises(ValueError, match="no previous code"):
+        with engine_changes.previous_code("dense"):
+            pass
