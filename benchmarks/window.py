@@ -233,6 +233,20 @@ def packing(ctx: Context, device: torch.device, arch: str, size: int, batch: int
     return rows
 
 
+def runs_epoch_s(rows: list[dict[str, Any]], device: torch.device, compiled: bool
+                 ) -> dict[str, float]:
+    """Measured dense epoch seconds per arch in the runs' engine settings (bf16 +
+    channels_last on CUDA, compiled if asked), falling back to the nearest measured case."""
+    cases = (["bf16+channels_last+compile"] if compiled else []) + ["bf16+channels_last", "fp32"]
+    if device.type != "cuda":
+        cases = ["fp32"]
+    out: dict[str, float] = {}
+    for case in reversed(cases):
+        out.update({r["arch"]: r["epoch_s"] for r in rows
+                    if r["status"] == "ok" and r["case"] == case})
+    return out
+
+
 def best_packing(rows: list[dict[str, Any]]) -> tuple[int, float]:
     """(runs at once, factor): the level with the most images/s, preferring fewer runs unless
     more gain at least 5 %."""
@@ -312,7 +326,7 @@ def estimate(job: Job, device: torch.device, epoch_s: dict[str, float], train_im
 def launch(job: Job, logs: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     job.log = logs / (job.spec.label.replace(" ", "_").replace("=", "") + ".log")
-    with open(job.log, "w") as log:
+    with open(job.log, "a") as log:  # a run resumed after yielding its slot appends
         job.proc = subprocess.Popen([sys.executable, "-m", "prunebench", "run", *job.argv],
                                     cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     job.started = time.perf_counter()
@@ -554,11 +568,7 @@ def main(argv: list[str] | None = None) -> int:
                          n_train, measure_cap)
     write_csv(out / "window_epoch_times.csv", epochs)
     print(f"[window] epoch times measured ({time.perf_counter() - t_start:.0f} s)", flush=True)
-    engine_case = "bf16+channels_last" if device.type == "cuda" else "fp32"
-    if a.compile == "on":
-        engine_case += "+compile"
-    epoch_s = {r["arch"]: r["epoch_s"] for r in epochs if r["status"] == "ok"
-               and r["case"] == engine_case}
+    epoch_s = runs_epoch_s(epochs, device, a.compile == "on")
     step_s = epoch_s.get("conv4", 1.0) / max(n_train // sizes[1], 1)
     levels = [1, 2] if a.tiny else [1, 2, 4, 8]
     steps = 4 if a.tiny else max(20, min(400, round(3.0 / max(step_s, 1e-4))))
@@ -585,7 +595,9 @@ def main(argv: list[str] | None = None) -> int:
             for s in specs]
 
     def estimate_of(job: Job) -> float:
-        return estimate(job, device, epoch_s or {"conv4": 1.0}, n_train, n_val, slots, factor)
+        if not epoch_s:  # nothing measured: start in priority order, the deadline stops
+            return 0.0
+        return estimate(job, device, epoch_s, n_train, n_val, slots, factor)
 
     stopped: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -235,3 +235,35 @@ def test_the_budget_stops_runs_cleanly_and_lists_them_unfinished(tmp_path: Path,
     assert magnitude.status == "not run" or magnitude.reason == "its dense run did not finish"
     finished, others = window.result_rows(jobs)
     assert finished == [] and [r["status"] for r in others][0] == "unfinished"
+
+
+def test_a_run_that_does_not_fit_fills_an_idle_slot_and_yields_it(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """Slots go to runs that fit first; a run that does not fit only fills an idle slot, gives
+    it back (SIGTERM) when runs that fit become ready, and resumes in a free slot later."""
+    from benchmarks import window
+
+    seconds = {"dense": 1.0, "reparam": 60.0, "magnitude": 0.5}
+    started: list[str] = []
+
+    def fake_launch(job: window.Job, logs: Path) -> None:
+        started.append(job.spec.label)
+        job.log = logs / "log"
+        code = (f"import time, pathlib; time.sleep({seconds[job.spec.method]}); "
+                f"p = pathlib.Path({str(job.run_dir)!r}); p.mkdir(parents=True); "
+                "(p / 'metrics.json').write_text('{}')")
+        job.proc = subprocess.Popen([sys.executable, "-c", code])
+        job.started, job.status = time.perf_counter(), "running"
+
+    monkeypatch.setattr(window, "launch", fake_launch)
+    specs = [window.Spec("conv4", "dense", None), window.Spec("conv4", "reparam", 0.9),
+             window.Spec("conv4", "magnitude", 0.9, needs_dense=True),
+             window.Spec("conv4", "magnitude", 0.95, needs_dense=True)]
+    jobs = [window.Job(s, [], tmp_path / str(i), 1, 128) for i, s in enumerate(specs)]
+    estimates = {"dense": 2.0, "reparam": 1e6, "magnitude": 1.0}
+    window.schedule(jobs, time.perf_counter() + 12, 2, tmp_path,
+                    lambda j: estimates[j.spec.method], poll_s=0.05)
+    assert [j.status for j in jobs] == ["finished", "unfinished", "finished", "finished"]
+    assert started[:2] == ["conv4 dense", "conv4 reparam s=0.9"]
+    assert started.count("conv4 reparam s=0.9") == 2  # yielded to the magnitude runs, resumed
+    assert jobs[0].ended <= min(jobs[2].started, jobs[3].started)
