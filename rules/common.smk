@@ -98,10 +98,13 @@ def option_set_arg(wildcards):
 
 
 def dataset_source(wildcards):
-    """The image tree or archive an imagefolder dataset is read from; nothing otherwise."""
+    """What prepare_dataset reads, as its input so that a changed copy re-prepares the dataset:
+    the tree or archive of imagefolder, and a local archive given for any other dataset (not a
+    folder, which for downloaded datasets is where prepare itself writes the archive)."""
+    root = config["data_roots"].get(wildcards.dataset)
     if wildcards.dataset == "imagefolder":
-        return [config["data_roots"]["imagefolder"]]
-    return []
+        return [root]
+    return [root] if root and os.path.isfile(root) else []
 
 
 def prepare_root_flag(wildcards):

@@ -691,3 +691,21 @@ def test_published_rows_name_one_setting_each() -> None:
         key = (row["dataset"], row["arch"], row["method"], sparsity, row["variant"])
         assert key not in keys, f"line {i}: setting {key} named twice"
         keys.add(key)
+
+
+def test_a_local_dataset_archive_is_prepare_input(tmp_path: Path) -> None:
+    """A local copy given as data_roots.cifar10 is prepare_dataset's input (a changed copy
+    re-prepares the dataset) and its --root; a download folder is neither an input nor required."""
+    archive = tmp_path / "cifar10-copy.tar.gz"
+    archive.write_bytes(b"not read by a dry run")
+    config = _load("config.yaml")
+    config["grids"][0]["datasets"] = ["cifar10"]
+    config["grids"][0]["methods"] = ["dense"]
+    for root, is_input in ((str(archive), True), (str(tmp_path / "raw"), False)):
+        config["data_roots"] = {"cifar10": root}
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        out = _snakemake("results/data/cifar10.pt", "-n", "-p", "--configfile", str(path))
+        assert out.returncode == 0, out.stderr
+        assert f"--root {root}" in out.stdout
+        assert (f"input: {root}" in out.stdout) == is_input, out.stdout
