@@ -267,3 +267,38 @@ def test_a_run_that_does_not_fit_fills_an_idle_slot_and_yields_it(tmp_path: Path
     assert started[:2] == ["conv4 dense", "conv4 reparam s=0.9"]
     assert started.count("conv4 reparam s=0.9") == 2  # yielded to the magnitude runs, resumed
     assert jobs[0].ended <= min(jobs[2].started, jobs[3].started)
+
+
+def test_sync_free_topk_equals_the_previous_masks() -> None:
+    from baselines.edgepopup import fast_topk_mask
+    from benchmarks.engine_changes import _previous_fast_topk_mask
+
+    gen = torch.Generator().manual_seed(0)
+    for n, k, levels in ((100, 30, 4), (257, 100, 3), (64, 63, 2), (50, 1, 50), (40, 0, 5),
+                         (40, 40, 5)):
+        score = torch.randint(0, levels, (n,), generator=gen).float()  # many ties
+        assert torch.equal(fast_topk_mask(score, k), _previous_fast_topk_mask(score, k))
+
+
+def test_reparam_gradients_match_the_twice_computed_gate() -> None:
+    """The one-gate step's gradients equal those of the previous code (h_t(w) computed again
+    by the budget loss) up to float summation order."""
+    from benchmarks.engine_changes import previous_code
+    from prunebench.data import DeviceData
+
+    data = DeviceData(synthetic_prepared(16, 0, 8), CPU, 0.0)
+    x, y = next(data.train_batches_from(8, torch.Generator().manual_seed(0), 0, False)[0])
+    grads = []
+    for old in (False, True):
+        built = build("conv4", "reparam", data, CPU, 8)
+        if old:
+            with previous_code("reparam"):
+                loss = (torch.nn.functional.cross_entropy(built.model(x), y)
+                        + built.method.regularizer(built.model))
+        else:
+            loss = (torch.nn.functional.cross_entropy(built.model(x), y)
+                    + built.method.regularizer(built.model))
+        loss.backward()
+        grads.append([p.grad.clone() for p in built.model.parameters()])
+    for new, old in zip(*grads, strict=True):
+        assert torch.allclose(new, old, rtol=1e-4, atol=1e-7)  # t's: a float32 sum of ~2k
