@@ -7,7 +7,8 @@ lists (/proc/driver/nvidia/gpus). `PRUNEBENCH_JOBS_PER_GPU` (default 1) lets sma
 device: slots = devices x jobs per GPU, spread over the devices first. profiles/default sizes
 Snakemake's `gpu` resource to the same slot count (tests/test_gpus.py keeps the two equal). Under
 SLURM (SLURM_JOB_ID set) the scheduler has already pinned the job's devices: nothing is claimed.
-A lock is held until the process exits (the kernel frees it even on SIGKILL). Torch-free."""
+Locks live in /tmp/prunebench-gpus (PRUNEBENCH_GPU_LOCK_DIR) and are held until the process
+exits (the kernel frees them even on SIGKILL). Torch-free."""
 from __future__ import annotations
 
 import contextlib
@@ -15,7 +16,6 @@ import fcntl
 import os
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ from prunebench.errors import PrunebenchError
 DRIVER_GPUS = Path("/proc/driver/nvidia/gpus")
 JOBS_PER_GPU_ENV = "PRUNEBENCH_JOBS_PER_GPU"
 LOCK_DIR_ENV = "PRUNEBENCH_GPU_LOCK_DIR"
+DEFAULT_LOCK_DIR = Path("/tmp/prunebench-gpus")
 # Set with CUDA_VISIBLE_DEVICES by a claim: child processes share their parent's device slot.
 CLAIMED_ENV = "PRUNEBENCH_GPU_CLAIMED"
 
@@ -73,8 +74,9 @@ def slot_count() -> int:
 
 
 def lock_dir() -> Path:
-    """Where the slot locks live: one folder per machine, shared by every user's runs."""
-    folder = Path(os.environ.get(LOCK_DIR_ENV) or Path(tempfile.gettempdir()) / "prunebench-gpus")
+    """Where the slot locks live: one folder per machine, shared by every user's runs (not under
+    TMPDIR, which can differ between jobs)."""
+    folder = Path(os.environ.get(LOCK_DIR_ENV) or DEFAULT_LOCK_DIR)
     try:
         folder.mkdir(parents=True)
         folder.chmod(0o1777)  # sticky and world-writable, like /tmp

@@ -214,9 +214,14 @@ def _gpu_config(methods: list[str], epochs: int) -> dict:
 
 def _run(workdir: Path, env: dict[str, str], config: dict, timeout: int = 600
          ) -> subprocess.Popen:
+    """The README's cluster command with the test's profile and config in place of
+    profiles/slurm and config/paper.yaml."""
+    swap = {"profiles/slurm": _test_profile(workdir),
+            "config/paper.yaml": _write_config(workdir, config)}
+    argv = [swap.get(arg, arg) for arg in _readme_cluster_command()]
+    assert sorted(set(argv) & set(swap.values())) == sorted(swap.values()), argv
     return subprocess.Popen(
-        [SNAKEMAKE, "aggregate_runs", "--workflow-profile", _test_profile(workdir), "--configfile",
-         _write_config(workdir, config), "--verbose"],
+        [SNAKEMAKE, "aggregate_runs", *argv, "--verbose"],
         cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
