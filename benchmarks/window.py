@@ -1,5 +1,5 @@
 """`python -m benchmarks.window --budget-s 480 --data-root PATH --out DIR`: use a short GPU
-window. Prepares CIFAR-10 from a local copy (the JPEG archive, read as `imagefolder`), measures
+window. Prepares CIFAR-10 from a local copy (e.g. the JPEG archive), measures
 dense epoch times (fp32, bf16 + channels_last, + torch.compile, + CUDA graphs) and the speed-up
 of packing several runs on the device as concurrent processes, then runs, packed, as many
 full-protocol runs of a priority list as the budget allows (the 2021 paper's CIFAR-10 conv4
@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from benchmarks.common import (
     REPO,
@@ -94,12 +93,13 @@ def priority(tiny: bool) -> list[Spec]:
 
 # -- data --------------------------------------------------------------------------------------
 def prepare_data(out: Path, data_root: str, tiny: bool) -> tuple[str, Path, float]:
-    """(dataset name, data dir, seconds): CIFAR-10 from the local copy, or digits with --tiny.
+    """(dataset name, data dir, seconds): CIFAR-10 from the local copy (prepared as `cifar10`,
+    its manifest and every run's metrics saying `data_origin: local`), or digits with --tiny.
     A dataset already prepared in `out/data` from the same source is reused."""
     from prunebench.data import prepare
 
     data_dir = out / "data"
-    name = "digits" if tiny else "imagefolder"
+    name = "digits" if tiny else "cifar10"
     manifest = data_dir / f"{name}.json"
     t0 = time.perf_counter()
     if not (manifest.exists() and json.loads(manifest.read_text()).get("source_root")
@@ -274,20 +274,6 @@ class Job:
     fill: bool = False  # started in an idle slot although its estimate did not fit
     reason: str = ""
     log: Path | None = None
-
-
-def window_config(out: Path, dataset: str, tiny: bool) -> Path:
-    """config/paper.yaml (the published settings: variants, methods' own recipes) with the
-    CIFAR-10 recipe as its base train layer: the local copy is read as `imagefolder`, which has
-    no recipe of its own. Under --tiny, digits keeps its own recipe."""
-    from prunebench.config import recipe
-
-    config = yaml.safe_load(PAPER_CONFIG.read_text())
-    if not tiny:
-        config["train"] = {**recipe("cifar10", "conv4"), **(config.get("train") or {})}
-    path = out / "window-config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
 
 
 def make_job(spec: Spec, out: Path, dataset: str, data_dir: Path, config: Path,
@@ -516,7 +502,7 @@ def summary(out: Path, info: dict[str, Any], epochs: list[dict[str, Any]],
     if info["dataset"] == "digits":
         lines += ["", "--tiny: digits, 2 epochs on CPU: a smoke test of the script; the "
                       "published numbers are CIFAR-10's and not comparable."]
-    if info["dataset"] == "imagefolder":
+    if info["dataset"] == "cifar10":
         lines += ["", "CIFAR-10 here is the local JPEG re-encoded copy (close to, not equal to, "
                       "the original): compare with the published numbers accordingly."]
     text = "\n".join(lines) + "\n"
@@ -583,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[window] packing measured: {slots} at once, factor {factor:.2f} "
           f"({time.perf_counter() - t_start:.0f} s)", flush=True)
 
-    config = window_config(out, dataset, a.tiny)
+    config = PAPER_CONFIG
     extra = [f"compile={'true' if a.compile == 'on' else 'false'}"]
     if a.tiny:
         extra += ["epochs=2", "patience=0"]

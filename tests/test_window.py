@@ -213,7 +213,7 @@ def test_the_budget_stops_runs_cleanly_and_lists_them_unfinished(tmp_path: Path,
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     specs = [window.Spec("conv4", "dense", None), window.Spec("conv4", "magnitude", 0.9,
                                                               needs_dense=True)]
-    config = window.window_config(tmp_path, "digits", tiny=True)
+    config = window.PAPER_CONFIG
     extra = ["epochs=100000"]
     dense_dir = window.make_job(specs[0], tmp_path, "digits", digits_dir, config, CPU, extra,
                                 None).run_dir
