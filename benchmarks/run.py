@@ -252,6 +252,7 @@ def _value(r: dict[str, Any]) -> str:
     for key, unit, scale in (("engine_images_per_s", "img/s", 1), ("method_step_ms", "ms/step", 1),
                              ("after_ms_per_batch", "ms/batch", 1),
                              ("after_ms_per_step", "ms/step", 1),
+                             ("after_ms_per_pass", "ms/pass", 1),
                              ("peak_mib", "MiB peak", 1), ("subnet_forward_ms", "ms fwd", 1),
                              ("cifar10_epoch_s", "s/epoch", 1), ("epoch_s", "s/epoch", 1),
                              ("wall_s", "s wall", 1), ("concurrent_wall_s", "s wall", 1),
