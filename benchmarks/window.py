@@ -524,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="concurrent runs (default: the measured best packing level)")
     p.add_argument("--compile", choices=("off", "on"), default="off",
                    help="torch.compile inside the runs (measured either way)")
+    p.add_argument("--measure-s", type=float, default=None,
+                   help="cap on the epoch-time measurements (default: a quarter of the budget)")
     a = p.parse_args(argv)
     t_start = time.perf_counter()
     budget = a.budget_s if a.budget_s is not None else (240.0 if a.tiny else 480.0)
@@ -548,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     n_val = prepared.manifest["num_train"] - n_train
     del prepared
 
-    measure_cap = 0.25 * budget
+    measure_cap = a.measure_s if a.measure_s is not None else 0.25 * budget
     sizes = ((8, 32, 4, 2) if a.tiny else (size, 128, 60, 3))  # size, batch, steps, repeats
     epochs = epoch_times(ctx, device, ["conv4"] if a.tiny else ["conv4", "resnet18"], *sizes,
                          n_train, measure_cap)
