@@ -15,7 +15,7 @@ from conftest import PYTHON, REPO, cli_env
 VOLATILE = {"train_seconds", "wall_seconds", "run_dir", "git_commit"}  # others commit meanwhile
 
 
-def run_cmd(method: str, sparsity: str | None, out: Path, data: Path, epochs: int = 4
+def run_cmd(method: str, sparsity: str | None, out: Path, data: Path, epochs: int = 12
             ) -> list[str]:
     cmd = [PYTHON, "-m", "prunebench", "run", "--dataset", "digits", "--arch", "conv2",
            "--method", method, "--seed", "3", "--run-dir", str(out),
