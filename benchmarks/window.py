@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from benchmarks import gpu
 from benchmarks.common import (
     REPO,
     SKIP_NO_CUDA,
@@ -48,12 +49,9 @@ PAPER_REPARAM = "paper-sgd-t"  # config/paper.yaml: t by SGD at the weights' lr,
 ASLP = "aslp-sc-aug"  # config/paper.yaml: the 2022 paper's setting (a), no rescale
 # Engine settings per measured variant (TrainConfig keys); "cudagraphs" is torch.compile's
 # reduce-overhead mode, measured only (the engine's `compile` option uses the default mode).
-VARIANTS = {
-    "fp32": {"amp": "false", "channels_last": "false", "compile": "false"},
-    "bf16+channels_last": {"amp": "true", "channels_last": "true", "compile": "false"},
-    "bf16+channels_last+compile": {"amp": "true", "channels_last": "true", "compile": "true"},
-    "bf16+channels_last+cudagraphs": {"amp": "true", "channels_last": "true", "compile": "false"},
-}
+VARIANTS = {**gpu.VARIANTS,
+            "bf16+channels_last+cudagraphs": {"amp": "true", "channels_last": "true",
+                                              "compile": "false"}}
 CIFAR_TRAIN_IMAGES = 45_000  # 50,000 minus the 10 % validation split
 TERM_GRACE_S = 30.0  # how long a run gets to checkpoint after SIGTERM
 STARTUP_S = (20.0, 8.0)  # (cuda, cpu) seconds a run spends before its first step (estimate)
