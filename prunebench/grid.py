@@ -65,10 +65,12 @@ class Run:
 
 @dataclass(frozen=True)
 class Job:
-    """A run of the grid with every setting it takes from the config, as `key=value`."""
+    """A run of the grid with every setting it takes from the config, as `key=value`; `after`
+    is the run id of a run whose result this one reads (a shared dense phase), "" for none."""
 
     run: Run
     overrides: tuple[tuple[str, Any], ...]
+    after: str = ""
 
     def args(self) -> list[str]:
         """The arguments of `python -m prunebench run` that reproduce this run exactly."""
@@ -189,7 +191,40 @@ def expand(config: dict[str, Any]) -> list[Job]:
             for sparsity, seed in product(sparsities if budgeted else [None], block["seeds"]):
                 run = Run(dataset, arch, method, variant, sparsity, int(seed))
                 jobs.setdefault(run, Job(run, resolved[setting]))
-    return list(jobs.values())
+    out = list(jobs.values())
+    if config.get("share_dense_phase", True):
+        out = share_dense_phase(out, catalogue)
+    return out
+
+
+# The control whose trained network methods with a `dense_from` option can start from.
+DENSE = "dense"
+DENSE_FROM = "dense_from"
+
+
+def _train_settings(job: Job) -> tuple[tuple[str, Any], ...]:
+    return tuple((k, v) for k, v in job.overrides if not k.startswith("method."))
+
+
+def share_dense_phase(jobs: list[Job], catalogue: dict[str, MethodSpec]) -> list[Job]:
+    """Runs of a method with a `dense_from` option (magnitude, magnitude_ft) start from the
+    network of the grid's `dense` run of the same dataset, arch and seed when that run trains
+    with exactly their settings: the dense phase is trained once per seed, not once per budget
+    (the method refuses a dense run whose recipe differs). A `dense_from` set in the config is
+    kept. The run then waits for that dense run (`Job.after`)."""
+    dense = {(j.run.dataset, j.run.arch, j.run.seed, _train_settings(j)): j
+             for j in jobs if j.run.method == DENSE}
+    out = []
+    for job in jobs:
+        options = dict(job.overrides)
+        source = dense.get((job.run.dataset, job.run.arch, job.run.seed, _train_settings(job)))
+        if (source is not None and DENSE_FROM in dict(catalogue[job.run.method].options)
+                and not options.get(f"method.{DENSE_FROM}")):
+            overrides = tuple((k, v) for k, v in job.overrides if k != f"method.{DENSE_FROM}")
+            job = Job(job.run, (*overrides, (f"method.{DENSE_FROM}", source.run.folder)),
+                      source.run.run_id)
+        out.append(job)
+    return out
 
 
 def method_option_sets(config: dict[str, Any], jobs: list[Job]) -> dict[str, dict[str, Any]]:

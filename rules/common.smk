@@ -84,6 +84,12 @@ def run_options_checked(wildcards):
     return OPTIONS_CHECKED.format(method_folder=paths.method_folder(run.method, run.variant))
 
 
+def run_after(wildcards):
+    """The done-marker of the run whose network this run starts from (a shared dense phase)."""
+    after = JOBS[wildcards.run].after
+    return [RUN_DONE.format(run=after)] if after else []
+
+
 def run_args(wildcards):
     """Every argument of the run's `python -m prunebench run` (grid.Job.args: folder, axes and
     the config's settings as key=value), so the job's command alone reproduces it and

@@ -31,6 +31,7 @@ rule train_run:
     input:
         data=run_dataset,
         options_checked=run_options_checked,
+        after=run_after,
     output:
         marker=touch(RUN_DONE),
     params:

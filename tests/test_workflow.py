@@ -704,3 +704,25 @@ def test_a_local_dataset_archive_is_prepare_input(tmp_path: Path) -> None:
         assert out.returncode == 0, out.stderr
         assert f"--root {root}" in out.stdout
         assert (f"input: {root}" in out.stdout) == is_input, out.stdout
+
+
+def test_magnitude_runs_share_the_dense_phase_of_their_seed() -> None:
+    """magnitude and magnitude_ft start from the grid's dense run of the same seed when its
+    recipe is theirs (and wait for it); not when the recipe differs or the config says no."""
+    from prunebench.grid import expand
+
+    config = _load("config.yaml")
+    jobs = expand(config)
+    dense = {j.run.seed: j.run for j in jobs if j.run.method == "dense"}
+    shared = [j for j in jobs if j.run.method in ("magnitude", "magnitude_ft")]
+    assert len(shared) == 2 * 2 * len(config["grids"][0]["sparsities"])
+    for job in shared:
+        assert job.after == dense[job.run.seed].run_id
+        assert f"method.dense_from={dense[job.run.seed].folder}" in job.args()
+    assert all(not j.after and "dense_from" not in " ".join(j.args()) for j in jobs
+               if j.run.method not in ("magnitude", "magnitude_ft"))
+    config["methods"]["magnitude"] = {"train": {"epochs": 3}}
+    changed = {j.run.method: j for j in expand(config)}
+    assert not changed["magnitude"].after and changed["magnitude_ft"].after
+    config["share_dense_phase"] = False
+    assert not any(j.after for j in expand(config))
