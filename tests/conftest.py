@@ -27,3 +27,28 @@ def cli_env() -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+@pytest.fixture(scope="session")
+def launcher():
+    """tests/faultlaunch.py in server mode: one fresh (forked) run process per attempt."""
+    from faultlaunch import Launcher
+
+    launch = Launcher()
+    yield launch
+    launch.close()
+
+
+@pytest.fixture(scope="session")
+def reference(launcher, digits_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`reference(setting)`: the outcome of the uninterrupted run of a fault setting (once)."""
+    from faultlaunch import References
+
+    return References(launcher, digits_dir, tmp_path_factory.mktemp("reference"))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The fault tallies, when the session ran every kill plan (tests/faultlaunch.py)."""
+    import faultlaunch
+
+    faultlaunch.report_tallies(terminalreporter.write_line)

@@ -1,6 +1,6 @@
-"""Fault-injection launcher for tests/test_faults.py: runs `python -m prunebench ...` in a child
-process that kills (or signals) itself at a chosen point. Production code has no test hooks: the
-points are monkeypatched here, in the child only.
+"""Fault injection for the tests: runs `python -m prunebench ...` in a child process that kills
+(or signals) itself at a chosen point, and the test-side helpers that drive and check such runs.
+Production code has no test hooks: the points are monkeypatched here, in the child only.
 
 Server mode (no arguments): import the engine once, then for every JSON request on stdin fork a
 child that runs `prunebench.cli.main(argv)` with the requested faults, and answer one JSON line
@@ -18,13 +18,21 @@ A fault is a dict with `at` and `action` (kill = SIGKILL, term = SIGTERM, usr1 =
                                  and synced) or "after_rename" (renamed, temp folder not removed)
   {"at": "extract"}             after training, before the network is folded and measured
 A setting is {"at": "set", "name": "module.CONSTANT", "value": v}: set before the run starts.
+
+Test side (imported by tests/test_resume.py, test_aggregate.py, test_data_errors.py, ...):
+`Launcher` (the `launcher` fixture in conftest.py), the runs under fault (`SETTINGS`,
+`run_args`), what a run folder holds (`outcome`), the checks after a kill (`check_interrupted`,
+`check_finished`), crafted pickles (`Payload`) and the fault tallies (`FIGURES`, reported by
+`report_tallies` at the end of a session that ran every kill plan).
 """
 from __future__ import annotations
 
+import csv
 import importlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -180,6 +188,264 @@ def serve() -> None:
             _child(request)
         rc = _wait(pid, request.get("kill_after"))
         print(json.dumps({"rc": rc, "pid": pid}), flush=True)
+
+
+# -- test side: the launcher ---------------------------------------------------------------------
+
+FAULT_SEED = int(os.environ.get("PRUNEBENCH_FAULT_SEED", "7"))
+KILLED, PREEMPTED = -signal.SIGKILL, 75
+# Timing and provenance fields: not part of a result (others may commit while the suite runs).
+VOLATILE = {"train_seconds", "wall_seconds", "run_dir", "git_commit"}
+FIGURES: Counter[str] = Counter()  # fault tallies over the session, see report_tallies
+
+
+class Launcher:
+    """This file in server mode: one fresh (forked) process per attempt."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        env.setdefault("OMP_NUM_THREADS", "1")
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve())], cwd=REPO,
+                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        ready = self.proc.stdout.readline()
+        assert "ready" in ready, f"fault launcher did not start: {ready!r}"
+
+    def attempt(self, argv: list[str], log: Path, faults: list[dict[str, Any]] | None = None,
+                kill_after: float | None = None) -> int:
+        """Run `prunebench argv` once with `faults`, its output appended to `log`: exit code."""
+        request = {"argv": argv, "faults": faults or [], "log": str(log),
+                   "kill_after": kill_after}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        reply = self.proc.stdout.readline()
+        assert reply, "the fault launcher died"
+        return json.loads(reply)["rc"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+# -- test side: the runs under fault ---------------------------------------------------------------
+
+# digits, conv2, seed 3, a few epochs; (method, sparsity, overrides).
+SETTINGS: dict[str, tuple[str, str | None, list[str]]] = {
+    "dense": ("dense", None, ["epochs=3", "selection=val"]),
+    "random": ("random", "0.5", ["epochs=3"]),
+    "magnitude_ft": ("magnitude_ft", "0.8", ["epochs=2", "method.ft_epochs=1"]),
+    "gumbel": ("gumbel", None, ["epochs=2"]),
+    "reparam": ("reparam", "0.8", ["epochs=2"]),
+    "edgepopup": ("edgepopup", "0.5", ["epochs=2"]),
+    "snip": ("snip", "0.8", ["epochs=2"]),
+    "supermask": ("supermask", None, ["epochs=2"]),
+}
+EPOCHS = {"dense": 3, "random": 3, "magnitude_ft": 3}  # all phases; the others 2
+BATCH = 32  # the digits recipe
+
+
+def run_args(setting: str, data_dir: Path, run_dir: Path | None = None,
+             out: Path | None = None, extra: tuple[str, ...] = (), seed: int = 3) -> list[str]:
+    """`prunebench` arguments of a setting's run, into `run_dir` or under `out`."""
+    method, sparsity, overrides = SETTINGS[setting]
+    argv = ["run", "--dataset", "digits", "--arch", "conv2", "--method", method,
+            "--seed", str(seed), *overrides, *extra, f"data_dir={data_dir}", "device=cpu"]
+    if sparsity is not None:
+        argv += ["--sparsity", sparsity]
+    return argv + (["--run-dir", str(run_dir)] if run_dir else ["--out", str(out)])
+
+
+def log_text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+class References:
+    """`reference(setting)`: the outcome of an uninterrupted run (computed once), and
+    `reference.seconds[setting]`: its wall time, to aim the random-time kills."""
+
+    def __init__(self, launcher: Launcher, data_dir: Path, root: Path) -> None:
+        self.launcher, self.data_dir, self.root = launcher, data_dir, root
+        self.cache: dict[str, dict[str, Any]] = {}
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, setting: str) -> dict[str, Any]:
+        if setting not in self.cache:
+            d, log = self.root / setting, self.root / f"{setting}.log"
+            start = time.monotonic()
+            rc = self.launcher.attempt(run_args(setting, self.data_dir, d), log)
+            self.seconds[setting] = time.monotonic() - start
+            assert rc == 0, log_text(log)[-3000:]
+            self.cache[setting] = outcome(d)
+        return self.cache[setting]
+
+
+def steps_per_epoch(data_dir: Path) -> int:
+    import torch
+
+    manifest = json.loads((data_dir / "digits.json").read_text())
+    val = torch.load(data_dir / "digits.pt", weights_only=True)["val_idx"]
+    return (manifest["num_train"] - len(val)) // BATCH
+
+
+def steps_left(run_dir: Path, setting: str, per_epoch: int) -> int:
+    """Training steps a rerun still has to do, read from the run's checkpoint."""
+    import torch
+
+    total = EPOCHS.get(setting, 2) * per_epoch
+    ckpt_path = run_dir / "checkpoint.pt"
+    if not ckpt_path.exists():
+        return total
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    mid = ckpt["mid_epoch"]
+    return total - ckpt["loop"]["global_epoch"] * per_epoch - (mid["step"] if mid else 0)
+
+
+# -- test side: what a run folder holds ------------------------------------------------------------
+
+def read_csv(path: Path, drop: str = "") -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return [{k: v for k, v in row.items() if k != drop} for row in csv.DictReader(f)]
+
+
+def stable_metrics(run_dir: Path) -> dict[str, Any]:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {k: v for k, v in metrics.items() if k not in VOLATILE}
+
+
+def outcome(run_dir: Path) -> dict[str, Any]:
+    """The result of a finished run, without timings."""
+    return {"metrics": stable_metrics(run_dir),
+            "history": read_csv(run_dir / "history.csv", drop="epoch_seconds"),
+            "layers": read_csv(run_dir / "layers.csv")}
+
+
+def temp_folders(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in run_dir.glob(".*.tmp"))
+
+
+def check_interrupted(run_dir: Path, ref: dict[str, Any]) -> None:
+    """What a killed run leaves never looks finished unless it is, and is never half-written."""
+    import torch
+
+    assert not (run_dir / "failed.json").exists()
+    if (run_dir / "metrics.json").exists():
+        assert outcome(run_dir) == ref
+    for name in ("history.csv", "layers.csv"):
+        if (run_dir / name).exists():
+            assert read_csv(run_dir / name, "epoch_seconds") == ref[name.split(".")[0]]
+    if (run_dir / "checkpoint.pt").exists():
+        torch.load(run_dir / "checkpoint.pt", weights_only=True)  # complete, or this raises
+    if (run_dir / "config.json").exists():
+        assert json.loads((run_dir / "config.json").read_text())["digest"]
+
+
+def check_finished(run_dir: Path, ref: dict[str, Any]) -> None:
+    """A finished run holds exactly the uninterrupted run's result and nothing left over."""
+    got = outcome(run_dir)
+    lost = got != ref
+    FIGURES["results_compared"] += 1
+    FIGURES["results_lost"] += lost
+    assert not lost, f"{run_dir}: result differs from the uninterrupted run"
+    assert not (run_dir / "checkpoint.pt").exists()
+    assert not (run_dir / "failed.json").exists()
+    assert temp_folders(run_dir) == []
+
+
+# -- test side: files that run code when loaded unsafely -------------------------------------------
+
+class Payload:
+    """Unpickling this runs code: it creates `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+def crafted(path: Path, marker: Path, form: str) -> Path:
+    """A file that runs code when loaded by plain pickle / torch.load(weights_only=False)."""
+    import pickle
+
+    import torch
+
+    if form == "pickle":
+        path.write_bytes(pickle.dumps({"model": Payload(marker)}, protocol=2))
+    else:
+        torch.save({"model": Payload(marker), "train_x": torch.zeros(1)}, path)
+    return path
+
+
+def proves_live(form: str, tmp_path: Path) -> None:
+    """Control: the crafted file really does run code when loaded unsafely."""
+    import pickle
+
+    import torch
+
+    control = tmp_path / "control-marker"
+    path = crafted(tmp_path / f"control-{form}.pt", control, form)
+    if form == "pickle":
+        pickle.loads(path.read_bytes())
+    else:
+        torch.load(path, weights_only=False)
+    assert control.read_text() == "pwned"
+
+
+def cli_refuses(capsys: Any, argv: list[str], *fragments: str) -> str:
+    """`python -m prunebench argv` in-process (pytest's capsys): exit 1 and one error line on
+    stderr holding every fragment."""
+    from prunebench.cli import main
+
+    capsys.readouterr()
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 1, err
+    assert len(err.splitlines()) == 1 and err.startswith("prunebench: error:"), err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+# -- test side: the tallies ------------------------------------------------------------------------
+
+SESSION_START = time.monotonic()
+
+
+def report_tallies(write_line: Any) -> None:
+    """At the end of a session that ran every kill plan: print the fault tallies (the README's
+    Reliability figures) and save them to $PRUNEBENCH_FAULT_SUMMARY when it is set."""
+    if FIGURES["kill plans completed"] < len(SETTINGS):
+        return
+    import torch
+
+    summary = {
+        "kills_survived": FIGURES["kills"],
+        "preemptions_survived": FIGURES["preemptions"],
+        "results_compared_with_uninterrupted_runs": FIGURES["results_compared"],
+        "results_lost": FIGURES["results_lost"],
+        "crafted_pickles_refused": FIGURES["crafted pickles refused"],
+        "bad_checkpoints_ignored": FIGURES["bad checkpoints ignored"],
+        "hostile_archive_reads_refused": FIGURES["hostile archive reads refused"],
+        "corrupt_or_wrong_data_refused": FIGURES["corrupt or wrong data refused"],
+        "invalid_configs_rejected": FIGURES["invalid configs rejected"],
+        "valid_configs_dry_run": FIGURES["valid configs dry-run"],
+        "diverged_runs_recorded_as_failed": FIGURES["diverged runs recorded as failed"],
+        "aggregations_checked": FIGURES["aggregations checked"],
+        "kill_points": {k[len("fault: "):]: v for k, v in sorted(FIGURES.items())
+                        if k.startswith("fault: ")},
+        "random_time_kills_too_late": FIGURES["random-time kills that came too late"],
+        "fault_seed": FAULT_SEED,
+        "session_seconds": round(time.monotonic() - SESSION_START, 1),
+        "cpu_count": os.cpu_count(),
+        "torch_version": torch.__version__,
+    }
+    text = json.dumps(summary, indent=2)
+    if os.environ.get("PRUNEBENCH_FAULT_SUMMARY"):
+        Path(os.environ["PRUNEBENCH_FAULT_SUMMARY"]).write_text(text + "\n")
+    write_line("fault summary:")
+    for line in text.splitlines():
+        write_line(line)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,26 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from faultlaunch import (
+    FIGURES,
+    KILLED,
+    SETTINGS,
+    Launcher,
+    check_finished,
+    read_csv,
+    run_args,
+    temp_folders,
+)
 from runfactory import make_run
 
 from prunebench import paths
-from prunebench.aggregate import aggregate, load_summary, summarize_runs
+from prunebench.aggregate import (
+    SUMMARY,
+    SUMMARY_BY_SETTING,
+    aggregate,
+    load_summary,
+    summarize_runs,
+)
 from prunebench.cli import main
 from prunebench.errors import PrunebenchError
 
@@ -252,3 +268,72 @@ def test_real_runs_aggregate(digits_dir: Path, tmp_path: Path) -> None:
     assert s["n"] == 2 and s["test_top1_pct_mean"] == pytest.approx(
         table.loc[table["status"] == "ok", "test_top1_pct"].mean())
     assert _setting(settings, "dense", None)["n_failed"] == 1
+
+
+@pytest.mark.slow
+def test_aggregation_sees_every_run_and_flags_the_doubtful(
+        launcher: Launcher, reference, digits_dir: Path, tmp_path: Path) -> None:
+    """Real run folders: finished, interrupted, diverged, killed in its first write; rerun after
+    more finish; an identical copy kept once; a conflicting copy and a stale folder reported."""
+    runs, log, results = tmp_path / "runs", tmp_path / "run.log", tmp_path / "results"
+
+    def leaf(setting: str) -> Path:
+        method, sparsity, _ = SETTINGS[setting]
+        return runs / f"digits/conv2/{method}/s{sparsity or 'none'}/seed3"
+
+    def aggregate() -> tuple[dict[str, dict[str, str]], list[dict[str, str]]]:
+        assert main(["aggregate", "--runs", str(runs), "--out", str(results)]) == 0
+        table = read_csv(results / SUMMARY)
+        return {r["run_id"]: r for r in table}, read_csv(results / SUMMARY_BY_SETTING)
+
+    assert launcher.attempt(run_args("dense", digits_dir, out=runs), log) == 0
+    kill = [{"at": "step", "n": 50, "action": "kill"}]
+    assert launcher.attempt(run_args("random", digits_dir, out=runs), log, kill) == KILLED
+    first_write = [{"at": "write", "file": "config.json", "n": 1, "when": "mid",
+                    "action": "kill"}]
+    assert launcher.attempt(run_args("snip", digits_dir, out=runs), log, first_write) == KILLED
+    assert launcher.attempt(run_args("magnitude_ft", digits_dir, out=runs,
+                                     extra=("method.ft_lr=1e12",)), log) == 3
+    FIGURES["kills"] += 2
+    rows, _ = aggregate()
+    assert {k: r["status"] for k, r in rows.items()} == {
+        "digits/conv2/dense/snone/seed3": "ok",
+        "digits/conv2/random/s0.5/seed3": "incomplete",
+        "digits/conv2/magnitude_ft/s0.8/seed3": "failed",
+    }  # the snip run never wrote its config: no row, and its temp folder is not a run
+    assert temp_folders(leaf("snip"))
+
+    for setting in ("random", "snip"):  # both finish; one more run joins
+        assert launcher.attempt(run_args(setting, digits_dir, out=runs), log) == 0
+        check_finished(leaf(setting), reference(setting))
+    assert launcher.attempt(run_args("random", digits_dir, out=runs, seed=4), log) == 0
+    rows, settings = aggregate()
+    assert sorted(r["status"] for r in rows.values()) == ["failed", "ok", "ok", "ok", "ok"]
+    random_row = next(r for r in settings if r["method"] == "random")
+    assert (random_row["n"], random_row["seeds"]) == ("2", "3;4")
+    finished = sorted(p.parent.relative_to(runs).as_posix() for p in runs.rglob("metrics.json"))
+    assert finished == sorted(k for k, r in rows.items() if r["status"] == "ok")
+
+    shutil.copytree(leaf("dense"), runs / "backup" / leaf("dense").relative_to(runs))
+    rows, settings = aggregate()
+    dense = [r for r in rows.values() if r["method"] == "dense"]
+    assert sorted(r["status"] for r in dense) == ["duplicate", "ok"]
+    assert next(r for r in settings if r["method"] == "dense")["n"] == "1"
+
+    other = runs / "old" / leaf("dense").relative_to(runs)  # same setting, other config
+    shutil.rmtree(runs / "backup")
+    assert launcher.attempt(run_args("dense", digits_dir, other, extra=("epochs=1",)), log) == 0
+    stale = leaf("snip")
+    config = json.loads((stale / "config.json").read_text())
+    config["config"]["train"]["lr"] = 0.05  # the folder's config changed after it finished
+    config["digest"] = "0" * 16
+    (stale / "config.json").write_text(json.dumps(config))
+    rows, settings = aggregate()
+    status = {k: r["status"] for k, r in rows.items()}
+    assert [status[k] for k in sorted(status) if "/dense/" in k] == ["duplicate", "duplicate"]
+    assert status[stale.relative_to(runs).as_posix()] == "stale"
+    assert not list(runs.rglob(".*.tmp"))
+    assert len(rows) == len(list(runs.rglob("config.json")))  # every run folder has its row
+    dense_setting = next(r for r in settings if r["method"] == "dense")
+    assert (dense_setting["n"], dense_setting["n_excluded"]) == ("0", "2")
+    FIGURES["aggregations checked"] += 4

@@ -1,5 +1,6 @@
 """safe_extract and SafeZip: hostile members are refused before anything is written, with an error
-naming the archive and the member; good archives unpack exactly."""
+naming the archive and the member; good archives unpack exactly; `prepare` refuses a hostile
+image archive in one line."""
 from __future__ import annotations
 
 import io
@@ -10,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from faultlaunch import FIGURES, cli_refuses
 
 from prunebench import archives
 from prunebench.archives import SafeZip, read_files, safe_extract
@@ -220,3 +222,99 @@ def test_read_files_applies_the_same_checks_and_writes_nothing(tmp_path: Path) -
             read_files(archive, max_bytes=1000)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["t.tar.gz", "z.zip", "esc.tar", "link.tar", "bomb.zip"])
+
+
+# -- more hostile archives: PAX/GNU names, UNC and drive paths, devices, through both readers ------
+
+def _tar(path: Path, infos: list[tuple[tarfile.TarInfo, bytes]], fmt: int) -> Path:
+    with tarfile.open(path, "w:gz", format=fmt) as tf:
+        for info, data in infos:
+            info.size = len(data) if info.isreg() else 0
+            tf.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return path
+
+
+def _info(name: str, kind: bytes = tarfile.REGTYPE, **attrs) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    for k, v in attrs.items():
+        setattr(info, k, v)
+    return info
+
+
+def _zip(path: Path, members: list[tuple[str, int, bytes]]) -> Path:
+    """members: (name, unix mode or 0, data)."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, mode, data in members:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = mode << 16
+            zf.writestr(info, data)
+    return path
+
+
+def hostile_archives(d: Path, outside: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (archive, words the refusal must contain). `outside` is where an escape lands."""
+    ok = (_info("train/a/0.png"), b"fine")
+    up = os.path.relpath(outside, d / "out")
+    return {
+        "tar block device": (_tar(d / "blk.tar.gz", [ok, (_info("dev", tarfile.BLKTYPE), b"")],
+                                  tarfile.GNU_FORMAT), "device file or FIFO"),
+        "tar PAX path escaping": (_tar(d / "pax.tar.gz", [ok, (_info(
+            "innocent.txt", pax_headers={"path": f"{up}/pax.txt"}), b"x")], tarfile.PAX_FORMAT),
+            "escape"),
+        "tar GNU long name escaping": (_tar(d / "long.tar.gz", [ok, (_info(
+            f"{up}/{'n' * 120}.txt"), b"x")], tarfile.GNU_FORMAT), "escape"),
+        "tar absolute long name": (_tar(d / "abs.tar.gz", [ok, (_info(
+            f"{outside}/{'a' * 120}.txt"), b"x")], tarfile.GNU_FORMAT), "escape"),
+        "tar folder escaping": (_tar(d / "dir.tar.gz", [ok, (_info(f"{up}/evil-dir",
+                                                                    tarfile.DIRTYPE), b"")],
+                                     tarfile.GNU_FORMAT), "escape"),
+        "tar hard link to an absolute path": (_tar(d / "hard.tar.gz", [ok, (_info(
+            "train/a/1.png", tarfile.LNKTYPE, linkname="/etc/passwd"), b"")], tarfile.GNU_FORMAT),
+            "hard link"),
+        "zip absolute path": (_zip(d / "abs.zip", [("train/a/0.png", 0, b"fine"),
+                                                   (f"{outside}/abs.txt", 0, b"x")]), "escape"),
+        "zip UNC path": (_zip(d / "unc.zip", [("\\\\server\\share\\evil.txt", 0, b"x")]),
+                         "escape"),
+        "zip drive letter": (_zip(d / "drive.zip", [("C:\\evil.txt", 0, b"x")]), "escape"),
+        "zip character device": (_zip(d / "chr.zip", [("dev", 0o020644, b"")]), "special file"),
+        "zip FIFO": (_zip(d / "fifo.zip", [("fifo", 0o010644, b"")]), "special file"),
+        "zip symlink": (_zip(d / "sym.zip", [("link", 0o120777, str(outside).encode())]),
+                        "symbolic link"),
+    }
+
+
+def test_hostile_archives_are_refused_without_writing(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    src = tmp_path / "archives"
+    src.mkdir()
+    cases = hostile_archives(src, outside)
+    readers = [("safe_extract", lambda a: safe_extract(a, tmp_path / "archives/out")),
+               ("read_files", read_files)]  # read_files: the in-memory imagefolder reader
+    for name, (archive, words) in cases.items():
+        for reader, read in readers:
+            with pytest.raises(PrunebenchError) as e:
+                read(archive)
+            msg = str(e.value)
+            assert str(archive) in msg and words in msg and "\n" not in msg, (name, reader, msg)
+            FIGURES["hostile archive reads refused"] += 1
+        out = src / "out"
+        assert not out.exists() or not any(out.rglob("*")), name
+    assert list(outside.iterdir()) == []
+    assert not Path("/abs.txt").exists() and not Path("/evil.txt").exists()
+
+
+def test_hostile_archive_through_the_cli(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`prepare --dataset imagefolder --root <archive>`: one line naming the archive, no data."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    src = tmp_path / "archives"
+    src.mkdir()
+    archive, words = hostile_archives(src, outside)["tar PAX path escaping"]
+    data = tmp_path / "data"
+    argv = ["prepare", "--dataset", "imagefolder", "--root", str(archive), "--data-dir", str(data)]
+    cli_refuses(capsys, argv, str(archive), words)
+    assert list(outside.iterdir()) == [] and not list(data.rglob("*.pt"))
+    FIGURES["hostile archive reads refused"] += 1

@@ -1,4 +1,6 @@
-"""The one-run CLI: complete run folders, exact budgets, and one clear line per user error."""
+"""The one-run CLI: complete run folders, exact budgets, and one clear line per user error.
+Most calls run `prunebench.cli.main` in-process (`python -m prunebench` is `sys.exit(main())`);
+one test starts the real entry point."""
 from __future__ import annotations
 
 import json
@@ -8,14 +10,21 @@ from pathlib import Path
 import pytest
 from conftest import PYTHON, REPO, cli_env
 
-
-def prunebench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "prunebench", *args], env=cli_env(), cwd=REPO,
-                          capture_output=True, text=True)
+from prunebench.cli import main
 
 
-def test_dense_digits_conv4_reaches_90_percent(digits_dir: Path, tmp_path: Path) -> None:
-    res = prunebench("run", "--dataset", "digits", "--arch", "conv4", "--method", "dense",
+def prunebench(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess:
+    """`python -m prunebench args` in-process: its exit code, stdout and stderr."""
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(["prunebench", *args], code, out.out, out.err)
+
+
+@pytest.mark.slow
+def test_dense_digits_conv4_reaches_90_percent(digits_dir: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    res = prunebench(capsys, "run", "--dataset", "digits", "--arch", "conv4", "--method", "dense",
                      "--seed", "0", "--out", str(tmp_path), f"data_dir={digits_dir}")
     assert res.returncode == 0, res.stderr
     run = tmp_path / "digits/conv4/dense/snone/seed0"
@@ -32,8 +41,9 @@ def test_dense_digits_conv4_reaches_90_percent(digits_dir: Path, tmp_path: Path)
     assert len((run / "history.csv").read_text().splitlines()) == 1 + metrics["epochs_run"]
 
 
-def test_random_hits_exact_budget(digits_dir: Path, tmp_path: Path) -> None:
-    res = prunebench("run", "--dataset", "digits", "--arch", "conv4", "--method", "random",
+def test_random_hits_exact_budget(digits_dir: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    res = prunebench(capsys, "run", "--dataset", "digits", "--arch", "conv4", "--method", "random",
                      "--sparsity", "0.9", "--seed", "0", "--out", str(tmp_path), "epochs=1",
                      f"data_dir={digits_dir}")
     assert res.returncode == 0, res.stderr
@@ -44,8 +54,8 @@ def test_random_hits_exact_budget(digits_dir: Path, tmp_path: Path) -> None:
     assert m["macs_effective"] < 0.2 * m["macs_dense"]
 
 
-def test_print_run_dir(tmp_path: Path) -> None:
-    res = prunebench("run", "--dataset", "digits", "--arch", "conv4", "--method", "random",
+def test_print_run_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    res = prunebench(capsys, "run", "--dataset", "digits", "--arch", "conv4", "--method", "random",
                      "--sparsity", "0.95", "--seed", "2", "--out", str(tmp_path),
                      "--print-run-dir")
     assert res.stdout.strip() == str(tmp_path / "digits/conv4/random/s0.95/seed2")
@@ -77,17 +87,30 @@ def test_print_run_dir(tmp_path: Path) -> None:
      "dataset 'cifar10' is not prepared"),
 ])
 def test_user_errors_are_one_line(args: list[str], message: str, digits_dir: Path,
-                                  tmp_path: Path) -> None:
+                                  tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     extra = [] if any(a.startswith("data_dir=") for a in args) else [f"data_dir={digits_dir}"]
-    res = prunebench("run", *args, "--out", str(tmp_path), *extra)
+    res = prunebench(capsys, "run", *args, "--out", str(tmp_path), *extra)
     assert res.returncode == 1, res.stderr
     assert message in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not list(tmp_path.rglob("metrics.json"))
 
 
-def test_nan_loss_stops_with_failed_record(digits_dir: Path, tmp_path: Path) -> None:
-    res = prunebench("run", "--dataset", "digits", "--arch", "conv2", "--method", "dense",
+def test_entry_point_prints_one_line_error_and_exit_code(tmp_path: Path) -> None:
+    """The real `python -m prunebench`: a user error is one line on stderr and exit code 1."""
+    res = subprocess.run([PYTHON, "-m", "prunebench", "run", "--dataset", "mnist", "--arch",
+                          "conv4", "--method", "dense", "--out", str(tmp_path)],
+                         env=cli_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.startswith("prunebench: error: unknown dataset 'mnist'; allowed: digits, "
+                                 "cifar10"), res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert res.stdout == "" and not list(tmp_path.iterdir())
+
+
+def test_nan_loss_stops_with_failed_record(digits_dir: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    res = prunebench(capsys, "run", "--dataset", "digits", "--arch", "conv2", "--method", "dense",
                      "--run-dir", str(tmp_path / "run"), "lr=1e12", "epochs=3",
                      "schedule=constant", f"data_dir={digits_dir}")
     assert res.returncode == 3, res.stderr
@@ -97,7 +120,7 @@ def test_nan_loss_stops_with_failed_record(digits_dir: Path, tmp_path: Path) -> 
     assert "loss became" in failed["reason"]
 
 
-def test_list_shows_registered_methods() -> None:
-    res = prunebench("list")
+def test_list_shows_registered_methods(capsys: pytest.CaptureFixture[str]) -> None:
+    res = prunebench(capsys, "list")
     assert res.returncode == 0
     assert "dense" in res.stdout and "random" in res.stdout and "conv4" in res.stdout
