@@ -45,9 +45,7 @@ import torch
 from torch import nn
 
 from prunebench.frozen import (
-    SIGNED_CONSTANT_SCOPES,
     add_frozen_biases,
-    check_choice,
     in_scope,
 )
 from prunebench.masking import (
@@ -58,20 +56,26 @@ from prunebench.masking import (
     stored_weight,
     weight_transform,
 )
-from prunebench.method import MethodContext, MethodHparams, OptimGroup, Phase, PruningMethod
+from prunebench.method import MethodHparams, OptimGroup, Phase, PruningMethod, option
 from prunebench.registry import register_method
 
 
 @dataclass
 class EdgePopupHparams(MethodHparams):
-    lr: float = 0.1  # Ramanujan 2020 reference conv configs: SGD lr 0.1, cosine
-    momentum: float = 0.9  # reference conv configs
-    weight_decay: float = 1e-4  # reference conv configs (applied to the scores)
-    signed_constant: bool = True  # sec. 4: signed Kaiming constant; False keeps Kaiming normal
-    scale_fan: bool = False  # sec. 4 "scaled" variant: constant divided by sqrt(density)
-    signed_constant_scope: str = "all"  # all | conv (ASLP: Linear layers stay Kaiming normal)
-    frozen_bias: bool = False  # ASLP layer_modules.py: random never-trained bias in every layer
-    lr_schedule: str = "run"  # run: the run's schedule (paper: cosine); ASLP: constant
+    lr: float = option(0.1, "Ramanujan 2020 reference conv configs: SGD lr 0.1, cosine")
+    momentum: float = option(0.9, "reference conv configs")
+    weight_decay: float = option(1e-4, "reference conv configs (applied to the scores)")
+    signed_constant: bool = option(
+        True, "sec. 4: signed Kaiming constant; False keeps Kaiming normal")
+    scale_fan: bool = option(False, "sec. 4 'scaled' variant: constant divided by sqrt(density)")
+    signed_constant_scope: str = option(
+        "all", "all | conv (ASLP: Linear layers stay Kaiming normal)", choices=('all', 'conv'))
+    frozen_bias: bool = option(
+        False, "ASLP layer_modules.py: random never-trained bias in every layer")
+    lr_schedule: str = option(
+        "run",
+        "run: the run's schedule (paper: cosine); ASLP: constant",
+        choices=('run', 'constant'))
 
 
 def fast_topk_mask(score: torch.Tensor, k: int) -> torch.Tensor:
@@ -88,7 +92,6 @@ def fast_topk_mask(score: torch.Tensor, k: int) -> torch.Tensor:
     return keep.view_as(score)
 
 
-LR_SCHEDULES = ("run", "constant")
 
 
 class _TopKStraightThrough(torch.autograd.Function):
@@ -134,12 +137,6 @@ class EdgePopup(PruningMethod):
     hparams_cls = EdgePopupHparams
     frozen_weights = True
     paper = "Ramanujan et al., What's hidden in a randomly weighted neural network?, CVPR 2020"
-
-    def __init__(self, hparams: EdgePopupHparams, ctx: MethodContext) -> None:
-        check_choice("edgepopup", "signed_constant_scope", hparams.signed_constant_scope,
-                     SIGNED_CONSTANT_SCOPES)
-        check_choice("edgepopup", "lr_schedule", hparams.lr_schedule, LR_SCHEDULES)
-        super().__init__(hparams, ctx)
 
     def prepare(self, model: nn.Module) -> None:
         layers = prunable_layers(model)

@@ -55,7 +55,7 @@ from prunebench.masking import (
     prunable_layers,
     stored_weight,
 )
-from prunebench.method import MethodContext, MethodHparams, OptimGroup, Phase, PruningMethod
+from prunebench.method import MethodContext, MethodHparams, OptimGroup, Phase, PruningMethod, option
 from prunebench.registry import register_method
 
 
@@ -63,19 +63,22 @@ from prunebench.registry import register_method
 class MagnitudeHparams(MethodHparams):
     """The recipe is the dense one, pruning happens after it."""
 
-    dense_from: str = ""  # a finished `dense` run folder: prune its network, skip the dense phase
+    dense_from: str = option(
+        "", "a finished `dense` run folder: prune its network, skip the dense phase")
 
 
 @dataclass
 class MagnitudeFtHparams(MethodHparams):
-    dense_from: str = ""  # a finished `dense` run folder: prune its network, skip the dense phase
-    ft_epochs: int | None = None  # papers silent; None: a quarter of the recipe's epochs
-    ft_lr: float | None = None  # papers silent; None: the recipe's lr (LR restarting, Le 2021)
+    dense_from: str = option(
+        "", "a finished `dense` run folder: prune its network, skip the dense phase")
+    ft_epochs: int | None = option(None, "papers silent; None: a quarter of the recipe's epochs")
+    ft_lr: float | None = option(
+        None, "papers silent; None: the recipe's lr (LR restarting, Le 2021)")
 
 
 @dataclass
 class MagnitudeInitHparams(MethodHparams):
-    rescale: bool = False  # papers: no rescaling; True keeps each layer's weight norm
+    rescale: bool = option(False, "papers: no rescaling; True keeps each layer's weight norm")
 
 
 def magnitude_scores(model: nn.Module) -> list[torch.Tensor]:

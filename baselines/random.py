@@ -23,13 +23,13 @@ from prunebench.masking import (
     prunable_layers,
     stored_weight,
 )
-from prunebench.method import MethodHparams, PruningMethod
+from prunebench.method import MethodHparams, PruningMethod, option
 from prunebench.registry import register_method
 
 
 @dataclass
 class RandomHparams(MethodHparams):
-    rescale: bool = False  # no rescaling, as the prune-at-init papers' random controls
+    rescale: bool = option(False, "no rescaling, as the prune-at-init papers' random controls")
 
 
 @register_method("random")

@@ -35,18 +35,18 @@ from prunebench.masking import (
     prunable_layers,
     stored_weight,
 )
-from prunebench.method import MethodContext, MethodHparams, PruningMethod
+from prunebench.method import MethodHparams, PruningMethod, option
 from prunebench.registry import register_method
-
-BN_MODES = ("train", "eval")
 
 
 @dataclass
 class SnipHparams(MethodHparams):
-    samples_per_class: int = 10  # 10 x classes images (Lee 2019 sec. 5: a batch of 100, CIFAR-10)
-    score_batch_size: int = 100  # Lee 2019 sec. 5: mini-batch of 100
-    bn_mode: str = "train"  # paper silent; train: batch statistics, as in training
-    rescale: bool = False  # paper: no rescaling; True keeps each layer's weight norm
+    samples_per_class: int = option(
+        10, "10 x classes images (Lee 2019 sec. 5: a batch of 100, CIFAR-10)")
+    score_batch_size: int = option(100, "Lee 2019 sec. 5: mini-batch of 100")
+    bn_mode: str = option(
+        "train", "paper silent; train: batch statistics, as in training", choices=('train', 'eval'))
+    rescale: bool = option(False, "paper: no rescaling; True keeps each layer's weight norm")
 
 
 def snip_scores(model: nn.Module, batches, bn_mode: str) -> tuple[list[torch.Tensor], int]:
@@ -81,12 +81,6 @@ class Snip(PruningMethod):
 
     hparams_cls = SnipHparams
     paper = "Lee, Ajanthan, Torr, SNIP, ICLR 2019"
-
-    def __init__(self, hparams: SnipHparams, ctx: MethodContext) -> None:
-        if hparams.bn_mode not in BN_MODES:
-            raise PrunebenchError(f"method snip option bn_mode={hparams.bn_mode!r}; "
-                                  f"allowed: {', '.join(BN_MODES)}")
-        super().__init__(hparams, ctx)
 
     def prepare(self, model: nn.Module) -> None:
         attach_fixed_masks(model)

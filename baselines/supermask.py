@@ -46,31 +46,33 @@ from torch import nn
 
 from prunebench.errors import PrunebenchError
 from prunebench.frozen import (
-    SIGNED_CONSTANT_SCOPES,
     add_frozen_biases,
-    check_choice,
     reinitialise,
     reset_norm_affine,
 )
 from prunebench.masking import attach, prunable_layers, weight_transform
-from prunebench.method import MethodContext, MethodHparams, OptimGroup, Phase, PruningMethod
+from prunebench.method import MethodContext, MethodHparams, OptimGroup, Phase, PruningMethod, option
 from prunebench.registry import register_method
 
 
 @dataclass
 class SupermaskHparams(MethodHparams):
-    lr: float = 100.0  # reference code README: SGD lr 100 for supermask training
-    momentum: float = 0.9  # reference code default (--mom)
-    weight_decay: float = 0.0  # reference code default (--l2 0)
-    logit_init: float = 0.0  # reference code --sigmoid_bias 0: keep probability 0.5
-    dynamic_rescale: bool = False  # Zhou 2019 sec. 5 DWR option; off: see module docstring
-    signed_constant: bool = False  # Zhou 2019 option: sign(w) * std(layer)
-    signed_constant_scope: str = "all"  # all | conv (ASLP: Linear layers stay Kaiming normal)
-    frozen_bias: bool = False  # ASLP layer_modules.py: random never-trained bias in every layer
-    lr_schedule: str = "constant"  # reference code --decay_schedule -1; "run": the run's schedule
-    eval_samples: int = 10  # Zhou 2019: mean test accuracy over 10 sampled masks
+    lr: float = option(100.0, "reference code README: SGD lr 100 for supermask training")
+    momentum: float = option(0.9, "reference code default (--mom)")
+    weight_decay: float = option(0.0, "reference code default (--l2 0)")
+    logit_init: float = option(0.0, "reference code --sigmoid_bias 0: keep probability 0.5")
+    dynamic_rescale: bool = option(False, "Zhou 2019 sec. 5 DWR option; off: see module docstring")
+    signed_constant: bool = option(False, "Zhou 2019 option: sign(w) * std(layer)")
+    signed_constant_scope: str = option(
+        "all", "all | conv (ASLP: Linear layers stay Kaiming normal)", choices=('all', 'conv'))
+    frozen_bias: bool = option(
+        False, "ASLP layer_modules.py: random never-trained bias in every layer")
+    lr_schedule: str = option(
+        "constant",
+        "reference code --decay_schedule -1; 'run': the run's schedule",
+        choices=('constant', 'run'))
+    eval_samples: int = option(10, "Zhou 2019: mean test accuracy over 10 sampled masks")
 
-LR_SCHEDULES = ("constant", "run")
 
 
 class BernoulliMask(nn.Module):
@@ -119,9 +121,6 @@ class Supermask(PruningMethod):
     paper = "Zhou et al., Deconstructing lottery tickets, NeurIPS 2019 (supermask)"
 
     def __init__(self, hparams: SupermaskHparams, ctx: MethodContext) -> None:
-        check_choice("supermask", "signed_constant_scope", hparams.signed_constant_scope,
-                     SIGNED_CONSTANT_SCOPES)
-        check_choice("supermask", "lr_schedule", hparams.lr_schedule, LR_SCHEDULES)
         if hparams.eval_samples < 1:
             raise PrunebenchError(f"method supermask option eval_samples={hparams.eval_samples}"
                                   " must be >= 1 (its accuracy is the mean over sampled masks)")

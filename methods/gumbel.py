@@ -70,10 +70,7 @@ from torch import nn
 
 from prunebench.errors import PrunebenchError
 from prunebench.frozen import (
-    INITS,
-    SIGNED_CONSTANT_SCOPES,
     add_frozen_biases,
-    check_choice,
     reinitialise,
     reset_norm_affine,
 )
@@ -85,28 +82,35 @@ from prunebench.masking import (
     prunable_layers,
     weight_transform,
 )
-from prunebench.method import MethodContext, MethodHparams, OptimGroup, Phase, PruningMethod
+from prunebench.method import MethodContext, MethodHparams, OptimGroup, Phase, PruningMethod, option
 from prunebench.registry import register_method
-
-SCHEDULES = ("constant", "cosine", "step", "run")
 
 
 @dataclass
 class GumbelHparams(MethodHparams):
-    init: str = "kaiming_normal"  # paper: Kaiming normal (fan_in, ReLU); or signed_constant
-    signed_constant_scope: str = "all"  # all | conv (ASLP: Linear layers stay Kaiming normal)
-    frozen_bias: bool = False  # ASLP layer_modules.py: random never-trained bias in every layer
-    tau: float = 1.0  # paper: Gumbel-Softmax temperature 1
-    logit_init: float = 0.0  # paper: m = 0, keep probability 1/2
-    logit_lr: float = 50.0  # paper: SGD lr 50 for the logits
-    logit_momentum: float = 0.9  # paper
-    logit_weight_decay: float = 0.0  # paper: none
-    smart_rescale: bool = True  # paper: on (its contribution); switchable for the ablation
-    rescale_lr: float = 1e-3  # paper: own lr 1e-3 for the per-layer scales
-    rescale_momentum: float = 0.9  # paper
-    lr_schedule: str = "constant"  # paper code (ASLP main.py): no lr scheduler; "run" = run's
-    budget: bool = False  # extension beyond the paper: penalty toward K + exact top-K by logit
-    budget_weight: float = 1e-3  # extension: decision, measured (see module docstring)
+    init: str = option(
+        "kaiming_normal",
+        "paper: Kaiming normal (fan_in, ReLU); or signed_constant",
+        choices=('kaiming_normal', 'signed_constant'))
+    signed_constant_scope: str = option(
+        "all", "all | conv (ASLP: Linear layers stay Kaiming normal)", choices=('all', 'conv'))
+    frozen_bias: bool = option(
+        False, "ASLP layer_modules.py: random never-trained bias in every layer")
+    tau: float = option(1.0, "paper: Gumbel-Softmax temperature 1")
+    logit_init: float = option(0.0, "paper: m = 0, keep probability 1/2")
+    logit_lr: float = option(50.0, "paper: SGD lr 50 for the logits")
+    logit_momentum: float = option(0.9, "paper")
+    logit_weight_decay: float = option(0.0, "paper: none")
+    smart_rescale: bool = option(True, "paper: on (its contribution); switchable for the ablation")
+    rescale_lr: float = option(1e-3, "paper: own lr 1e-3 for the per-layer scales")
+    rescale_momentum: float = option(0.9, "paper")
+    lr_schedule: str = option(
+        "constant",
+        "paper code (ASLP main.py): no lr scheduler; 'run' = run's",
+        choices=('constant', 'cosine', 'step', 'run'))
+    budget: bool = option(
+        False, "extension beyond the paper: penalty toward K + exact top-K by logit")
+    budget_weight: float = option(1e-3, "extension: decision, measured (see module docstring)")
 
 
 def logistic_noise(like: torch.Tensor) -> torch.Tensor:
@@ -158,10 +162,6 @@ class Gumbel(PruningMethod):
 
     def __init__(self, hparams: GumbelHparams, ctx: MethodContext) -> None:
         super().__init__(hparams, ctx)
-        check_choice("gumbel", "init", hparams.init, INITS)
-        check_choice("gumbel", "signed_constant_scope", hparams.signed_constant_scope,
-                     SIGNED_CONSTANT_SCOPES)
-        check_choice("gumbel", "lr_schedule", hparams.lr_schedule, SCHEDULES)
         if hparams.tau <= 0:
             raise PrunebenchError(f"method gumbel option tau={hparams.tau} must be > 0")
         if hparams.budget_weight < 0:

@@ -68,25 +68,30 @@ from prunebench.masking import (
     stored_weight,
     weight_transform,
 )
-from prunebench.method import MethodContext, MethodHparams, OptimGroup, Phase, PruningMethod
+from prunebench.method import MethodContext, MethodHparams, OptimGroup, Phase, PruningMethod, option
 from prunebench.registry import register_method
 
 C2 = math.exp(-1.0)
 C1 = 1.0 / (1.0 - C2)
 Y_MAX = 1e30  # (t x)^n beyond this is clamped: h = 1 to float precision there
-T_PARAMS = ("t", "log_t")
-T_OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass
 class ReparamHparams(MethodHparams):
-    n: int = 4  # paper: exponent of h_t
-    t_init: float = 100.0  # paper: initial t of every layer
-    lam: float = 10.0  # decision (paper: 1); with 1 the soft budget lags (docstring numbers)
-    t_param: str = "log_t"  # decision (paper: t); t does not move under SGD (METHODS.md pitfall)
-    t_optimizer: str = "adam"  # decision (paper silent: the weights' SGD); see t_param
-    t_lr: float | None = 0.05  # decision, measured (log t / Adam); None: the weights' lr (paper)
-    t_momentum: float = 0.9  # for t_optimizer=sgd only (paper silent: the weights' momentum)
+    n: int = option(4, "paper: exponent of h_t")
+    t_init: float = option(100.0, "paper: initial t of every layer")
+    lam: float = option(
+        10.0, "decision (paper: 1); with 1 the soft budget lags (docstring numbers)")
+    t_param: str = option(
+        "log_t",
+        "decision (paper: t); t does not move under SGD (METHODS.md pitfall)",
+        choices=('t', 'log_t'))
+    t_optimizer: str = option(
+        "adam", "decision (paper silent: the weights' SGD); see t_param", choices=('sgd', 'adam'))
+    t_lr: float | None = option(
+        0.05, "decision, measured (log t / Adam); None: the weights' lr (paper)")
+    t_momentum: float = option(
+        0.9, "for t_optimizer=sgd only (paper silent: the weights' momentum)")
 
 
 def gate(x: torch.Tensor, t: torch.Tensor, n: int) -> torch.Tensor:
@@ -147,12 +152,6 @@ class Reparam(PruningMethod):
 
     def __init__(self, hparams: ReparamHparams, ctx: MethodContext) -> None:
         super().__init__(hparams, ctx)
-        if hparams.t_param not in T_PARAMS:
-            raise PrunebenchError(f"method reparam option t_param={hparams.t_param!r}; "
-                                  f"allowed: {', '.join(T_PARAMS)}")
-        if hparams.t_optimizer not in T_OPTIMIZERS:
-            raise PrunebenchError(f"method reparam option t_optimizer={hparams.t_optimizer!r}; "
-                                  f"allowed: {', '.join(T_OPTIMIZERS)}")
         if hparams.n < 2 or hparams.n % 2:
             raise PrunebenchError(f"method reparam option n={hparams.n} must be an even "
                                   "integer >= 2 (h_t must be symmetric in the weight)")

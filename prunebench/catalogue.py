@@ -23,6 +23,7 @@ class MethodSpec:
     budgeted: bool
     budget_option: str
     options: tuple[tuple[str, str], ...]  # (option name, type annotation), in field order
+    choices: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (option name, allowed values)
 
     def typed_options(self, options: dict[str, Any], where: str) -> dict[str, Any]:
         """`options` with each value as its field's type; an unknown name is an error."""
@@ -32,7 +33,13 @@ class MethodSpec:
             raise PrunebenchError(
                 f"{where}: unknown option(s) {', '.join(unknown)} of method {self.name}; "
                 f"allowed: {', '.join(sorted(names)) or '(none)'}")
-        return {k: coerce(v, names[k], f"{where}.{k}") for k, v in options.items()}
+        typed = {k: coerce(v, names[k], f"{where}.{k}") for k, v in options.items()}
+        for name, allowed in self.choices:
+            if name in typed and typed[name] not in allowed:
+                raise PrunebenchError(f"{where}.{name}: {typed[name]!r} is not an allowed value "
+                                      f"of method {self.name}'s option; allowed: "
+                                      f"{', '.join(allowed)}")
+        return typed
 
     def is_budgeted(self, options: dict[str, Any], where: str) -> bool:
         """The rule of PruningMethod.is_budgeted, on config values."""
@@ -85,6 +92,22 @@ class _Classes:
                     out[target.id] = self.find(value.id, node)
         return out
 
+    def choices(self, node: ast.ClassDef | None) -> dict[str, tuple[str, ...]]:
+        """The literal `choices=(...)` of each `option(...)` field of a class and its bases."""
+        if node is None:
+            return {}
+        out: dict[str, tuple[str, ...]] = {}
+        for base in node.bases:
+            if isinstance(base, ast.Name):
+                out.update(self.choices(self.find(base.id, node)))
+        for stmt in node.body:
+            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                    and isinstance(stmt.value, ast.Call)):
+                for kw in stmt.value.keywords:
+                    if kw.arg == "choices":
+                        out[stmt.target.id] = tuple(ast.literal_eval(kw.value))
+        return out
+
     def fields(self, node: ast.ClassDef | None) -> dict[str, str]:
         """Dataclass fields (name -> annotation text) of a class and its scanned bases."""
         if node is None:
@@ -123,7 +146,9 @@ def method_catalogue() -> dict[str, MethodSpec]:
         name = _registered_name(node)
         if name:
             attrs = classes.attrs(node)
-            fields = classes.fields(attrs.get("hparams_cls"))
+            hparams = attrs.get("hparams_cls")
+            fields = classes.fields(hparams)
             specs[name] = MethodSpec(name, bool(attrs.get("budgeted", True)),
-                                     str(attrs.get("budget_option", "")), tuple(fields.items()))
+                                     str(attrs.get("budget_option", "")), tuple(fields.items()),
+                                     tuple(classes.choices(hparams).items()))
     return dict(sorted(specs.items()))

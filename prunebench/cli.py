@@ -96,7 +96,9 @@ def print_options(method: str) -> None:
         else:
             default = "(required)"
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        rows.append((f.name, kind, str(default), f.metadata.get("help", "")))
+        choices = f.metadata.get("choices", ())
+        allowed = f" (one of: {', '.join(choices)})" if choices else ""
+        rows.append((f.name, kind, str(default), f.metadata.get("help", "") + allowed))
     if not rows:
         print("  (no options)")
     widths = [max(len(r[i]) for r in rows) for i in range(3)] if rows else []

@@ -13,19 +13,9 @@ import math
 import torch
 from torch import nn
 
-from prunebench.errors import PrunebenchError
 from prunebench.masking import prunable_layers, stored_weight
 
-INITS = ("kaiming_normal", "signed_constant")
-SIGNED_CONSTANT_SCOPES = ("all", "conv")
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
-
-
-def check_choice(method: str, option: str, value: str, allowed: tuple[str, ...]) -> None:
-    """Refuse an option value outside `allowed`, naming the method and option."""
-    if value not in allowed:
-        raise PrunebenchError(f"method {method} option {option}={value!r}; "
-                              f"allowed: {', '.join(allowed)}")
 
 
 def in_scope(layer: nn.Module, scope: str) -> bool:

@@ -78,6 +78,13 @@ class MethodContext:
     evaluation at extract time (e.g. a mean over sampled masks). Never for training or selection."""
 
 
+def option(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
+    """A method option: its default, one-line help (`prunebench list --options METHOD`) and
+    allowed values side by side, in the method's hparams dataclass (the OpenLTH style). Write
+    `choices` as a literal tuple: the workflow reads it from the source without importing."""
+    return field(default=default, metadata={"help": help, "choices": tuple(choices)})
+
+
 @dataclass
 class MethodHparams:
     """Base of every method's hyper-parameter dataclass; defaults are the papers' values."""
@@ -100,6 +107,15 @@ class MethodHparams:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def check_choices(self, where: str) -> None:
+        """Refuse a value outside an option's declared choices, naming it and the allowed ones."""
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices", ())
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise PrunebenchError(f"{where} option {f.name}={value!r}; allowed: "
+                                      f"{', '.join(choices)}")
+
 
 class PruningMethod:
     """Base class: the defaults describe plain dense training with every parameter trained."""
@@ -116,6 +132,7 @@ class PruningMethod:
     paper: ClassVar[str] = ""
 
     def __init__(self, hparams: MethodHparams, ctx: MethodContext) -> None:
+        hparams.check_choices(f"method {self.name}")
         self.hp = hparams
         self.ctx = ctx
 

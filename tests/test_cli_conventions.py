@@ -36,8 +36,9 @@ def test_list_options_prints_every_option_with_its_default(
     assert len(lines) == 1 + len(fields)
     for f, line in zip(fields, lines[1:], strict=True):
         assert line.split()[0] == f.name and f"  {f.default}" in line, line
-        if f.metadata.get("help"):
-            assert line.endswith(f.metadata["help"]), line
+        assert f.metadata["help"] and f.metadata["help"] in line, line  # every option has help
+        if f.metadata["choices"]:
+            assert line.endswith(f"(one of: {', '.join(f.metadata['choices'])})"), line
 
 
 def test_list_options_of_unknown_method(capsys: pytest.CaptureFixture[str]) -> None:
