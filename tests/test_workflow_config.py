@@ -20,9 +20,6 @@ from faultlaunch import FIGURES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-pytestmark = pytest.mark.slow
-
-
 WORKFLOW_FILES = ("Snakefile", "rules", "config", "profiles", "prunebench", "methods",
                   "baselines", "report", "environment.yml")
 
