@@ -259,26 +259,26 @@ def build(arch: str, method: str, data: Any, device: torch.device, batch_size: i
 
 class PhaseStepper:
     """Times epochs of one training phase of a built method through the engine's own loop
-    (Trainer._train_epoch): every per-step cost of a real run is inside the timing."""
+    (Trainer.train_epoch): every per-step cost of a real run is inside the timing."""
 
     def __init__(self, built: Built, phase_index: int) -> None:
-        from prunebench.train import _SignalFlag
+        from prunebench.train import SignalFlag
 
         tr = built.trainer
         for phase in tr.phases[:phase_index]:
-            tr._setup_phase(phase)
+            tr.setup_phase(phase)
             built.method.on_phase_end(built.model, phase)
         tr.state.phase = phase_index
         self.trainer = tr
         self.phase = tr.phases[phase_index]
-        self.optimizers = tr._setup_phase(self.phase)
-        self.flag = _SignalFlag()
+        self.optimizers = tr.setup_phase(self.phase)
+        self.flag = SignalFlag()
         self.steps = max(tr.data.size("train") // tr.cfg.batch_size, 1)
 
     def step_seconds(self) -> float:
         """Run one epoch; seconds per optimizer step (the loop's own timing, device-synced)."""
         tr = self.trainer
-        tr._train_epoch(self.phase, self.optimizers, self.flag)
+        tr.train_epoch(self.phase, self.optimizers, self.flag)
         tr.state.epoch = 0  # keep the lr schedule at its start: every epoch does the same work
         return tr.state.history[-1]["epoch_seconds"] / self.steps
 

@@ -83,17 +83,17 @@ def _worker_cmd(arch: str, device: torch.device, n_images: int, batch: int, epoc
 def _run_all(cmds: list[list[str]], concurrent: bool) -> tuple[float, list[float]]:
     """Wall seconds of running every command (all at once or one after another) and each
     worker's own training seconds."""
-    from benchmarks.workflow import _env
+    from benchmarks.workflow import subprocess_env
 
     t0 = time.perf_counter()
     outs = []
     if concurrent:
-        procs = [subprocess.Popen(c, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for c in cmds]
+        procs = [subprocess.Popen(c, env=subprocess_env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for c in cmds]
         outs = [p.communicate() + (p.returncode,) for p in procs]
     else:
         for c in cmds:
-            p = subprocess.run(c, env=_env(), capture_output=True, text=True)
+            p = subprocess.run(c, env=subprocess_env(), capture_output=True, text=True)
             outs.append((p.stdout, p.stderr, p.returncode))
     wall = time.perf_counter() - t0
     train = []

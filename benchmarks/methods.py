@@ -91,7 +91,7 @@ def overhead(ctx: Context, device: torch.device, arch: str, size: int, batch: in
                 ratio=ratio, ratio_range=spread(ratios), target=f"<= {target:g}",
                 target_met=ratio <= target, status="ok",
                 note="ratio = median of paired (dense, method) epoch times per step, "
-                     "interleaved A B B A; engine's Trainer._train_epoch" + note))
+                     "interleaved A B B A; engine's Trainer.train_epoch" + note))
             del built, stepper
     if not all_dense:
         all_dense = [dense.step_seconds() for _ in range(repeats)]
@@ -256,7 +256,7 @@ def extracted(arch: str, method: str, data, device: torch.device, batch: int):
 
     built = build(arch, method, data, device, batch)
     for phase in built.trainer.phases:
-        built.trainer._setup_phase(phase)
+        built.trainer.setup_phase(phase)
         built.method.on_phase_end(built.model, phase)
     built.model.eval()
     built.method.extract(built.model)

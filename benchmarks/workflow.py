@@ -25,7 +25,7 @@ SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 RUN_LINE = re.compile(r"python -m prunebench (run .*?)(?: > | 2>|$)")
 
 
-def _env() -> dict[str, str]:
+def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -45,7 +45,7 @@ def run_child(cmd: list[str], timeout: float = 1800, cwd: Path = REPO) -> Timed:
     """Run `cmd`; wall seconds and CPU seconds of it and every child it waited for."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True,
+    res = subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True,
                          timeout=timeout)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -110,7 +110,7 @@ class Job:
 def parse_jobs(commands: list[list[str]]) -> list[Job]:
     """Resolve each job's command exactly as `prunebench run` would, then ask its method for
     its phases (names and epochs)."""
-    from prunebench.cli import _run_config, build_parser
+    from prunebench.cli import build_parser, run_config
     from prunebench.method import MethodContext, TrainSettings
     from prunebench.registry import get_method
 
@@ -119,7 +119,7 @@ def parse_jobs(commands: list[list[str]]) -> list[Job]:
     for argv in commands:
         args, extra = parser.parse_known_args(["run", *argv])
         args.overrides = [*args.overrides, *extra]
-        cfg = _run_config(args)
+        cfg = run_config(args)
         cls = get_method(cfg.method)
         hp = cls.hparams_cls.from_dict(cfg.method_options, f"method {cfg.method}")
         t = cfg.train

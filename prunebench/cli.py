@@ -34,7 +34,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     print(path)
 
 
-def _run_config(args: argparse.Namespace):
+def run_config(args: argparse.Namespace):
     file_config = load_config_file(args.config) if args.config else {}
     overrides = parse_overrides(args.overrides)
     if args.epochs is not None:
@@ -55,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from prunebench.run import execute
 
     get_method(args.method)
-    cfg = _run_config(args)
+    cfg = run_config(args)
     run_dir = run_dir_for(args)
     if args.print_run_dir:
         print(run_dir)

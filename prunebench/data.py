@@ -13,7 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prunebench import paths
+from prunebench import (
+    downloads,  # noqa: F401 - registers the downloaded datasets' sources
+    paths,
+)
 from prunebench.archives import one_line
 from prunebench.datasets import RawDataset, SourceArgs, get_source
 from prunebench.errors import PrunebenchError
@@ -45,7 +48,7 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarr
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
 
-def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images in [0, 1], in ~64 MB float64 chunks (a float
     copy of a whole dataset would take 8x its size, twice)."""
     n, c = x.shape[0], x.shape[1]
@@ -77,7 +80,7 @@ def prepare(name: str, data_dir: str | Path, root: str = "", val_fraction: float
     elif raw.mean is not None and raw.std is not None:
         mean, std = raw.mean, raw.std
     else:
-        mean, std = _channel_stats(raw.train_x)
+        mean, std = channel_stats(raw.train_x)
     blob = {
         "train_x": torch.from_numpy(np.ascontiguousarray(raw.train_x, dtype=np.uint8)),
         "train_y": torch.from_numpy(raw.train_y.astype(np.int64)),

@@ -65,9 +65,7 @@ def register_source(name: str) -> Callable[[Source], Source]:
 
 
 def get_source(name: str) -> Source:
-    # Download-based sources live in their own module; importing it registers them.
-    import prunebench.downloads  # noqa: F401
-
+    """The source registered as `name` (prunebench.data imports every source module)."""
     if name not in SOURCES:
         raise PrunebenchError(f"unknown dataset {name!r}; allowed: {', '.join(sorted(SOURCES))}")
     return SOURCES[name]

@@ -78,14 +78,14 @@ class LoopState:
     train_seconds: float = 0.0
 
 
-class _SignalFlag:
+class SignalFlag:
     """Records a preemption signal; the loop checkpoints and stops at the next step boundary."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> _SignalFlag:
+    def __enter__(self) -> SignalFlag:
         for s in PREEMPT_SIGNALS:
             self._old[s] = signal.signal(s, self._handle)
         return self
@@ -146,7 +146,7 @@ class Trainer:
         self._mid_epoch = ckpt.get("mid_epoch")
 
     # -- the loop ------------------------------------------------------------------------
-    def _setup_phase(self, phase: Phase) -> list[torch.optim.Optimizer]:
+    def setup_phase(self, phase: Phase) -> list[torch.optim.Optimizer]:
         groups = self.method.param_groups(self.model, phase)
         trainable = {id(p) for g in groups for p in g.params}
         for p in self.model.parameters():
@@ -179,12 +179,12 @@ class Trainer:
 
     def run(self) -> LoopState:
         """Train every remaining phase and epoch; raise Preempted or TrainingDiverged."""
-        with _SignalFlag() as flag:
+        with SignalFlag() as flag:
             while self.state.phase < len(self.phases):
                 phase = self.phases[self.state.phase]
-                optimizers = self._setup_phase(phase)
+                optimizers = self.setup_phase(phase)
                 while self.state.epoch < phase.epochs and not self.patience_exhausted():
-                    self._train_epoch(phase, optimizers, flag)
+                    self.train_epoch(phase, optimizers, flag)
                 if self.patience_exhausted():
                     self.log(f"early stopping after epoch {self.state.global_epoch}: no better "
                              f"validation accuracy for {self.cfg.patience} epochs (best: epoch "
@@ -202,8 +202,8 @@ class Trainer:
             self.model.load_state_dict(self.state.best_state)
         return self.state
 
-    def _train_epoch(self, phase: Phase, optimizers: list[torch.optim.Optimizer],
-                     flag: _SignalFlag) -> None:
+    def train_epoch(self, phase: Phase, optimizers: list[torch.optim.Optimizer],
+                     flag: SignalFlag) -> None:
         s, cfg = self.state, self.cfg
         gen = torch.Generator(device=self.device)
         steps_per_epoch = max(self.data.size("train") // cfg.batch_size, 1)

@@ -25,7 +25,7 @@ from conftest import PYTHON, REPO, cli_env
 from PIL import Image
 
 from prunebench import datasets, downloads, localcopy
-from prunebench.data import _channel_stats, load_prepared, prepare
+from prunebench.data import channel_stats, load_prepared, prepare
 from prunebench.errors import PrunebenchError
 
 SHARED_CIFAR_JPEG = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-jpeg.tar.gz"
@@ -677,7 +677,7 @@ def test_shared_cifar10_jpeg_copy(tmp_path: Path) -> None:
     assert np.bincount(t["test_y"].numpy()).tolist() == [1000] * 10
     assert m["data_origin"] == "local" and m["data_source"] == "local archive cifar10-jpeg.tar.gz"
     assert m["data_source_sha256"] == hashlib.sha256(SHARED_CIFAR_JPEG.read_bytes()).hexdigest()
-    assert _channel_stats(t["train_x"].numpy())[0] == pytest.approx(
+    assert channel_stats(t["train_x"].numpy())[0] == pytest.approx(
         [0.491, 0.482, 0.447], abs=0.003)  # the JPEG copy is close to the published mean
 
 
@@ -685,6 +685,6 @@ def test_channel_stats_match_float_computation() -> None:
     x = np.random.default_rng(0).integers(0, 256, (3000, 3, 32, 32), dtype=np.uint8)
     x[:, 0] //= 3  # distinct channels
     xf = x.astype(np.float64) / 255.0
-    mean, std = _channel_stats(x)
+    mean, std = channel_stats(x)
     assert np.allclose(mean, xf.mean(axis=(0, 2, 3)), atol=1e-12)
     assert np.allclose(std, xf.std(axis=(0, 2, 3)), atol=1e-12)
