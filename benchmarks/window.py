@@ -52,7 +52,6 @@ ASLP = "aslp-sc-aug"  # config/paper.yaml: the 2022 paper's setting (a), no resc
 VARIANTS = {**gpu.VARIANTS,
             "bf16+channels_last+cudagraphs": {"amp": "true", "channels_last": "true",
                                               "compile": "false"}}
-CIFAR_TRAIN_IMAGES = 45_000  # 50,000 minus the 10 % validation split
 TERM_GRACE_S = 30.0  # how long a run gets to checkpoint after SIGTERM
 STARTUP_S = (20.0, 8.0)  # (cuda, cpu) seconds a run spends before its first step (estimate)
 METHOD_FACTOR = 1.2  # a pruning method's step vs dense's, for the estimate (benchmarks/: <1.15)

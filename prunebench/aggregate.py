@@ -63,7 +63,6 @@ AVERAGED = [
 ]
 # Where the data came from ("official" download or a "local" copy), carried into the settings.
 PROVENANCE = ["data_origin", "data_source"]
-_LEAF = re.compile(r"^seed(\d+)(?:-(.+))?$")  # `seed0-<variant>`: folders before `method@variant`
 
 
 def config_digest(config: dict[str, Any]) -> str:
@@ -111,9 +110,11 @@ def _config_fields(config: dict[str, Any]) -> dict[str, Any]:
 def read_run(run_dir: Path, runs_root: Path) -> dict[str, Any]:
     """One summary row for one run folder (any status)."""
     rel = run_dir.relative_to(runs_root)
-    leaf = _LEAF.match(run_dir.name)
+    # `<dataset>/<arch>/<method>[@<variant>]/s<sparsity>/seed<seed>`: the variant and seed of a
+    # folder whose config cannot be read come from its path
+    method_folder = rel.parts[2] if len(rel.parts) > 2 else ""
     row: dict[str, Any] = {"run_id": rel.as_posix(), "run_dir": str(run_dir),
-                           "variant": (leaf.group(2) or "") if leaf else "", "reason": ""}
+                           "variant": method_folder.partition("@")[2], "reason": ""}
     saved, problem = (_read_json(run_dir / paths.CONFIG) if (run_dir / paths.CONFIG).exists()
                       else (None, ""))
     config_problem = problem
@@ -161,8 +162,9 @@ def read_run(run_dir: Path, runs_root: Path) -> dict[str, Any]:
                          if (run_dir / paths.CHECKPOINT).exists()
                          else "in progress or interrupted (no checkpoint yet)")
         row["config_digest"] = folder_digest
-    if leaf and row.get("seed") is None:
-        row["seed"] = int(leaf.group(1))
+    seed = re.fullmatch(r"seed(\d+)", run_dir.name)
+    if seed and row.get("seed") is None:
+        row["seed"] = int(seed.group(1))
     return row
 
 
@@ -310,8 +312,6 @@ def load_summary(results: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 PUBLISHED_COLUMNS = ("source", "method", "arch", "dataset", "sparsity", "accuracy", "setting")
-# Published rows match a reproduced setting on these (`variant` "" when the CSV has no such column).
-MATCH_KEYS = ["dataset", "arch", "method", "sparsity", "variant"]
 MATCHED, NOT_REPRODUCED, AMBIGUOUS = "matched", "not reproduced", "ambiguous"
 
 

@@ -81,10 +81,3 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
             h.update(block)
     return h.hexdigest()
 
-
-def md5_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()

@@ -70,7 +70,6 @@ class LoopState:
     phase: int = 0
     epoch: int = 0  # epochs finished within the current phase
     global_epoch: int = 0  # epochs finished over all phases
-    step_in_epoch: int = 0  # > 0 only in a mid-epoch (preemption) checkpoint
     history: list[dict[str, Any]] = field(default_factory=list)
     best_val: float = -1.0
     best_epoch: int = -1
