@@ -203,12 +203,11 @@ class Launcher:
     """This file in server mode: one fresh (forked) process per attempt."""
 
     def __init__(self) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-        env.setdefault("OMP_NUM_THREADS", "1")
+        from conftest import cli_env
+
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve())], cwd=REPO,
-                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)
+                                     env=cli_env(), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
         ready = self.proc.stdout.readline()
         assert "ready" in ready, f"fault launcher did not start: {ready!r}"
 
