@@ -1,1 +1,1 @@
-"""Baselines and controls: every module here is imported by prunebench.registry."""
+"""Baselines and controls: every module here is imported by prunebench.training.registry."""

@@ -1,8 +1,8 @@
 """`dense`: no pruning, the same recipe as every method (the accuracy ceiling)."""
 from __future__ import annotations
 
-from prunebench.method import MethodHparams, PruningMethod
-from prunebench.registry import register_method
+from prunebench.training.method import MethodHparams, PruningMethod
+from prunebench.training.registry import register_method
 
 
 @register_method("dense")

@@ -44,11 +44,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunebench.frozen import (
+from prunebench.training.frozen import (
     add_frozen_biases,
     in_scope,
 )
-from prunebench.masking import (
+from prunebench.training.masking import (
     attach,
     budget_count,
     layer_budgets,
@@ -56,8 +56,8 @@ from prunebench.masking import (
     stored_weight,
     weight_transform,
 )
-from prunebench.method import MethodHparams, OptimGroup, Phase, PruningMethod, option
-from prunebench.registry import register_method
+from prunebench.training.method import MethodHparams, OptimGroup, Phase, PruningMethod, option
+from prunebench.training.registry import register_method
 
 
 @dataclass

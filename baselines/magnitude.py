@@ -47,7 +47,7 @@ from torch import nn
 
 from prunebench import paths
 from prunebench.errors import PrunebenchError
-from prunebench.masking import (
+from prunebench.training.masking import (
     apply_global_topk,
     attach_fixed_masks,
     budget_count,
@@ -55,8 +55,15 @@ from prunebench.masking import (
     prunable_layers,
     stored_weight,
 )
-from prunebench.method import MethodContext, MethodHparams, OptimGroup, Phase, PruningMethod, option
-from prunebench.registry import register_method
+from prunebench.training.method import (
+    MethodContext,
+    MethodHparams,
+    OptimGroup,
+    Phase,
+    PruningMethod,
+    option,
+)
+from prunebench.training.registry import register_method
 
 
 @dataclass

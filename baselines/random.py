@@ -16,15 +16,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunebench.masking import (
+from prunebench.training.masking import (
     apply_global_topk,
     attach_fixed_masks,
     budget_count,
     prunable_layers,
     stored_weight,
 )
-from prunebench.method import MethodHparams, PruningMethod, option
-from prunebench.registry import register_method
+from prunebench.training.method import MethodHparams, PruningMethod, option
+from prunebench.training.registry import register_method
 
 
 @dataclass

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from prunebench.errors import PrunebenchError
-from prunebench.masking import (
+from prunebench.training.masking import (
     apply_global_topk,
     attach_fixed_masks,
     budget_count,
@@ -35,8 +35,8 @@ from prunebench.masking import (
     prunable_layers,
     stored_weight,
 )
-from prunebench.method import MethodHparams, PruningMethod, option
-from prunebench.registry import register_method
+from prunebench.training.method import MethodHparams, PruningMethod, option
+from prunebench.training.registry import register_method
 
 
 @dataclass

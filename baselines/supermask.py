@@ -45,14 +45,21 @@ import torch
 from torch import nn
 
 from prunebench.errors import PrunebenchError
-from prunebench.frozen import (
+from prunebench.training.frozen import (
     add_frozen_biases,
     reinitialise,
     reset_norm_affine,
 )
-from prunebench.masking import attach, prunable_layers, weight_transform
-from prunebench.method import MethodContext, MethodHparams, OptimGroup, Phase, PruningMethod, option
-from prunebench.registry import register_method
+from prunebench.training.masking import attach, prunable_layers, weight_transform
+from prunebench.training.method import (
+    MethodContext,
+    MethodHparams,
+    OptimGroup,
+    Phase,
+    PruningMethod,
+    option,
+)
+from prunebench.training.registry import register_method
 
 
 @dataclass

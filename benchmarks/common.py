@@ -115,7 +115,7 @@ def cpu_clock(device: torch.device, enabled: bool = True) -> Iterator[None]:
     if device.type != "cpu" or not enabled:
         yield
         return
-    import prunebench.train as train_module
+    import prunebench.training.train as train_module
 
     threads, module_time = torch.get_num_threads(), train_module.time
     torch.set_num_threads(1)
@@ -194,7 +194,7 @@ def synthetic_prepared(n_train: int, n_test: int, size: int, num_classes: int = 
                        seed: int = 0):
     """A prepared dataset of random uint8 images (augmentation and training cost do not depend
     on the pixel values), in the engine's format, with no validation split."""
-    from prunebench.data import PreparedData
+    from prunebench.data.prepared import PreparedData
 
     gen = torch.Generator().manual_seed(seed)
     tensors = {
@@ -214,7 +214,7 @@ def synthetic_prepared(n_train: int, n_test: int, size: int, num_classes: int = 
 
 def is_budgeted(method: str) -> bool:
     """Whether `method` at its default options needs a budget (as the workflow decides it)."""
-    from prunebench.registry import get_method
+    from prunebench.training.registry import get_method
 
     cls = get_method(method)
     return cls(cls.hparams_cls.from_dict({}, f"method {method}"), None).is_budgeted()
@@ -235,10 +235,10 @@ def build(arch: str, method: str, data: Any, device: torch.device, batch_size: i
     """Model + method (prepared) + Trainer on `data` (a DeviceData), with the CIFAR-10 recipe
     for `arch` (plus `overrides`), the method's default options and a 0.9 budget when it needs
     one; the Trainer saves and logs nothing."""
-    from prunebench.config import resolve
-    from prunebench.models import create_model
-    from prunebench.run import build_method
-    from prunebench.train import Trainer
+    from prunebench.plan.config import resolve
+    from prunebench.training.models import create_model
+    from prunebench.training.run import build_method
+    from prunebench.training.train import Trainer
 
     sparsity = BUDGET_SPARSITY if is_budgeted(method) else None
     cfg = resolve("cifar10", arch, method, sparsity, seed, {},
@@ -262,7 +262,7 @@ class PhaseStepper:
     (Trainer.train_epoch): every per-step cost of a real run is inside the timing."""
 
     def __init__(self, built: Built, phase_index: int) -> None:
-        from prunebench.train import SignalFlag
+        from prunebench.training.train import SignalFlag
 
         tr = built.trainer
         for phase in tr.phases[:phase_index]:

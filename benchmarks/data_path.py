@@ -65,7 +65,7 @@ def _engine_threads_cases(device: torch.device) -> list[int | None]:
 
 def _rows_for(ctx: Context, device: torch.device, n_images: int, batch_size: int,
               repeats: int, workers: int) -> list[dict[str, Any]]:
-    from prunebench.data import DeviceData
+    from prunebench.data.prepared import DeviceData
 
     prepared = synthetic_prepared(n_images, 0, 32)
     data = DeviceData(prepared, device, 0.0)

@@ -31,7 +31,7 @@ from benchmarks.common import (
 
 def previous_augment(x: torch.Tensor, crop_padding: int, flip: bool,
                      generator: torch.Generator) -> torch.Tensor:
-    """prunebench.data.augment as it was before commit 3acb27c: the baseline."""
+    """prunebench.data.prepared.augment as it was before commit 3acb27c: the baseline."""
     b, _, h, w = x.shape
     dev = generator.device
     if crop_padding > 0:
@@ -53,7 +53,7 @@ def previous_augment(x: torch.Tensor, crop_padding: int, flip: bool,
 def augmentation(ctx: Context, device: torch.device, n_images: int, batch: int, repeats: int
                  ) -> list[dict[str, Any]]:
     """One epoch of batches (gather + crop + flip, before normalisation), old vs new."""
-    from prunebench.data import augment
+    from prunebench.data.prepared import augment
 
     x = synthetic_prepared(n_images, 0, 32).tensors["train_x"].to(device)
     order = torch.randperm(n_images, device=device)
@@ -98,8 +98,8 @@ def fixed_mask(ctx: Context, device: torch.device, arch: str, size: int, batch: 
     """Training step of `random` (a FixedMask method) with the engine's bool-mask multiply vs
     the cast-mask candidate (CPU kernels cast a bool operand through a temporary on every
     multiply, forward and backward)."""
-    from prunebench.data import DeviceData
-    from prunebench.masking import FixedMask
+    from prunebench.data.prepared import DeviceData
+    from prunebench.training.masking import FixedMask
 
     current = FixedMask.forward
     data = DeviceData(synthetic_prepared(steps * batch, 0, size), device, 0.0)
@@ -132,7 +132,7 @@ def fixed_mask(ctx: Context, device: torch.device, arch: str, size: int, batch: 
 @torch.no_grad()
 def previous_evaluate(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
                       amp: bool) -> dict[str, float]:
-    """prunebench.metrics.evaluate before the change: the baseline (a host sync per batch, each
+    """training.metrics.evaluate before the change: the baseline (a host sync per batch, each
     parametrized weight recomputed per batch)."""
     model.eval()
     correct1 = correct5 = total = 0
@@ -204,7 +204,7 @@ def method_step(ctx: Context, device: torch.device, method: str, arch: str, size
                 batch: int, steps: int, repeats: int) -> list[dict[str, Any]]:
     """Training step of `method` with its previous code vs now, each also as a ratio to dense
     (dense, before, after interleaved in one run)."""
-    from prunebench.data import DeviceData
+    from prunebench.data.prepared import DeviceData
 
     data = DeviceData(synthetic_prepared(steps * batch, 0, size), device, 0.0,
                       channels_last=device.type == "cuda")
@@ -250,8 +250,8 @@ CHANGE_NOTES = {
 def evaluation(ctx: Context, device: torch.device, method: str, arch: str, size: int,
                n_images: int, batch: int, repeats: int) -> list[dict[str, Any]]:
     """One evaluation pass over `n_images` (eval batches of `batch`), previous code vs now."""
-    from prunebench.data import DeviceData
-    from prunebench.metrics import evaluate
+    from prunebench.data.prepared import DeviceData
+    from prunebench.training.metrics import evaluate
 
     data = DeviceData(synthetic_prepared(batch, n_images, size), device, 0.0,
                       channels_last=device.type == "cuda")

@@ -39,7 +39,7 @@ def skipped(ctx: Context, benchmark: str, cases: list[str]) -> list[dict[str, An
 def precision(ctx: Context, device: torch.device, archs: list[str], n_images: int,
               batch: int, repeats: int) -> list[dict[str, Any]]:
     """Epoch time of each variant relative to fp32 (interleaved, median), per arch."""
-    from prunebench.data import DeviceData
+    from prunebench.data.prepared import DeviceData
 
     prepared = synthetic_prepared(n_images, 0, 32)
     rows = []

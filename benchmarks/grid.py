@@ -37,7 +37,7 @@ def epoch_times(ctx: Context, device: torch.device, archs: list[str], sizes: dic
                 batch: int, steps: int, repeats: int) -> list[dict[str, Any]]:
     """Dense training-step time of each arch (engine defaults for the device), interleaved
     across archs, scaled to a CIFAR-10 epoch; plus the time to save one epoch's checkpoint."""
-    from prunebench.data import DeviceData
+    from prunebench.data.prepared import DeviceData
     from prunebench.fileio import save_torch
 
     steppers, ckpt_s = {}, {}

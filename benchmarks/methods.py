@@ -32,14 +32,14 @@ INFERENCE_BAND = 0.10  # an extracted subnetwork must run within 10 % of dense
 
 
 def _device_data(device: torch.device, n: int, size: int):
-    from prunebench.data import DeviceData
+    from prunebench.data.prepared import DeviceData
 
     return DeviceData(synthetic_prepared(n, 0, size), device, 0.0,
                       channels_last=device.type == "cuda")
 
 
 def _parametrization(built) -> str:
-    from prunebench.masking import prunable_layers, weight_transform
+    from prunebench.training.masking import prunable_layers, weight_transform
 
     layers = prunable_layers(built.model)
     t = weight_transform(layers[0][1]) if layers else None
@@ -159,8 +159,8 @@ def measure_memory(arch: str, method: str, device: torch.device, size: int, batc
     torch.cuda.max_memory_allocated above what was allocated before the model existed. On CPU
     (call in a fresh process): growth of the resident set's high-water mark (VmHWM) above the
     resident set before the model was built."""
-    import prunebench.run  # noqa: F401 - imports and registry filled before the baseline
-    from prunebench.registry import list_methods
+    import prunebench.training.run  # noqa: F401 - imports and registry filled before the baseline
+    from prunebench.training.registry import list_methods
 
     list_methods()
     data = _device_data(device, steps * batch, size)
@@ -252,7 +252,7 @@ def memory(ctx: Context, device: torch.device, arch: str, size: int, batch: int,
 def extracted(arch: str, method: str, data, device: torch.device, batch: int):
     """A method's network after every phase boundary, extract() and fold(), as run.py does
     (untrained: inference cost does not depend on the weights' values)."""
-    from prunebench.masking import fold
+    from prunebench.training.masking import fold
 
     built = build(arch, method, data, device, batch)
     for phase in built.trainer.phases:
@@ -267,7 +267,7 @@ def extracted(arch: str, method: str, data, device: torch.device, batch: int):
 def inference(ctx: Context, device: torch.device, arch: str, size: int, batch: int,
               repeats: int, methods: list[str], note: str = "") -> list[dict[str, Any]]:
     """Eval-mode forward time of each method's extracted subnetwork relative to dense."""
-    from prunebench.masking import layer_densities
+    from prunebench.training.masking import layer_densities
 
     data = _device_data(device, batch, size)
     x = data.normalize(data.splits["train"][0][:batch])

@@ -19,7 +19,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    from prunebench.data import DeviceData
+    from prunebench.data.prepared import DeviceData
 
     device = torch.device(a.device)
     data = DeviceData(synthetic_prepared(a.images, 0, 32, seed=a.seed), device, 0.0,

@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     sz = TINY if a.tiny else QUICK if a.quick else FULL
     if a.threads:
         torch.set_num_threads(a.threads)
-    from prunebench.registry import list_methods
+    from prunebench.training.registry import list_methods
 
     registered = list_methods()
     chosen = [m for m in a.methods.split(",") if m] or registered

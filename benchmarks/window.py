@@ -93,7 +93,7 @@ def prepare_data(out: Path, data_root: str, tiny: bool) -> tuple[str, Path, floa
     """(dataset name, data dir, seconds): CIFAR-10 from the local copy (prepared as `cifar10`,
     its manifest and every run's metrics saying `data_origin: local`), or digits with --tiny.
     A dataset already prepared in `out/data` from the same source is reused."""
-    from prunebench.data import prepare
+    from prunebench.data.prepared import prepare
 
     data_dir = out / "data"
     name = "digits" if tiny else "cifar10"
@@ -111,7 +111,7 @@ def epoch_times(ctx: Context, device: torch.device, archs: list[str], size: int,
                 ) -> list[dict[str, Any]]:
     """Dense step time of each engine variant through the engine's loop, as seconds per epoch
     of `train_images`; variants interleaved per arch; `cap_s` bounds the whole section."""
-    from prunebench.data import DeviceData
+    from prunebench.data.prepared import DeviceData
 
     t_end = time.perf_counter() + cap_s
     rows = []
@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset, data_dir, prepare_s = prepare_data(out, str(Path(a.data_root).resolve())
                                                 if a.data_root else "", a.tiny)
     print(f"[window] {dataset} ready in {prepare_s:.1f} s", flush=True)
-    from prunebench.data import load_prepared
+    from prunebench.data.prepared import load_prepared
 
     prepared = load_prepared(dataset, data_dir)
     size = prepared.image_shape[1]

@@ -36,7 +36,7 @@ def main() -> None:
     p.add_argument("--dir", required=True, help="folder of the ready/go/done files")
     p.add_argument("--timeout-s", type=float, default=300.0)
     a = p.parse_args()
-    from prunebench.data import DeviceData
+    from prunebench.data.prepared import DeviceData
 
     folder = Path(a.dir)
     device = torch.device(a.device)

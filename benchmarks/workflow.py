@@ -111,8 +111,8 @@ def parse_jobs(commands: list[list[str]]) -> list[Job]:
     """Resolve each job's command exactly as `prunebench run` would, then ask its method for
     its phases (names and epochs)."""
     from prunebench.cli import build_parser, run_config
-    from prunebench.method import MethodContext, TrainSettings
-    from prunebench.registry import get_method
+    from prunebench.training.method import MethodContext, TrainSettings
+    from prunebench.training.registry import get_method
 
     parser = build_parser()
     jobs = []
@@ -153,8 +153,8 @@ def _write_prepared(data_dir: Path, name: str, n_train: int, n_test: int, size: 
 def startup(ctx: Context, repeats: int, cifar_images: int) -> list[dict[str, Any]]:
     """The fixed cost of one job: imports, plugin registry, resolving the config, loading and
     checksumming the dataset file, building the model; and a whole zero-epoch job."""
-    from prunebench.data import DeviceData, load_prepared, prepare
-    from prunebench.models import create_model
+    from prunebench.data.prepared import DeviceData, load_prepared, prepare
+    from prunebench.training.models import create_model
 
     py = sys.executable
     rows = []

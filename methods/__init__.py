@@ -1,1 +1,1 @@
-"""The two proposed methods: every module here is imported by prunebench.registry."""
+"""The two proposed methods: every module here is imported by prunebench.training.registry."""

@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from prunebench.errors import PrunebenchError
-from prunebench.masking import (
+from prunebench.training.masking import (
     attach,
     budget_count,
     global_topk_masks,
@@ -68,8 +68,15 @@ from prunebench.masking import (
     stored_weight,
     weight_transform,
 )
-from prunebench.method import MethodContext, MethodHparams, OptimGroup, Phase, PruningMethod, option
-from prunebench.registry import register_method
+from prunebench.training.method import (
+    MethodContext,
+    MethodHparams,
+    OptimGroup,
+    Phase,
+    PruningMethod,
+    option,
+)
+from prunebench.training.registry import register_method
 
 C2 = math.exp(-1.0)
 C1 = 1.0 / (1.0 - C2)

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from prunebench.artifact import SavedRun, load_run
+    from prunebench.training.artifact import SavedRun, load_run
 
 
 def __getattr__(name: str) -> Any:
     # Imported on first use: `import prunebench` (the workflow, the CLI's help) stays torch-free.
     if name in ("load_run", "SavedRun"):
-        from prunebench import artifact
+        from prunebench.training import artifact
 
         return getattr(artifact, name)
     raise AttributeError(f"module 'prunebench' has no attribute {name!r}")

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from prunebench import __version__, paths
-from prunebench.config import DATASETS, load_config_file, parse_overrides, resolve
 from prunebench.errors import Preempted, PrunebenchError, TrainingDiverged
+from prunebench.plan.config import DATASETS, load_config_file, parse_overrides, resolve
 
 EXIT_ERROR = 1
 EXIT_DIVERGED = 3
@@ -27,7 +27,7 @@ def _sparsity(text: str) -> float:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from prunebench.data import prepare
+    from prunebench.data.prepared import prepare
 
     path = prepare(args.dataset, args.data_dir, root=args.root, val_fraction=args.val_fraction,
                    url=args.url, checksum=args.checksum)
@@ -51,8 +51,8 @@ def run_dir_for(args: argparse.Namespace) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from prunebench.registry import get_method
-    from prunebench.run import execute
+    from prunebench.training.registry import get_method
+    from prunebench.training.run import execute
 
     get_method(args.method)
     cfg = run_config(args)
@@ -65,8 +65,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    from prunebench.models import ARCHS
-    from prunebench.registry import get_method, list_methods
+    from prunebench.training.models import ARCHS
+    from prunebench.training.registry import get_method, list_methods
 
     if args.options:
         print_options(args.options)
@@ -82,7 +82,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 def print_options(method: str) -> None:
     """One method's options: name, type, default and the help its dataclass field carries."""
-    from prunebench.registry import get_method
+    from prunebench.training.registry import get_method
 
     cls = get_method(method)
     kind = "budgeted" if cls.budgeted else "no budget"
@@ -118,7 +118,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def cmd_coverage(args: argparse.Namespace) -> None:
-    from prunebench.grid import coverage, expand, read_published
+    from prunebench.plan.grid import coverage, expand, read_published
 
     rows = coverage(expand(load_config_file(args.configfile)), read_published(args.published))
     for row, runs, reason in rows:
@@ -134,7 +134,7 @@ def cmd_coverage(args: argparse.Namespace) -> None:
 
 
 def cmd_check_options(args: argparse.Namespace) -> None:
-    from prunebench.registry import check_options
+    from prunebench.training.registry import check_options
 
     for folder, entry in json.loads(args.option_sets).items():
         where = f"method options of {folder}"
@@ -142,13 +142,13 @@ def cmd_check_options(args: argparse.Namespace) -> None:
         if budgeted != entry["budgeted"]:
             raise PrunebenchError(
                 f"{where}: the method says budgeted={budgeted}, the workflow's static reading of "
-                "its source (prunebench/grid.py) said the opposite; declare the budget with the "
+                "its source (plan/catalogue.py) said the opposite; declare the budget with the "
                 "class attributes `budgeted` / `budget_option`")
         print(f"{folder}: ok")
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
-    from prunebench.aggregate import SUMMARY, SUMMARY_BY_SETTING, aggregate
+    from prunebench.reporting.aggregate import SUMMARY, SUMMARY_BY_SETTING, aggregate
 
     runs, settings = aggregate(args.runs, args.out)
     counts = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())
@@ -157,7 +157,7 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
-    from prunebench.figures import MANIFEST, build_figures
+    from prunebench.reporting.figures import MANIFEST, build_figures
 
     manifest = build_figures(args.results, args.published, args.out)
     for note in manifest["skipped"]:
@@ -166,7 +166,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from prunebench.report import build_report
+    from prunebench.reporting.report import build_report
 
     print(build_report(args.results, args.published, args.config, args.out,
                        pdf=not args.tex_only))

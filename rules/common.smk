@@ -2,7 +2,7 @@
 constraints and input functions. Rule files stay declarative.
 
 This process never imports torch or timm (with `--use-conda` only the rules' environment has
-them). prunebench/grid.py expands the config into runs without them: it resolves every run's
+them). prunebench/plan/grid.py expands the config into runs without them: it resolves every run's
 settings with the engine's own `config.resolve` (torch-free), and reads which methods exist,
 their option names and whether they have a budget from the method files' declarations
 (`budgeted`, `budget_option`, the hparams dataclass), so the DAG is complete at parse time and
@@ -24,11 +24,12 @@ from snakemake.exceptions import WorkflowError
 # The engine lives beside the Snakefile; the rules run it as `python -m prunebench`.
 sys.path.insert(0, workflow.basedir)
 try:
-    from prunebench import grid, paths
+    from prunebench import paths
+    from prunebench.plan import grid
     from prunebench.errors import PrunebenchError
 except ImportError as e:
     raise WorkflowError(
-        f"cannot import prunebench/grid.py ({e}): it needs only Python and PyYAML. Run "
+        f"cannot import prunebench/plan/grid.py ({e}): it needs only Python and PyYAML. Run "
         "snakemake from the prunebench environment (`make run`, or `conda env create -f "
         "environment.yml` and activate it)."
     ) from None

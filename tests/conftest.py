@@ -14,7 +14,7 @@ PYTHON = sys.executable
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data folder holding the prepared `digits` dataset (prepared once per session)."""
-    from prunebench.data import prepare
+    from prunebench.data.prepared import prepare
 
     d = tmp_path_factory.mktemp("data")
     prepare("digits", d)

@@ -54,8 +54,8 @@ def _fire(fault: dict[str, Any]) -> None:
 def install(faults: list[dict[str, Any]]) -> None:
     """Monkeypatch the engine (in this process only) so that each fault fires at its point."""
     import prunebench.fileio as fileio
-    import prunebench.run as run
-    import prunebench.train as train
+    import prunebench.training.run as run
+    import prunebench.training.train as train
 
     steps = [f for f in faults if f["at"] == "step"]
     writes = [f for f in faults if f["at"] == "write"]
@@ -137,7 +137,7 @@ def preload() -> None:
     import baselines  # noqa: F401
     import methods  # noqa: F401
     import prunebench.cli  # noqa: F401
-    import prunebench.run  # noqa: F401
+    import prunebench.training.run  # noqa: F401
 
 
 def _child(request: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@ before CUDA starts, holds it for a while, and prints its device and start/end ti
 import os
 import time
 
-from prunebench.gpus import claim_device
+from prunebench.training.gpus import claim_device
 
 claim_device()
 start = time.time()

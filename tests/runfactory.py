@@ -1,4 +1,4 @@
-"""Synthetic run folders in the engine's format (prunebench/run.py), for aggregation and report
+"""Synthetic run folders in the engine's format (training/run.py), for aggregation and report
 tests. Their numbers are made up: they test the plumbing and never stand for a result."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from prunebench import paths
-from prunebench.config import resolve
+from prunebench.plan.config import resolve
 
 LAYERS = [("features.0", 576, 36864), ("features.2", 36864, 2359296),
           ("classifier.1", 131072, 131072), ("classifier.3", 2560, 2560)]

@@ -22,15 +22,15 @@ from faultlaunch import (
 from runfactory import make_run
 
 from prunebench import paths
-from prunebench.aggregate import (
+from prunebench.cli import main
+from prunebench.errors import PrunebenchError
+from prunebench.reporting.aggregate import (
     SUMMARY,
     SUMMARY_BY_SETTING,
     aggregate,
     load_summary,
     summarize_runs,
 )
-from prunebench.cli import main
-from prunebench.errors import PrunebenchError
 
 TOP1 = {0: 80.0, 1: 83.0, 2: 86.5}
 
@@ -249,9 +249,9 @@ def test_cli_aggregate(grid: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 @pytest.mark.slow
 def test_real_runs_aggregate(digits_dir: Path, tmp_path: Path) -> None:
     """Folders written by the engine itself: finished and diverged."""
-    from prunebench.config import resolve
     from prunebench.errors import TrainingDiverged
-    from prunebench.run import execute
+    from prunebench.plan.config import resolve
+    from prunebench.training.run import execute
 
     runs = tmp_path / "runs"
     common = {"epochs": "1", "data_dir": str(digits_dir), "device": "cpu"}

@@ -8,17 +8,17 @@ import math
 
 import pytest
 
-from prunebench.config import resolve
-from prunebench.masking import budget_count
-from prunebench.models import ARCHS
-from prunebench.registry import get_method, list_methods
-from prunebench.run import execute
+from prunebench.plan.config import resolve
+from prunebench.training.masking import budget_count
+from prunebench.training.models import ARCHS
+from prunebench.training.registry import get_method, list_methods
+from prunebench.training.run import execute
 
 
 def test_resnet18_starts_with_every_batchnorm_scale_at_one() -> None:
     from torch import nn
 
-    from prunebench.models import create_model
+    from prunebench.training.models import create_model
 
     model = create_model("resnet18", 10, 3, 32)
     scales = [m.weight for m in model.modules() if isinstance(m, nn.BatchNorm2d)]

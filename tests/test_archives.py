@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from faultlaunch import FIGURES, cli_refuses
 
-from prunebench import archives
-from prunebench.archives import SafeZip, read_files, safe_extract
+from prunebench.data import archives
+from prunebench.data.archives import SafeZip, read_files, safe_extract
 from prunebench.errors import PrunebenchError
 
 

@@ -15,11 +15,11 @@ from conftest import REPO, cli_env
 
 import prunebench
 from prunebench import paths
-from prunebench.config import resolve
-from prunebench.data import DeviceData, load_prepared
+from prunebench.data.prepared import DeviceData, load_prepared
 from prunebench.errors import PrunebenchError
-from prunebench.metrics import evaluate
-from prunebench.run import execute
+from prunebench.plan.config import resolve
+from prunebench.training.metrics import evaluate
+from prunebench.training.run import execute
 
 
 def _finished_run(digits_dir: Path, tmp_path: Path, method: str, sparsity: float | None,

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from baselines.edgepopup import fast_topk_mask
-from prunebench.config import TrainConfig, resolve
-from prunebench.data import DeviceData, load_prepared
-from prunebench.masking import (
+from prunebench.data.prepared import DeviceData, load_prepared
+from prunebench.plan.config import TrainConfig, resolve
+from prunebench.training.masking import (
     budget_count,
     fold,
     layer_budgets,
@@ -22,11 +22,11 @@ from prunebench.masking import (
     topk_mask,
     weight_transform,
 )
-from prunebench.method import MethodContext, Phase, TrainSettings
-from prunebench.models import create_model
-from prunebench.registry import get_method, list_methods
-from prunebench.run import execute
-from prunebench.train import Trainer
+from prunebench.training.method import MethodContext, Phase, TrainSettings
+from prunebench.training.models import create_model
+from prunebench.training.registry import get_method, list_methods
+from prunebench.training.run import execute
+from prunebench.training.train import Trainer
 
 CPU = torch.device("cpu")
 FIXED_MASK_METHODS = ("magnitude_ft", "magnitude_init", "snip", "random")

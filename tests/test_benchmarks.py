@@ -71,7 +71,7 @@ def test_method_rows_overhead_inference_memory(tmp_path: Path) -> None:
 
 
 def test_extracted_network_has_no_parametrization(tmp_path: Path) -> None:
-    from prunebench.masking import prunable_layers
+    from prunebench.training.masking import prunable_layers
 
     data = methods._device_data(CPU, 8, 8)
     model = methods.extracted("conv4", "random", data, CPU, 8)
@@ -80,8 +80,8 @@ def test_extracted_network_has_no_parametrization(tmp_path: Path) -> None:
 
 
 def test_a_method_that_fails_to_build_is_skipped_with_a_note(tmp_path: Path) -> None:
-    from prunebench import registry
-    from prunebench.method import PruningMethod
+    from prunebench.training import registry
+    from prunebench.training.method import PruningMethod
 
     class Broken(PruningMethod):
         budgeted = False
@@ -132,7 +132,7 @@ def test_dry_run_of_a_missing_config_is_pending(tmp_path: Path) -> None:
 
 
 def test_engine_change_baselines(tmp_path: Path) -> None:
-    from prunebench.data import augment
+    from prunebench.data.prepared import augment
 
     x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
     for p, flip in ((4, True), (0, True), (2, False)):

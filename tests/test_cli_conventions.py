@@ -8,7 +8,7 @@ import pytest
 
 from prunebench import __version__
 from prunebench.cli import main
-from prunebench.registry import get_method
+from prunebench.training.registry import get_method
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from prunebench.config import resolve
-from prunebench.data import (
+from prunebench.data.prepared import (
     PROVENANCE_KEYS,
     DeviceData,
     augment,
@@ -17,7 +16,8 @@ from prunebench.data import (
     prepare,
     stratified_split,
 )
-from prunebench.run import execute
+from prunebench.plan.config import resolve
+from prunebench.training.run import execute
 
 
 def test_digits_prepared(digits_dir: Path) -> None:

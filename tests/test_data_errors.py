@@ -15,7 +15,7 @@ from faultlaunch import FIGURES, cli_refuses, crafted, proves_live, run_args
 from PIL import Image
 
 from prunebench.cli import main
-from prunebench.data import load_prepared
+from prunebench.data.prepared import load_prepared
 from prunebench.errors import PrunebenchError
 
 
@@ -195,7 +195,7 @@ def test_truncated_image_names_the_file(case: str, tmp_path: Path,
 def test_every_load_of_a_file_is_data_only() -> None:
     """Static check over the engine, methods and workflow: every torch.load passes
     weights_only=True, and nothing calls pickle.load(s) (CIFAR batches go through the
-    restricted unpickler in prunebench/downloads.py)."""
+    restricted unpickler in prunebench/data/downloads.py)."""
     import ast
 
     unsafe = []

@@ -24,8 +24,8 @@ import pytest
 from conftest import PYTHON, REPO, cli_env
 from PIL import Image
 
-from prunebench import datasets, downloads, localcopy
-from prunebench.data import channel_stats, load_prepared, prepare
+from prunebench.data import datasets, downloads, localcopy
+from prunebench.data.prepared import channel_stats, load_prepared, prepare
 from prunebench.errors import PrunebenchError
 
 SHARED_CIFAR_JPEG = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-jpeg.tar.gz"

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from prunebench.config import resolve
-from prunebench.data import DeviceData, load_prepared
+from prunebench.data.prepared import DeviceData, load_prepared
 from prunebench.errors import PrunebenchError
-from prunebench.run import execute
+from prunebench.plan.config import resolve
+from prunebench.training.run import execute
 
 
 def test_patience_stops_gumbel_before_its_epochs(digits_dir, tmp_path) -> None:

@@ -93,7 +93,7 @@ def test_wheel_builds_with_the_engine_methods_and_command(tmp_path: Path) -> Non
     assert out.returncode == 0, out.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("prunebench-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("prunebench/cli.py", "prunebench/artifact.py", "methods/gumbel.py",
+    for module in ("prunebench/cli.py", "prunebench/training/artifact.py", "methods/gumbel.py",
                    "baselines/snip.py"):
         assert module in names, module
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

@@ -1,4 +1,4 @@
-"""GPU slots on a machine with several GPUs (prunebench/gpus.py), tested on CPU with a fake
+"""GPU slots on a machine with several GPUs (prunebench/training/gpus.py), tested on CPU with a fake
 device list (CUDA_VISIBLE_DEVICES): the local profile admits one GPU job per slot, each job
 claims its own slot, and a run asked for a GPU never runs on the CPU."""
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from test_workflow import REPO, SNAKEMAKE, _env, _snakemake, _tiny_config, _write_config
 
-from prunebench import gpus
 from prunebench.errors import PrunebenchError
+from prunebench.training import gpus
 
 FAKE_4_GPUS = "0,1,2,3"
 
@@ -141,7 +141,7 @@ def test_cuda_run_never_falls_back_to_the_cpu(
 
     import torch
 
-    from prunebench.run import resolve_device
+    from prunebench.training.run import resolve_device
 
     def old_driver() -> bool:
         warnings.warn("CUDA initialization: The NVIDIA driver on your system is too old "

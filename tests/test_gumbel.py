@@ -15,9 +15,9 @@ from methods.gumbel import (
     logistic_noise,
     straight_through_sample,
 )
-from prunebench.config import TrainConfig, resolve
-from prunebench.data import DeviceData, load_prepared
-from prunebench.masking import (
+from prunebench.data.prepared import DeviceData, load_prepared
+from prunebench.plan.config import TrainConfig, resolve
+from prunebench.training.masking import (
     budget_count,
     fold,
     num_prunable,
@@ -25,9 +25,9 @@ from prunebench.masking import (
     stored_weight,
     weight_transform,
 )
-from prunebench.method import MethodContext, Phase, TrainSettings
-from prunebench.run import execute
-from prunebench.train import Trainer
+from prunebench.training.method import MethodContext, Phase, TrainSettings
+from prunebench.training.run import execute
+from prunebench.training.train import Trainer
 
 
 def make_ctx(sparsity: float | None = None) -> MethodContext:

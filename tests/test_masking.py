@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prunebench.masking import (
+from prunebench.training.masking import (
     apply_global_topk,
     attach_fixed_masks,
     budget_count,
@@ -18,7 +18,7 @@ from prunebench.masking import (
     prunable_layers,
     stored_weight,
 )
-from prunebench.models import ARCHS, create_model
+from prunebench.training.models import ARCHS, create_model
 
 
 @given(sizes=st.lists(st.integers(1, 50), min_size=1, max_size=6),

@@ -6,8 +6,8 @@ import timm
 import torch
 
 from prunebench.errors import PrunebenchError
-from prunebench.masking import num_prunable, prunable_layers
-from prunebench.models import ARCHS, create_model
+from prunebench.training.masking import num_prunable, prunable_layers
+from prunebench.training.models import ARCHS, create_model
 
 # Prunable weights (Conv2d + Linear weights, no biases) on 32x32x3 inputs with 10 classes.
 # conv4: 3*64*9 + 64*64*9 + 64*128*9 + 128*128*9 + 8192*256 + 256*256 + 256*10 = 2,425,024.

@@ -19,8 +19,8 @@ from methods.reparam import (
     gate,
     gate_root,
 )
-from prunebench.config import resolve
-from prunebench.masking import (
+from prunebench.plan.config import resolve
+from prunebench.training.masking import (
     budget_count,
     fold,
     num_prunable,
@@ -28,9 +28,9 @@ from prunebench.masking import (
     stored_weight,
     weight_transform,
 )
-from prunebench.method import MethodContext, Phase, TrainSettings
-from prunebench.run import execute
-from prunebench.train import build_optimizers
+from prunebench.training.method import MethodContext, Phase, TrainSettings
+from prunebench.training.run import execute
+from prunebench.training.train import build_optimizers
 
 
 def naive_gate(x: torch.Tensor, t: float, n: int) -> torch.Tensor:

@@ -12,16 +12,16 @@ import pytest
 from matplotlib.collections import PathCollection
 from runfactory import make_run, write_published
 
-from prunebench.aggregate import (
+from prunebench.cli import main
+from prunebench.errors import PrunebenchError
+from prunebench.reporting.aggregate import (
     aggregate,
     compare_published,
     load_published,
     load_summary,
     paired_differences,
 )
-from prunebench.cli import main
-from prunebench.errors import PrunebenchError
-from prunebench.figures import (
+from prunebench.reporting.figures import (
     PAPERS,
     PROPOSED,
     accuracy_vs_macs,
@@ -29,7 +29,7 @@ from prunebench.figures import (
     build_figures,
     paper_curves,
 )
-from prunebench.report import build_report, latex_escape
+from prunebench.reporting.report import build_report, latex_escape
 
 REPARAM_90 = (84.0, 86.0)  # seeds 0, 1: mean 85.00, std 1.41; published 85.57
 NASTY = r"loss & 100% _nan_ #1 {x} ~ ^ \ $ <>"

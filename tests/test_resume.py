@@ -43,10 +43,10 @@ from faultlaunch import (
     temp_folders,
 )
 
-from prunebench.aggregate import SUMMARY, SUMMARY_BY_SETTING
 from prunebench.cli import main
-from prunebench.data import load_prepared
+from prunebench.data.prepared import load_prepared
 from prunebench.errors import PrunebenchError
+from prunebench.reporting.aggregate import SUMMARY, SUMMARY_BY_SETTING
 
 pytestmark = pytest.mark.slow
 
@@ -301,7 +301,7 @@ def test_a_folder_in_use_is_refused(launcher: Launcher, digits_dir: Path,
         fcntl.flock(held, fcntl.LOCK_EX)
         held.write("pid 12345 on elsewhere\n")
         held.flush()
-        wait = {"at": "set", "name": "prunebench.run.LOCK_WAIT_SECONDS", "value": 2.0}
+        wait = {"at": "set", "name": "prunebench.training.run.LOCK_WAIT_SECONDS", "value": 2.0}
         start = time.monotonic()
         rc = launcher.attempt(run_args("dense", digits_dir, run_dir), log, [wait])
         assert time.monotonic() - start >= 2.0  # it waited for the lock first

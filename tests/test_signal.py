@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from prunebench.data import DeviceData, load_prepared
-from prunebench.masking import prunable_layers, stored_weight
-from prunebench.method import MethodContext, TrainSettings
-from prunebench.models import ARCHS, create_model
-from prunebench.registry import get_method, list_methods
+from prunebench.data.prepared import DeviceData, load_prepared
+from prunebench.training.masking import prunable_layers, stored_weight
+from prunebench.training.method import MethodContext, TrainSettings
+from prunebench.training.models import ARCHS, create_model
+from prunebench.training.registry import get_method, list_methods
 
 CPU = torch.device("cpu")
 

@@ -18,7 +18,7 @@ import torch
 from conftest import REPO
 
 from benchmarks.common import PhaseStepper, build, synthetic_prepared
-from prunebench.registry import list_methods
+from prunebench.training.registry import list_methods
 
 CPU = torch.device("cpu")
 # Tensor methods that force a device-to-host copy (a sync on CUDA) when our code calls them.
@@ -50,7 +50,7 @@ def host_syncs() -> Iterator[Counter]:
 
 
 def _epoch_syncs(method: str, phase: int, steps: int) -> Counter:
-    data_cls = __import__("prunebench.data", fromlist=["DeviceData"]).DeviceData
+    data_cls = __import__("prunebench.data.prepared", fromlist=["DeviceData"]).DeviceData
     data = data_cls(synthetic_prepared(steps * 8, 0, 8), CPU, 0.0)
     built = build("conv4", method, data, CPU, 8)
     stepper = PhaseStepper(built, phase)
@@ -72,8 +72,8 @@ def test_training_steps_make_no_host_sync(method: str) -> None:
 # -- shared dense phase ------------------------------------------------------------------------
 def _run(root: Path, digits_dir: Path, method: str, sparsity: float | None, name: str,
          **options: str) -> tuple[dict, Path]:
-    from prunebench.config import resolve
-    from prunebench.run import execute
+    from prunebench.plan.config import resolve
+    from prunebench.training.run import execute
 
     overrides = {"epochs": "2", "data_dir": str(digits_dir), "device": "cpu",
                  **{f"method.{k}": v for k, v in options.items()}}
@@ -108,8 +108,8 @@ def test_dense_from_refuses_another_recipe_or_an_unfinished_run(tmp_path: Path,
     from prunebench.errors import PrunebenchError
 
     _, dense = _run(tmp_path, digits_dir, "dense", None, "dense")
-    from prunebench.config import resolve
-    from prunebench.run import execute
+    from prunebench.plan.config import resolve
+    from prunebench.training.run import execute
 
     other = resolve("digits", "conv4", "magnitude", 0.9, 0, overrides={
         "epochs": "3", "data_dir": str(digits_dir), "device": "cpu",
@@ -123,7 +123,7 @@ def test_dense_from_refuses_another_recipe_or_an_unfinished_run(tmp_path: Path,
 # -- reparam: h_t(w) once per step -------------------------------------------------------------
 def test_reparam_computes_the_gate_once_per_step_with_the_same_loss(monkeypatch) -> None:
     import methods.reparam as reparam
-    from prunebench.data import DeviceData
+    from prunebench.data.prepared import DeviceData
 
     calls = Counter()
     gate = reparam.gate
@@ -150,8 +150,8 @@ def test_reparam_computes_the_gate_once_per_step_with_the_same_loss(monkeypatch)
 @pytest.mark.parametrize("method", ["dense", "reparam", "gumbel"])
 def test_evaluation_equals_the_per_batch_synced_version(method: str) -> None:
     from benchmarks.engine_changes import previous_evaluate
-    from prunebench.data import DeviceData
-    from prunebench.metrics import evaluate
+    from prunebench.data.prepared import DeviceData
+    from prunebench.training.metrics import evaluate
 
     data = DeviceData(synthetic_prepared(16, 70, 8), CPU, 0.0)
     model = build("conv4", method, data, CPU, 8).model
@@ -284,7 +284,7 @@ def test_reparam_gradients_match_the_twice_computed_gate() -> None:
     """The one-gate step's gradients equal those of the previous code (h_t(w) computed again
     by the budget loss) up to float summation order."""
     from benchmarks.engine_changes import previous_code
-    from prunebench.data import DeviceData
+    from prunebench.data.prepared import DeviceData
 
     data = DeviceData(synthetic_prepared(16, 0, 8), CPU, 0.0)
     x, y = next(data.train_batches_from(8, torch.Generator().manual_seed(0), 0, False)[0])

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prunebench.config import TrainConfig
-from prunebench.registry import get_method, list_methods
+from prunebench.plan.config import TrainConfig
+from prunebench.training.registry import get_method, list_methods
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -503,7 +503,7 @@ def test_two_variant_block_dry_run(tmp_path: Path) -> None:
     checks = set(re.findall(r"results/checks/(\S+)\.ok", out.stdout))
     assert checks == {"dense", "gumbel", "gumbel@tau2", "gumbel@tau2-sc"}, checks
     # Snakemake shortens long commands in its printout: the settings, from the same expansion.
-    from prunebench.grid import expand
+    from prunebench.plan.grid import expand
 
     args = {j.run.folder.split("/")[4]: j.args() for j in expand(_two_variant_config())}
     assert "method.tau=2.0" in args["gumbel@tau2"] and "batch_size=64" not in args["gumbel@tau2"]
@@ -534,7 +534,7 @@ def test_snakefile_parses_without_torch(tmp_path: Path) -> None:
 def test_static_catalogue_matches_the_registry() -> None:
     """What the Snakemake process reads from the method files without importing them (budget,
     budget option, option names and types) is what the registered classes say."""
-    from prunebench.grid import method_catalogue
+    from prunebench.plan.grid import method_catalogue
 
     catalogue = method_catalogue()
     assert list(catalogue) == list_methods()
@@ -564,8 +564,8 @@ def test_cli_runs_a_variant_as_the_workflow_does(capsys) -> None:
     """`run --config config/paper.yaml --variant V` resolves to the config and folder of the
     workflow's job, whose command carries every setting itself."""
     from prunebench.cli import main
-    from prunebench.config import load_config_file, parse_overrides, resolve
-    from prunebench.grid import expand
+    from prunebench.plan.config import load_config_file, parse_overrides, resolve
+    from prunebench.plan.grid import expand
 
     config = load_config_file(REPO / "config/paper.yaml")
     jobs = [j for j in expand(config) if j.run.variant]
@@ -630,8 +630,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prunebench.method import MethodHparams, PruningMethod
-from prunebench.registry import register_method
+from prunebench.training.method import MethodHparams, PruningMethod
+from prunebench.training.registry import register_method
 
 
 @dataclass
@@ -709,7 +709,7 @@ def test_a_local_dataset_archive_is_prepare_input(tmp_path: Path) -> None:
 def test_magnitude_runs_share_the_dense_phase_of_their_seed() -> None:
     """magnitude and magnitude_ft start from the grid's dense run of the same seed when its
     recipe is theirs (and wait for it); not when the recipe differs or the config says no."""
-    from prunebench.grid import expand
+    from prunebench.plan.grid import expand
 
     config = _load("config.yaml")
     jobs = expand(config)

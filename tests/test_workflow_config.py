@@ -69,7 +69,7 @@ def base_config() -> dict[str, Any]:
                         "methods": ["dense", "random", "gumbel", "snip"],
                         "sparsities": [0.5, 0.9], "seeds": [0, 1]}]
     # config.yaml lists only what differs from the defaults: give every method both sections.
-    from prunebench.registry import list_methods
+    from prunebench.training.registry import list_methods
 
     config["methods"] = {m: {"train": {}, "options": {}, **config["methods"].get(m, {})}
                          for m in list_methods()}
@@ -96,9 +96,9 @@ BAD_TRAIN = {  # key -> values the schema or the engine must refuse
 
 
 def _known_names() -> set[str]:
-    from prunebench.config import DATASETS
-    from prunebench.models import ARCHS
-    from prunebench.registry import list_methods
+    from prunebench.plan.config import DATASETS
+    from prunebench.training.models import ARCHS
+    from prunebench.training.registry import list_methods
 
     return {*DATASETS, *ARCHS, *list_methods()}
 
@@ -235,7 +235,7 @@ SPARSITIES = st.floats(min_value=0.0, max_value=0.999, allow_nan=False).map(lamb
 @st.composite
 def valid_configs(draw: st.DrawFn) -> tuple[dict[str, Any], int]:
     """A random valid config and the number of train_run jobs its grid has."""
-    from prunebench.registry import get_method
+    from prunebench.training.registry import get_method
 
     config = base_config()
     methods = draw(st.lists(st.sampled_from(["dense", "random", "magnitude", "gumbel", "snip",

@@ -1,5 +1,5 @@
 """Dataset sources: each turns its raw form (bundled, downloaded archive, image tree) into uint8
-arrays. `prepare` (prunebench/data.py) then writes them as one checksummed tensor file."""
+arrays. `prepare` (prunebench/data/prepared.py) then writes them as one checksummed tensor file."""
 from __future__ import annotations
 
 import hashlib
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from prunebench.archives import one_line, read_files
+from prunebench.data.archives import one_line, read_files
 from prunebench.errors import PrunebenchError
 from prunebench.fileio import sha256_file
 
@@ -65,7 +65,7 @@ def register_source(name: str) -> Callable[[Source], Source]:
 
 
 def get_source(name: str) -> Source:
-    """The source registered as `name` (prunebench.data imports every source module)."""
+    """The source registered as `name` (prunebench.data.prepared imports every source module)."""
     if name not in SOURCES:
         raise PrunebenchError(f"unknown dataset {name!r}; allowed: {', '.join(sorted(SOURCES))}")
     return SOURCES[name]

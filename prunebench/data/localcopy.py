@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prunebench.archives import read_files
-from prunebench.datasets import (
+from prunebench.data.archives import read_files
+from prunebench.data.datasets import (
     IMAGE_SUFFIXES,
     RawDataset,
     archive_tree_base,

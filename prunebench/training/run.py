@@ -2,7 +2,7 @@
 
 Folder contents (names in prunebench/paths.py): config.json (written first), log.txt,
 checkpoint.pt (per epoch, atomic), network.safetensors + masks.safetensors (the pruned
-network, prunebench/artifact.py), history.csv, layers.csv, and metrics.json written last:
+network, prunebench/training/artifact.py), history.csv, layers.csv, and metrics.json written last:
 its presence means the run finished. A failed run leaves failed.json instead.
 
 Faults: one process at a time writes a folder (an flock on `.lock`); a run killed anywhere is
@@ -31,26 +31,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunebench import __version__, gpus, paths
-from prunebench.archives import one_line
-from prunebench.artifact import save_network
-from prunebench.config import RunConfig
-from prunebench.data import PROVENANCE_KEYS, DeviceData, PreparedData, load_prepared
+from prunebench import __version__, paths
+from prunebench.data.archives import one_line
+from prunebench.data.prepared import PROVENANCE_KEYS, DeviceData, PreparedData, load_prepared
 from prunebench.errors import Preempted, PrunebenchError, TrainingDiverged
 from prunebench.fileio import remove_stale_temps, save_torch, write_csv, write_json
-from prunebench.masking import budget_count, fold, layer_densities, num_prunable
-from prunebench.method import MethodContext, PruningMethod, TrainSettings
-from prunebench.metrics import count_params, evaluate, layer_macs
-from prunebench.models import create_model
-from prunebench.registry import get_method
-from prunebench.train import PREEMPT_SIGNALS, Trainer, epoch_seed
+from prunebench.plan.config import RunConfig
+from prunebench.training import gpus
+from prunebench.training.artifact import save_network
+from prunebench.training.masking import budget_count, fold, layer_densities, num_prunable
+from prunebench.training.method import MethodContext, PruningMethod, TrainSettings
+from prunebench.training.metrics import count_params, evaluate, layer_macs
+from prunebench.training.models import create_model
+from prunebench.training.registry import get_method
+from prunebench.training.train import PREEMPT_SIGNALS, Trainer, epoch_seed
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def resolve_device(name: str) -> torch.device:
     """The run's device. `cuda` (what a workflow job that requests a GPU runs with) and `auto`
-    first claim a free GPU slot and pin the process to its device (prunebench/gpus.py); `cuda`
+    first claim a free GPU slot and pin the process to its device (training/gpus.py); `cuda`
     and `cuda:N` never fall back to the CPU, `auto` uses the CPU when no GPU is usable."""
     if name in ("auto", "cuda"):
         gpus.claim_device()
@@ -116,7 +117,7 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def _make_logger(run_dir: Path) -> logging.Logger:
-    logger = logging.getLogger(f"prunebench.run.{run_dir}")
+    logger = logging.getLogger(f"prunebench.training.run.{run_dir}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
     if not logger.handlers:

@@ -15,8 +15,8 @@ from torch import nn
 
 from prunebench import fileio, paths
 from prunebench.errors import PrunebenchError
-from prunebench.masking import prunable_layers
-from prunebench.models import TIMM_PREFIX, create_model
+from prunebench.training.masking import prunable_layers
+from prunebench.training.models import TIMM_PREFIX, create_model
 
 FORMAT = "prunebench-network/1"
 

@@ -15,11 +15,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from prunebench.config import TrainConfig
-from prunebench.data import DeviceData
+from prunebench.data.prepared import DeviceData
 from prunebench.errors import Preempted, TrainingDiverged
-from prunebench.method import OptimGroup, Phase, PruningMethod
-from prunebench.metrics import evaluate
+from prunebench.plan.config import TrainConfig
+from prunebench.training.method import OptimGroup, Phase, PruningMethod
+from prunebench.training.metrics import evaluate
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 

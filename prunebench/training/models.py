@@ -14,8 +14,8 @@ from timm.models import register_model
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from prunebench.config import ARCHS
 from prunebench.errors import PrunebenchError
+from prunebench.plan.config import ARCHS
 
 TIMM_PREFIX = "pb_"
 

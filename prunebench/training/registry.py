@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from prunebench.errors import PrunebenchError
 
 if TYPE_CHECKING:
-    from prunebench.method import PruningMethod
+    from prunebench.training.method import PruningMethod
 
 _METHODS: dict[str, type[PruningMethod]] = {}
 # Packages beside `prunebench/` whose every module is imported: a method is one file in one.

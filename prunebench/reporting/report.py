@@ -22,7 +22,9 @@ import pandas as pd
 from markupsafe import Markup
 
 from prunebench import __version__
-from prunebench.aggregate import (
+from prunebench.errors import PrunebenchError
+from prunebench.fileio import write_text
+from prunebench.reporting.aggregate import (
     MATCHED,
     STATUSES,
     SUMMARY,
@@ -32,8 +34,7 @@ from prunebench.aggregate import (
     load_summary,
     paired_differences,
 )
-from prunebench.errors import PrunebenchError
-from prunebench.figures import (
+from prunebench.reporting.figures import (
     MANIFEST,
     PAPER_FIGURES,
     PAPERS,
@@ -41,9 +42,8 @@ from prunebench.figures import (
     budget_label,
     method_label,
 )
-from prunebench.fileio import write_text
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "report" / "templates"
 TEMPLATE = "report.tex.j2"
 TEXT_WIDTH_IN = 6.7  # A4 with 2 cm margins: a figure this wide (before cropping) fills the line

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from prunebench.errors import PrunebenchError
-from prunebench.values import coerce
+from prunebench.plan.values import coerce
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -126,7 +126,7 @@ class PruningMethod:
     """True when the method must keep exactly K = round((1 - sparsity) * N) prunable weights."""
     budget_option: ClassVar[str] = ""
     """For a method without a budget: the name of a bool option (off by default) that gives it
-    one. Declared, not computed, so the workflow reads it without torch (prunebench/grid.py)."""
+    one. Declared, not computed, so the workflow reads it without torch (plan/catalogue.py)."""
     frozen_weights: ClassVar[bool] = False
     """True for methods that learn only a topology over the random initial weights."""
     paper: ClassVar[str] = ""

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from prunebench.masking import prunable_layers
+from prunebench.training.masking import prunable_layers
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from prunebench.masking import prunable_layers, stored_weight
+from prunebench.training.masking import prunable_layers, stored_weight
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 

@@ -20,12 +20,12 @@ from typing import Any
 
 import yaml
 
-from prunebench.catalogue import method_catalogue
 from prunebench.errors import PrunebenchError
-from prunebench.values import coerce
+from prunebench.plan.catalogue import method_catalogue
+from prunebench.plan.values import coerce
 
 DATASETS = ("digits", "cifar10", "cifar100", "tinyimagenet", "imagefolder")
-ARCHS = ("conv2", "conv4", "conv6", "vgg19", "resnet18")  # built by prunebench/models.py
+ARCHS = ("conv2", "conv4", "conv6", "vgg19", "resnet18")  # built by prunebench/training/models.py
 # A variant names a set of settings of one method; it becomes part of the run folder's name.
 VARIANT_PATTERN = r"[a-z0-9][a-z0-9_-]*"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from prunebench.errors import PrunebenchError
-from prunebench.registry import PLUGIN_PACKAGES
-from prunebench.values import coerce
+from prunebench.plan.values import coerce
+from prunebench.training.registry import PLUGIN_PACKAGES
 
 
 @dataclass(frozen=True)

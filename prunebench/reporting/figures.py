@@ -27,13 +27,13 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator  # noqa: E402
 
 from prunebench import paths  # noqa: E402
-from prunebench.aggregate import (  # noqa: E402
+from prunebench.fileio import atomic_write, write_json  # noqa: E402
+from prunebench.reporting.aggregate import (  # noqa: E402
     compare_published,
     load_published,
     load_summary,
     match_published,
 )
-from prunebench.fileio import atomic_write, write_json  # noqa: E402
 
 MANIFEST = "manifest.json"
 FORMATS = ("pdf", "png")

@@ -13,12 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prunebench import (
-    downloads,  # noqa: F401 - registers the downloaded datasets' sources
-    paths,
-)
-from prunebench.archives import one_line
-from prunebench.datasets import RawDataset, SourceArgs, get_source
+from prunebench import paths
+from prunebench.data import downloads  # noqa: F401 - registers the downloaded datasets' sources
+from prunebench.data.archives import one_line
+from prunebench.data.datasets import RawDataset, SourceArgs, get_source
 from prunebench.errors import PrunebenchError
 from prunebench.fileio import remove_stale_temps, save_torch, sha256_file, write_json
 

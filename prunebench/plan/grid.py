@@ -6,7 +6,7 @@ rules/common.smk (the Snakemake process, which need not have torch: `--use-conda
 `config.resolve`, as `python -m prunebench run` resolves them, and passed to the job as
 `key=value` arguments, so a job's command alone reproduces it.
 
-Which methods have a budget is read from the method files' source (prunebench/catalogue.py).
+Which methods have a budget is read from the method files' source (prunebench/plan/catalogue.py).
 Option values that only a method's constructor can judge are checked by
 `python -m prunebench check-options` (a first job per method folder) before its runs start.
 """
@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from prunebench import paths
-from prunebench.catalogue import MethodSpec, method_catalogue
-from prunebench.config import (
+from prunebench.errors import PrunebenchError
+from prunebench.plan.catalogue import MethodSpec, method_catalogue
+from prunebench.plan.config import (
     ARCHS,
     DATASETS,
     VARIANT_PATTERN,
     layered_settings,
     resolve,
 )
-from prunebench.errors import PrunebenchError
 
 RUNS_ROOT = "results/runs"
 DATA_DIR = "results/data"

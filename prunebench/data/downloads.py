@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from prunebench.archives import SafeZip, one_line, safe_extract
-from prunebench.datasets import RawDataset, SourceArgs, read_images, register_source
+from prunebench.data.archives import SafeZip, one_line, safe_extract
+from prunebench.data.datasets import RawDataset, SourceArgs, read_images, register_source
+from prunebench.data.localcopy import Files, LayoutReader, local_copy, read_local_copy
 from prunebench.errors import PrunebenchError
 from prunebench.fileio import sha256_file
-from prunebench.localcopy import Files, LayoutReader, local_copy, read_local_copy
 
 DOWNLOAD_TIMEOUT_S = 60.0
 CHUNK = 1 << 20
@@ -163,7 +163,7 @@ def fetch_archive(name: str, args: SourceArgs) -> Path:
 
 def _local_or_official(name: str, args: SourceArgs, read: Callable[[Path], RawDataset],
                        layout: LayoutReader | None = None) -> RawDataset:
-    """The local copy `--root` names (prunebench/localcopy.py), else the official archive read
+    """The local copy `--root` names (prunebench/data/localcopy.py), else the official archive read
     by `read`; either way with its provenance."""
     local = local_copy(name, args.root, ARCHIVES[name].filename)
     if local is not None:
