@@ -14,6 +14,7 @@ from runfactory import make_run, write_published
 
 from prunebench.cli import main
 from prunebench.errors import PrunebenchError
+from prunebench.fileio import write_csv
 from prunebench.reporting.aggregate import (
     aggregate,
     compare_published,
@@ -135,6 +136,18 @@ def test_digits_only_skips_comparison(tmp_path: Path,
     assert "No published result matches a reproduced setting" in text
     assert "No workflow configuration was given" in text
     assert latex_escape("Figure reproduced_vs_published skipped") in text
+
+
+def test_a_run_without_epochs_of_its_own_has_no_curve(tmp_path: Path) -> None:
+    """magnitude from a shared dense run trains no epoch: its history.csv is empty, and the
+    figures draw the other runs' curves without it."""
+    make_run(tmp_path / "runs", method="dense", sparsity=None, seed=0, top1=97.0)
+    empty = make_run(tmp_path / "runs", method="magnitude", sparsity=0.9, seed=0, top1=50.0)
+    write_csv(empty / "history.csv", [])  # as the engine writes a run with no epoch
+    aggregate(tmp_path / "runs", tmp_path, warn=False)
+    write_published(tmp_path / "pub.csv", PUBLISHED)
+    manifest = build_figures(tmp_path, tmp_path / "pub.csv", tmp_path / "figures")
+    assert "training_curves" in {f["kind"] for f in manifest["figures"]}
 
 
 def test_no_finished_run_still_reports(tmp_path: Path) -> None:

@@ -439,6 +439,9 @@ def test_tiny_config_runs_every_method_and_a_variant_to_the_report(tmp_path: Pat
         if row["method"] == "gumbel":
             assert metrics["hp_tau"] == (2.0 if row["variant"] else 1.0)
         assert (metrics["sparsity_target"] == 0.9) == (row["method"] in budgeted)
+        assert (workdir / row["run_dir"] / "network.safetensors").is_file()  # the artifact
+        if row["method"] in ("magnitude", "magnitude_ft"):  # from the seed's dense run
+            assert metrics["hp_dense_from"].endswith(f"dense/snone/seed{metrics['seed']}")
     with open(workdir / "results/summary_by_setting.csv", newline="") as f:
         settings = {(r["method"], r["variant"]) for r in csv.DictReader(f)}
     assert ("gumbel", "tau2-sc") in settings and ("gumbel", "") in settings

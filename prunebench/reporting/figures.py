@@ -107,7 +107,10 @@ def _read_run_csv(runs: pd.DataFrame, results: Path, name: str) -> pd.DataFrame:
         path = _run_folder(row, results) / name
         if not path.is_file():
             continue
-        df = pd.read_csv(path)
+        try:
+            df = pd.read_csv(path)
+        except pd.errors.EmptyDataError:  # no epoch of its own (magnitude from a dense run)
+            continue
         df["row_index"] = range(len(df))
         for key in ("method", "variant", "sparsity_target", "seed", "run_id"):
             df[key] = row[key]
