@@ -434,11 +434,12 @@ class _Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("name", OWN_BUDGETED + ("supermask",))
+@pytest.mark.parametrize("name", list_methods())
 def test_resume_after_first_epoch_is_identical(name, data):
-    """A checkpoint taken after epoch 1, restored into a freshly prepared model, continues to
-    exactly the state of an uninterrupted run (magnitude_ft: its pruning step lies between)."""
-    sparsity = None if name == "supermask" else 0.8
+    """Every registered method: a checkpoint taken after epoch 1, restored into a freshly
+    prepared model, continues to exactly the state of an uninterrupted run (magnitude_ft: its
+    pruning step lies between)."""
+    sparsity = 0.8 if name in _budgeted_methods() else None
     options = {"ft_epochs": 1} if name == "magnitude_ft" else {}
     epochs = 1 if name == "magnitude_ft" else 2
     cfg = TrainConfig(epochs=epochs, batch_size=128, lr=0.01, crop_padding=1, flip=False,
