@@ -138,7 +138,7 @@ BAD_CONFIGS = {
         lambda c: c["grids"].extend([
             {**c["grids"][0], "variant": "v", "train": {"epochs": 2}},
             {**c["grids"][0], "variant": "v", "train": {"epochs": 3}}]),
-        ["variant 'v' of method", "grids[2] gives other train/options than grids[1]"]),
+        ["variant 'v' of method", "grids[3] gives other train/options than grids[2]"]),
     "bad variant train value": (
         lambda c: c["grids"][0].update(variant="v", train={"patience": 5}),
         ["grids[0] (quick)", "patience > 0 needs selection=val"]),
