@@ -4,7 +4,9 @@ sparsity, and tests a finite accuracy. One short epoch each on digits."""
 from __future__ import annotations
 
 import csv
+import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +46,64 @@ def test_method_runs_on_every_architecture(method: str, arch: str, digits_dir, t
         with open(tmp_path / "run" / "layers.csv") as f:
             empty = [r["layer"] for r in csv.DictReader(f) if int(r["nonzero"]) == 0]
         assert not empty, f"{method} on {arch} emptied {empty} at sparsity 0.5"
+
+
+def _paper_settings() -> dict[str, list[str]]:
+    """One job's arguments per (method, variant) setting of config/paper.yaml."""
+    import yaml
+
+    from prunebench.plan.grid import expand
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "config/paper.yaml").read_text())
+    out: dict[str, list[str]] = {}
+    for job in expand(config):
+        out.setdefault(f"{job.run.method}@{job.run.variant}" if job.run.variant
+                       else job.run.method, job.args())
+    return out
+
+
+PAPER_SETTINGS = _paper_settings()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", sorted(PAPER_SETTINGS))
+def test_every_paper_setting_runs(setting: str, digits_dir, tmp_path) -> None:
+    """Each method/variant of the paper grid runs as its job would (its options, augmentation,
+    normalisation, early stopping), on digits with conv2 and two epochs instead of its
+    dataset, arch and length; the run records the settings it was given."""
+    from prunebench.cli import main
+
+    argv = PAPER_SETTINGS[setting]
+    flags = {argv[i]: argv[i + 1] for i in range(0, len(argv), 2) if argv[i].startswith("--")
+             and i + 1 < len(argv)}
+    settings = dict(a.split("=", 1) for a in argv if "=" in a and not a.startswith("--"))
+    settings.pop("method.dense_from", None)  # trains its own dense phase here (no dense run)
+    settings.update(epochs="2", batch_size="64", data_dir=str(digits_dir), device="cpu")
+    if int(settings.get("patience", "0")) > 0:
+        settings["patience"] = "1"
+    args = ["run", "--dataset", "digits", "--arch", "conv2", "--method", flags["--method"],
+            "--seed", "0", "--run-dir", str(tmp_path / "run"),
+            *(["--variant", flags["--variant"]] if "--variant" in flags else []),
+            *(["--sparsity", flags["--sparsity"]] if "--sparsity" in flags else []),
+            *(f"{k}={v}" for k, v in settings.items())]
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["variant"] == flags.get("--variant", "")
+    for key, value in settings.items():
+        if key.startswith("method."):
+            recorded = metrics[f"hp_{key[len('method.'):]}"]
+        elif key in ("data_dir", "device"):
+            continue
+        else:
+            recorded = metrics[f"train_{key}"]
+        assert str(recorded).lower() == value.lower() or (
+            value in ("none", "null") and recorded is None) or (
+            _is_number(value) and float(recorded) == float(value)), (key, recorded, value)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
