@@ -33,14 +33,7 @@ FIXED_MASK_METHODS = ("magnitude_ft", "magnitude_init", "snip", "random")
 OWN_BUDGETED = ("magnitude", "magnitude_ft", "magnitude_init", "snip", "edgepopup", "random")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The CI/dev machines have 2 shared cores: oversubscribed intra-op threads slow these
-    # small CPU runs down by an order of magnitude. Restored after this module.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
