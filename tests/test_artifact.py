@@ -21,6 +21,10 @@ from prunebench.plan.config import resolve
 from prunebench.training.metrics import evaluate
 from prunebench.training.run import execute
 
+# The same torch thread count in this process as in the runs it starts (cli_env sets
+# OMP_NUM_THREADS=1): CPU reductions then sum in the same order, bit for bit.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def _finished_run(digits_dir: Path, tmp_path: Path, method: str, sparsity: float | None,
                   **options: str) -> tuple[Path, dict]:
