@@ -10,7 +10,13 @@ from pathlib import Path
 
 from prunebench import __version__, paths
 from prunebench.errors import Preempted, PrunebenchError, TrainingDiverged
-from prunebench.plan.config import DATASETS, load_config_file, parse_overrides, resolve
+from prunebench.plan.config import (
+    DATASETS,
+    RunConfig,
+    load_config_file,
+    parse_overrides,
+    resolve,
+)
 
 EXIT_ERROR = 1
 EXIT_DIVERGED = 3
@@ -34,7 +40,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     print(path)
 
 
-def run_config(args: argparse.Namespace):
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The run a parsed `run` command describes, resolved as every run is (config.resolve)."""
     file_config = load_config_file(args.config) if args.config else {}
     overrides = parse_overrides(args.overrides)
     if args.epochs is not None:

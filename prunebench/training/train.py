@@ -146,6 +146,8 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
     def setup_phase(self, phase: Phase) -> list[torch.optim.Optimizer]:
+        """Freeze everything the method does not train in `phase`; its optimisers (restored
+        from a checkpoint when one is pending)."""
         groups = self.method.param_groups(self.model, phase)
         trainable = {id(p) for g in groups for p in g.params}
         for p in self.model.parameters():
@@ -202,7 +204,9 @@ class Trainer:
         return self.state
 
     def train_epoch(self, phase: Phase, optimizers: list[torch.optim.Optimizer],
-                     flag: SignalFlag) -> None:
+                    flag: SignalFlag) -> None:
+        """One epoch of `phase`: steps, per-epoch validation and history row, checkpoint; a
+        preemption signal in `flag` saves a mid-epoch checkpoint and raises Preempted."""
         s, cfg = self.state, self.cfg
         gen = torch.Generator(device=self.device)
         steps_per_epoch = max(self.data.size("train") // cfg.batch_size, 1)
