@@ -15,8 +15,8 @@ rule plot_figures:
         runtime=30,
     localrule: True
     shell:
-        "python -m prunebench figures --results results --published {input.published}"
-        " --out results/figures > {log} 2>&1"
+        "python -m prunebench figures --results results --published {input.published:q}"
+        " --out results/figures > {log:q} 2>&1"
 
 
 rule build_report:
@@ -40,5 +40,5 @@ rule build_report:
         runtime=30,
     localrule: True
     shell:
-        "python -m prunebench report --results results --published {input.published}"
-        " --config {input.config} --out results/report > {log} 2>&1"
+        "python -m prunebench report --results results --published {input.published:q}"
+        " --config {input.config:q} --out results/report > {log:q} 2>&1"
