@@ -211,6 +211,26 @@ def test_sigterm_saves_mid_epoch_checkpoint_and_resumes_exactly(
     assert got["history"] == ref["history"]
 
 
+def test_mid_epoch_checkpoint_from_another_device_type_resumes(
+        launcher: Launcher, digits_dir: Path, tmp_path: Path) -> None:
+    """A mid-epoch checkpoint written on CUDA (a 16-byte Philox generator state) resumed on the
+    CPU finishes, saying its random streams restarted; it crashed every retry with "Expected a
+    CPUGeneratorImplState" when the saved state was handed to a CPU generator."""
+    per_epoch = steps_per_epoch(digits_dir)
+    run_dir, log = tmp_path / "run", tmp_path / "run.log"
+    argv = run_args("dense", digits_dir, run_dir)
+    term = [{"at": "step", "n": per_epoch + 7, "action": "term"}]
+    assert launcher.attempt(argv, log, term) == PREEMPTED, log_text(log)[-3000:]
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    ckpt["mid_epoch"]["gen_state"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA Philox state
+    ckpt["mid_epoch"]["gen_device"] = "cuda"
+    ckpt["mid_epoch"]["cuda_rng"] = torch.zeros(16, dtype=torch.uint8)
+    torch.save(ckpt, run_dir / "checkpoint.pt")
+    assert launcher.attempt(argv, log) == 0, log_text(log)[-3000:]
+    assert "saved on cuda, resumed on cpu" in log_text(log)
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == EPOCHS["dense"]
+
+
 def test_finished_run_is_skipped_and_changed_config_refused(launcher: Launcher,
                                                              digits_dir: Path,
                                                              tmp_path: Path) -> None:

@@ -288,8 +288,10 @@ def _train_and_measure(cfg: RunConfig, run_dir: Path, state: str, stale: list[Pa
     model, method, trainer = build()
     if state == "resume" and ckpt_path.exists():
         try:
-            # weights_only: a checkpoint is data, never code (a crafted pickle is refused)
-            ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+            # weights_only: a checkpoint is data, never code (a crafted pickle is refused).
+            # Loaded to the CPU: random-generator states must stay CPU byte tensors, and
+            # load_state_dict copies weights and optimiser state onto the model's device.
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
             if not isinstance(ckpt, dict) or ckpt.get("config_digest") != digest:
                 raise ValueError(f"it was not written by this run (config {digest})")
             trainer.restore(ckpt)

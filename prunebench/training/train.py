@@ -220,13 +220,11 @@ class Trainer:
             order = None
             start, loss_sum, correct, seen, elapsed = 0, 0.0, 0, 0, 0.0
         else:
-            gen.set_state(mid["gen_state"])
-            torch.set_rng_state(mid["cpu_rng"])
-            if self.device.type == "cuda" and mid.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(mid["cuda_rng"], self.device)
-            order = mid["order"].to(self.device)
             start, loss_sum, correct, seen, elapsed = (mid["step"], mid["loss_sum"],
                                                        mid["correct"], mid["seen"], mid["elapsed"])
+            self._restore_rng(gen, mid, seed=epoch_seed(self.seed, s.global_epoch
+                                                        + phase.epochs_before) + start)
+            order = mid["order"].to(self.device)
         self.model.train()
         t0 = time.perf_counter()
         loss_acc = torch.zeros((), device=self.device, dtype=torch.float64)
@@ -292,9 +290,28 @@ class Trainer:
             raise Preempted(f"signal {flag.signum} received; checkpoint saved after epoch "
                             f"{s.global_epoch}")
 
+    def _restore_rng(self, gen: torch.Generator, mid: dict[str, Any], seed: int) -> None:
+        """Continue the interrupted epoch's random streams. A generator state only fits a
+        generator of the device type it came from: a checkpoint saved on another device type
+        (CUDA -> CPU or back) continues with streams seeded from the epoch and step, logged."""
+        saved_on = mid.get("gen_device", "cpu")
+        if saved_on != self.device.type:
+            gen.manual_seed(seed)
+            torch.manual_seed(seed + 1)
+            self.log(f"mid-epoch checkpoint saved on {saved_on}, resumed on {self.device.type}: "
+                     f"its random streams cannot continue, so the rest of the epoch draws from "
+                     f"fresh ones (seed {seed}); the run is no longer bitwise reproducible")
+            return
+        # States are CPU byte tensors (the checkpoint is loaded to the CPU), as set_state needs.
+        gen.set_state(mid["gen_state"].cpu())
+        torch.set_rng_state(mid["cpu_rng"].cpu())
+        if self.device.type == "cuda" and mid.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(mid["cuda_rng"].cpu(), self.device)
+
     def _preempt(self, optimizers, gen, order, step, loss_sum, correct, seen, elapsed,
                  signum) -> None:
-        mid = {"gen_state": gen.get_state(), "cpu_rng": torch.get_rng_state(),
+        mid = {"gen_state": gen.get_state(), "gen_device": self.device.type,
+               "cpu_rng": torch.get_rng_state(),
                "cuda_rng": (torch.cuda.get_rng_state(self.device)
                             if self.device.type == "cuda" else None),
                "order": order.cpu(), "step": step, "loss_sum": loss_sum, "correct": correct,
