@@ -159,7 +159,7 @@ def _previous_reparam_forward(self: Any, weight: torch.Tensor) -> torch.Tensor:
 
 
 def _previous_reparam_regularizer(self: Any, model: nn.Module) -> torch.Tensor:
-    from methods.reparam import budget_loss
+    from prunebench.methods.reparam import budget_loss
 
     return self.hp.lam * budget_loss(self.soft_cost(model), self.k, self.c_init)
 
@@ -180,12 +180,12 @@ def previous_code(method: str) -> Iterator[None]:
     """Swap in the code a method's speed change replaced (reparam: h_t(w) computed again by the
     budget loss, layers walked per step; edgepopup: top-k with host syncs)."""
     if method == "reparam":
-        from methods.reparam import BudgetReparam, Reparam
+        from prunebench.methods.reparam import BudgetReparam, Reparam
 
         saved = [(BudgetReparam, "forward", _previous_reparam_forward),
                  (Reparam, "regularizer", _previous_reparam_regularizer)]
     elif method == "edgepopup":
-        import baselines.edgepopup as module
+        import prunebench.baselines.edgepopup as module
 
         saved = [(module, "fast_topk_mask", _previous_fast_topk_mask)]
     else:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from baselines.edgepopup import fast_topk_mask
+from prunebench.baselines.edgepopup import fast_topk_mask
 from prunebench.data.prepared import DeviceData, load_prepared
 from prunebench.plan.config import TrainConfig, resolve
 from prunebench.training.masking import (

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from methods.gumbel import (
+from prunebench.methods.gumbel import (
     Gumbel,
     GumbelHparams,
     GumbelMask,

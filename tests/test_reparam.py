@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from methods.reparam import (
+from prunebench.methods.reparam import (
     C1,
     C2,
     BudgetReparam,

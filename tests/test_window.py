@@ -122,7 +122,7 @@ def test_dense_from_refuses_another_recipe_or_an_unfinished_run(tmp_path: Path,
 
 # -- reparam: h_t(w) once per step -------------------------------------------------------------
 def test_reparam_computes_the_gate_once_per_step_with_the_same_loss(monkeypatch) -> None:
-    import methods.reparam as reparam
+    import prunebench.methods.reparam as reparam
     from prunebench.data.prepared import DeviceData
 
     calls = Counter()
@@ -270,7 +270,7 @@ def test_a_run_that_does_not_fit_fills_an_idle_slot_and_yields_it(tmp_path: Path
 
 
 def test_sync_free_topk_equals_the_previous_masks() -> None:
-    from baselines.edgepopup import fast_topk_mask
+    from prunebench.baselines.edgepopup import fast_topk_mask
     from benchmarks.engine_changes import _previous_fast_topk_mask
 
     gen = torch.Generator().manual_seed(0)

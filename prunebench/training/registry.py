@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import importlib.metadata
 import pkgutil
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -13,8 +14,14 @@ if TYPE_CHECKING:
     from prunebench.training.method import PruningMethod
 
 _METHODS: dict[str, type[PruningMethod]] = {}
-# Packages beside `prunebench/` whose every module is imported: a method is one file in one.
-PLUGIN_PACKAGES = ("methods", "baselines")
+# Packages whose every module is imported: a method is one file in one. They are the
+# repository's top-level methods/ and baselines/ folders, installed inside the engine's package
+# so that no file of a user's (a methods.py in the current folder) can stand in for them.
+PLUGIN_PACKAGES = ("prunebench.methods", "prunebench.baselines")
+# Other distributions add methods through this entry-point group: each entry names a module
+# whose import registers its methods, e.g. `[project.entry-points."prunebench.methods"]`
+# `mymethod = "mypackage.mymethod"`.
+ENTRY_POINT_GROUP = "prunebench.methods"
 
 
 def register_method(name: str) -> Callable[[type[PruningMethod]], type[PruningMethod]]:
@@ -34,10 +41,19 @@ def register_method(name: str) -> Callable[[type[PruningMethod]], type[PruningMe
 
 
 def _load_plugins() -> None:
-    """Import every module of the plugin packages (discovered, not listed), which registers them."""
+    """Import every module of the plugin packages (discovered, not listed) and every module an
+    installed distribution names in the entry-point group, which registers their methods."""
     for package in PLUGIN_PACKAGES:
         for module in pkgutil.iter_modules(importlib.import_module(package).__path__):
             importlib.import_module(f"{package}.{module.name}")
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry.load()
+        except Exception as e:  # noqa: BLE001 - a broken plugin is named, not a raw traceback
+            raise PrunebenchError(
+                f"the method plugin {entry.name!r} = {entry.value!r} (entry point group "
+                f"{ENTRY_POINT_GROUP!r}, distribution {getattr(entry.dist, 'name', '?')}) "
+                f"failed to import: {type(e).__name__}: {e}") from e
 
 
 def list_methods(pattern: str = "*") -> list[str]:
