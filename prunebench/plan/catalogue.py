@@ -12,7 +12,12 @@ from typing import Any
 
 from prunebench.errors import PrunebenchError
 from prunebench.plan.values import coerce
-from prunebench.training.registry import PLUGIN_PACKAGES
+
+# Packages whose every module is imported by the registry (training/registry.py) and read here:
+# a method is one file in one. They are the repository's top-level methods/ and baselines/
+# folders, installed inside the engine's package so that no file of a user's (a methods.py in
+# the current folder) can stand in for them.
+PLUGIN_PACKAGES = ("prunebench.methods", "prunebench.baselines")
 
 
 @dataclass(frozen=True)

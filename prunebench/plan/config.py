@@ -22,7 +22,7 @@ import yaml
 
 from prunebench.errors import PrunebenchError
 from prunebench.plan.catalogue import method_catalogue
-from prunebench.plan.values import coerce
+from prunebench.plan.values import coerce, option
 
 DATASETS = ("digits", "cifar10", "cifar100", "tinyimagenet", "imagefolder")
 ARCHS = ("conv2", "conv4", "conv6", "vgg19", "resnet18")  # built by prunebench/training/models.py
@@ -30,39 +30,33 @@ ARCHS = ("conv2", "conv4", "conv6", "vgg19", "resnet18")  # built by prunebench/
 VARIANT_PATTERN = r"[a-z0-9][a-z0-9_-]*"
 
 
-def _setting(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
-    """A TrainConfig field: its default, one-line help and allowed values, side by side (the
-    OpenLTH style); config/schema.yaml's train section is tested against them."""
-    return field(default=default, metadata={"help": help, "choices": choices})
-
-
 @dataclass
 class TrainConfig:
     """The training recipe shared by every method (the method's own tensors have own settings).
     Defaults live here only; `recipe()` changes some per dataset/arch."""
 
-    epochs: int = _setting(20, "epochs of the method's main phase")
-    batch_size: int = _setting(128, "training mini-batch size")
-    optimizer: str = _setting("sgd", "optimiser of the weights", ("sgd", "adam"))
-    lr: float = _setting(0.1, "learning rate of the weights")
-    momentum: float = _setting(0.9, "SGD momentum (Adam beta1) of the weights")
-    weight_decay: float = _setting(5e-4, "L2 weight decay of the weights (not biases, norms)")
-    schedule: str = _setting("cosine", "lr schedule, stepped per optimiser step over each phase",
+    epochs: int = option(20, "epochs of the method's main phase")
+    batch_size: int = option(128, "training mini-batch size")
+    optimizer: str = option("sgd", "optimiser of the weights", ("sgd", "adam"))
+    lr: float = option(0.1, "learning rate of the weights")
+    momentum: float = option(0.9, "SGD momentum (Adam beta1) of the weights")
+    weight_decay: float = option(5e-4, "L2 weight decay of the weights (not biases, norms)")
+    schedule: str = option("cosine", "lr schedule, stepped per optimiser step over each phase",
                              ("cosine", "step", "constant"))
-    val_fraction: float = _setting(0.1, "training images held out, class-stratified, seeded")
-    selection: str = _setting("final", "which epoch's network is extracted and tested",
+    val_fraction: float = option(0.1, "training images held out, class-stratified, seeded")
+    selection: str = option("final", "which epoch's network is extracted and tested",
                               ("final", "val"))
-    patience: int = _setting(0, "early stopping: epochs without a better val accuracy "
+    patience: int = option(0, "early stopping: epochs without a better val accuracy "
                              "(0 = off; ASLP 100)")
-    crop_padding: int = _setting(4, "random crop with this zero padding; 0 disables")
-    flip: bool = _setting(True, "random horizontal flip")
-    normalize: bool = _setting(True, "per-channel mean/std normalisation (ASLP's "
+    crop_padding: int = option(4, "random crop with this zero padding; 0 disables")
+    flip: bool = option(True, "random horizontal flip")
+    normalize: bool = option(True, "per-channel mean/std normalisation (ASLP's "
                                "no-augmentation runs: off)")
-    amp: bool = _setting(True, "bf16 autocast, CUDA only")
-    channels_last: bool = _setting(True, "channels_last memory format, CUDA only")
-    compile: bool = _setting(False, "torch.compile the model, CUDA only")
-    eval_batch_size: int = _setting(1024, "batch size of validation and test evaluation")
-    device: str = _setting("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
+    amp: bool = option(True, "bf16 autocast, CUDA only")
+    channels_last: bool = option(True, "channels_last memory format, CUDA only")
+    compile: bool = option(False, "torch.compile the model, CUDA only")
+    eval_batch_size: int = option(1024, "batch size of validation and test evaluation")
+    device: str = option("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
 
     def validate(self) -> None:
         checks = [

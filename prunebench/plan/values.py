@@ -1,11 +1,21 @@
-"""Config-file and command-line values as typed settings (torch-free; used by the run config,
-the method catalogue and every method's hparams)."""
+"""Settings, torch-free: `option`, the one way a training or method setting is declared, and
+config-file and command-line values typed as their field (the run config, the method catalogue
+and every method's hparams use both)."""
 from __future__ import annotations
 
 import math
+from dataclasses import field
 from typing import Any
 
 from prunebench.errors import PrunebenchError
+
+
+def option(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
+    """A setting (a TrainConfig field or a method option): its default, one-line help
+    (`prunebench list --options METHOD`) and allowed values side by side in its dataclass (the
+    OpenLTH style). Write `choices` as a literal tuple: the workflow reads a method's choices
+    from its source without importing it (plan/catalogue.py)."""
+    return field(default=default, metadata={"help": help, "choices": tuple(choices)})
 
 
 def coerce(value: Any, annotation: Any, where: str) -> Any:

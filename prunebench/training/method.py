@@ -19,6 +19,7 @@ from torch import nn
 
 from prunebench.errors import PrunebenchError
 from prunebench.plan.values import coerce
+from prunebench.plan.values import option as option  # method files import it from here
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -76,13 +77,6 @@ class MethodContext:
     """`evaluate(model, split)`: the engine's own evaluation of `model` on 'val' or 'test'
     (top1, top5 in %, loss; eval mode), for a method whose reported figure needs more than one
     evaluation at extract time (e.g. a mean over sampled masks). Never for training or selection."""
-
-
-def option(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
-    """A method option: its default, one-line help (`prunebench list --options METHOD`) and
-    allowed values side by side, in the method's hparams dataclass (the OpenLTH style). Write
-    `choices` as a literal tuple: the workflow reads it from the source without importing."""
-    return field(default=default, metadata={"help": help, "choices": tuple(choices)})
 
 
 @dataclass

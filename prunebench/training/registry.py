@@ -9,15 +9,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from prunebench.errors import PrunebenchError
+from prunebench.plan.catalogue import PLUGIN_PACKAGES
 
 if TYPE_CHECKING:
     from prunebench.training.method import PruningMethod
 
 _METHODS: dict[str, type[PruningMethod]] = {}
-# Packages whose every module is imported: a method is one file in one. They are the
-# repository's top-level methods/ and baselines/ folders, installed inside the engine's package
-# so that no file of a user's (a methods.py in the current folder) can stand in for them.
-PLUGIN_PACKAGES = ("prunebench.methods", "prunebench.baselines")
 # Other distributions add methods through this entry-point group: each entry names a module
 # whose import registers its methods, e.g. `[project.entry-points."prunebench.methods"]`
 # `mymethod = "mypackage.mymethod"`.
@@ -41,8 +38,9 @@ def register_method(name: str) -> Callable[[type[PruningMethod]], type[PruningMe
 
 
 def _load_plugins() -> None:
-    """Import every module of the plugin packages (discovered, not listed) and every module an
-    installed distribution names in the entry-point group, which registers their methods."""
+    """Import every module of the plugin packages (named in plan/catalogue.py; their modules are
+    discovered, not listed) and every module an installed distribution names in the entry-point
+    group, which registers their methods."""
     for package in PLUGIN_PACKAGES:
         for module in pkgutil.iter_modules(importlib.import_module(package).__path__):
             importlib.import_module(f"{package}.{module.name}")
