@@ -85,7 +85,7 @@ def test_wheel_builds_with_the_engine_methods_and_command(tmp_path: Path) -> Non
     for name in ("pyproject.toml", "README.md", "requirements.txt"):
         shutil.copy2(REPO / name, src / name)
     for package in ("prunebench", "methods", "baselines"):
-        shutil.copytree(REPO / package, src / package,
+        shutil.copytree(REPO / package, src / package, symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__"))
     out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", ".",
                           "-w", str(tmp_path / "dist")], cwd=src, capture_output=True,
@@ -93,9 +93,11 @@ def test_wheel_builds_with_the_engine_methods_and_command(tmp_path: Path) -> Non
     assert out.returncode == 0, out.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("prunebench-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("prunebench/cli.py", "prunebench/training/artifact.py", "methods/gumbel.py",
-                   "baselines/snip.py"):
+    for module in ("prunebench/cli.py", "prunebench/training/artifact.py",
+                   "prunebench/methods/gumbel.py", "prunebench/baselines/snip.py"):
         assert module in names, module
+    # no top-level package a user's methods.py or baselines/ could shadow
+    assert not [n for n in names if n.startswith(("methods/", "baselines/"))]
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "prunebench = prunebench.cli:main" in zipfile.ZipFile(wheel).read(
         entry_points).decode()

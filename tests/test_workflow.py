@@ -312,7 +312,7 @@ def _copy_workflow(tmp_path: Path) -> Path:
     for name in WORKFLOW_FILES:
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, workdir / name, ignore=ignore)
+            shutil.copytree(src, workdir / name, ignore=ignore, symlinks=True)
         else:
             shutil.copy2(src, workdir / name)
     return workdir

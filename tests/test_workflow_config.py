@@ -31,7 +31,8 @@ def workflow_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in WORKFLOW_FILES:
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, d / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src, d / name, ignore=shutil.ignore_patterns("__pycache__"),
+                            symlinks=True)
         else:
             shutil.copy2(src, d / name)
     return d
