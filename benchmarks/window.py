@@ -396,11 +396,6 @@ def schedule(jobs: list[Job], deadline: float, slots: int, logs: Path,
 
 
 # -- results -----------------------------------------------------------------------------------
-def published_rows() -> list[dict[str, str]]:
-    with open(PUBLISHED, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def published_for(spec: Spec, rows: list[dict[str, str]]) -> tuple[str, str]:
     """(accuracy, source) of the published CIFAR-10 number of `spec`'s setting, or ("", "")."""
     for r in rows:
@@ -414,8 +409,9 @@ def published_for(spec: Spec, rows: list[dict[str, str]]) -> tuple[str, str]:
 def result_rows(jobs: list[Job]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(finished runs with their results and published numbers, every other run)."""
     from prunebench import paths
+    from prunebench.plan.grid import read_published
 
-    published = published_rows()
+    published = read_published(PUBLISHED)
     finished, others = [], []
     for j in jobs:
         s = j.spec

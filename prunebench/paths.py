@@ -23,10 +23,18 @@ def dataset_manifest(data_dir: str | Path, name: str) -> Path:
     return Path(data_dir) / f"{name}.json"
 
 
+def budget_text(sparsity: float | None, none: str = "none") -> str:
+    """The one text of a budget, everywhere (folders, command lines, tables, figures): `0.9`
+    (at most 6 significant digits), or `none` (the caller's word, e.g. "no budget") for no
+    budget: None in code, NaN in a table."""
+    if sparsity is None or sparsity != sparsity:
+        return none
+    return f"{float(sparsity):g}"
+
+
 def sparsity_label(sparsity: float | None) -> str:
-    """The one label of a budget: `s0.9` (at most 6 significant digits), `snone` for no budget
-    (dense, emergent sparsity). None is the only "no budget" value in code."""
-    return "snone" if sparsity is None else f"s{sparsity:g}"
+    """A budget's run-folder level: `s0.9`, `snone` for no budget (dense, emergent sparsity)."""
+    return "s" + budget_text(sparsity)
 
 
 def method_folder(method: str, variant: str = "") -> str:

@@ -135,8 +135,8 @@ def run_cli(argv: list[str], faults: list[dict[str, Any]]) -> int:
 def preload() -> None:
     """Everything a run imports, imported before forking (no tensor work: no threads start)."""
     import prunebench.baselines  # noqa: F401
-    import prunebench.methods  # noqa: F401
     import prunebench.cli  # noqa: F401
+    import prunebench.methods  # noqa: F401
     import prunebench.training.run  # noqa: F401
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from prunebench.data.prepared import DeviceData, load_prepared
 from prunebench.methods.gumbel import (
     Gumbel,
     GumbelHparams,
@@ -15,7 +16,6 @@ from prunebench.methods.gumbel import (
     logistic_noise,
     straight_through_sample,
 )
-from prunebench.data.prepared import DeviceData, load_prepared
 from prunebench.plan.config import TrainConfig, resolve
 from prunebench.training.masking import (
     budget_count,

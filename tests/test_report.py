@@ -15,22 +15,17 @@ from runfactory import make_run, write_published
 from prunebench.cli import main
 from prunebench.errors import PrunebenchError
 from prunebench.fileio import write_csv
-from prunebench.reporting.aggregate import (
-    aggregate,
-    compare_published,
-    load_published,
-    load_summary,
-    paired_differences,
-)
+from prunebench.reporting.aggregate import aggregate, load_summary
 from prunebench.reporting.figures import (
-    PAPERS,
-    PROPOSED,
     accuracy_vs_macs,
     accuracy_vs_sparsity,
     build_figures,
     paper_curves,
 )
+from prunebench.reporting.papers import PAPERS, PROPOSED
+from prunebench.reporting.published import compare_published, load_published
 from prunebench.reporting.report import build_report, latex_escape
+from prunebench.reporting.statistics import paired_differences
 
 REPARAM_90 = (84.0, 86.0)  # seeds 0, 1: mean 85.00, std 1.41; published 85.57
 NASTY = r"loss & 100% _nan_ #1 {x} ~ ^ \ $ <>"

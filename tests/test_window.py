@@ -270,8 +270,8 @@ def test_a_run_that_does_not_fit_fills_an_idle_slot_and_yields_it(tmp_path: Path
 
 
 def test_sync_free_topk_equals_the_previous_masks() -> None:
-    from prunebench.baselines.edgepopup import fast_topk_mask
     from benchmarks.engine_changes import _previous_fast_topk_mask
+    from prunebench.baselines.edgepopup import fast_topk_mask
 
     gen = torch.Generator().manual_seed(0)
     for n, k, levels in ((100, 30, 4), (257, 100, 3), (64, 63, 2), (50, 1, 50), (40, 0, 5),

@@ -244,11 +244,30 @@ def method_option_sets(config: dict[str, Any], jobs: list[Job]) -> dict[str, dic
 # ---- published rows ---------------------------------------------------------------------
 
 
+# The columns every published-results CSV has; `variant` (the grid variant reproducing a row)
+# and `certainty` are optional and read as "".
+PUBLISHED_COLUMNS = ("source", "method", "arch", "dataset", "sparsity", "accuracy", "setting")
+PUBLISHED_OPTIONAL = ("variant", "certainty")
+
+
 def read_published(path: str | Path) -> list[dict[str, str]]:
-    """The rows of config/published_results.csv (sparsity "" = no budget, variant "" = the
-    method's own settings)."""
+    """The rows of a published-results CSV (config/published_results.csv), every value
+    stripped, optional columns "" where absent (sparsity "" = no budget, variant "" = the
+    method's own settings). The one reader: coverage, the report and the benchmarks use it."""
+    path = Path(path)
+    if not path.is_file():
+        raise PrunebenchError(f"published results file {path} does not exist "
+                              f"(expected columns: {', '.join(PUBLISHED_COLUMNS)})")
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        missing = [c for c in PUBLISHED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise PrunebenchError(f"published results file {path} lacks column(s) "
+                                  f"{', '.join(missing)}; expected "
+                                  f"{', '.join(PUBLISHED_COLUMNS)}")
+        return [{**{c: "" for c in PUBLISHED_OPTIONAL},
+                 **{k: (v or "").strip() for k, v in row.items() if k is not None}}
+                for row in reader]
 
 
 def _published_sparsity(text: str) -> float | None:

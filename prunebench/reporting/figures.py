@@ -4,14 +4,14 @@
 Per dataset/arch: test accuracy vs sparsity (mean +- std over seeds, published points overlaid),
 test accuracy vs effective MACs, training curves (history.csv) and per-layer density of the
 extracted networks (layers.csv). Once: reproduced vs published accuracy, where settings match.
-Per paper (PAPER_FIGURES): its published figures and tables redrawn from the reproduced runs.
+Per paper (papers.PAPER_FIGURES): its published figures and tables redrawn from the reproduced
+runs.
 """
 from __future__ import annotations
 
 import json
 import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,51 +28,24 @@ from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator  # noqa: E4
 
 from prunebench import paths  # noqa: E402
 from prunebench.fileio import atomic_write, write_json  # noqa: E402
-from prunebench.reporting.aggregate import (  # noqa: E402
+from prunebench.reporting.aggregate import load_summary  # noqa: E402
+from prunebench.reporting.papers import (  # noqa: E402
+    NO_BUDGET,
+    PAPER_FIGURES,
+    PAPERS,
+    PaperFigure,
+    budget_label,
+    method_label,
+)
+from prunebench.reporting.published import (  # noqa: E402
     compare_published,
     load_published,
-    load_summary,
     match_published,
 )
 
 MANIFEST = "manifest.json"
 FORMATS = ("pdf", "png")
 PNG_DPI = 150
-
-
-@dataclass(frozen=True)
-class PaperFigure:
-    """One published figure or table, redrawn: the rows of `source` in the published-results CSV
-    on `datasets` (empty = all of the source's datasets) drawn as `kind`."""
-
-    source: str
-    kind: str  # "curves" (accuracy vs pruning rate), "bars" (one bar per setting), "table"
-    datasets: tuple[str, ...] = ()
-
-
-# The papers the suite reproduces (published-results `source` -> citation), their proposed
-# methods, and how each showed its results. Which methods, budgets and variants a figure holds
-# comes from the published rows of its source, never from here.
-PAPERS = {
-    "dupont2021_reparam": "Dupont, Sahbi, Michel: Weight Reparametrization for Budget-Aware "
-                          "Network Pruning, ICIP 2021",
-    "dupont2022_gumbel": "Dupont, Alaoui, Sahbi, Lebois: Extracting Effective Subnetworks with "
-                         "Gumbel-Softmax, ICIP 2022",
-}
-PROPOSED = ("gumbel", "reparam")
-PAPER_FIGURES = (
-    PaperFigure("dupont2021_reparam", "curves"),
-    PaperFigure("dupont2022_gumbel", "bars", ("cifar10",)),
-    PaperFigure("dupont2022_gumbel", "table", ("cifar100",)),
-)
-
-
-def method_label(method: str, variant: str = "") -> str:
-    return f"{method} ({variant})" if variant else method
-
-
-def budget_label(sparsity: float) -> str:
-    return "no budget" if pd.isna(sparsity) else f"sparsity {sparsity:g}"
 
 
 def _palette(labels: list[str]) -> dict[str, Any]:
@@ -279,7 +252,7 @@ def training_curves(history: pd.DataFrame, dataset: str, arch: str) -> tuple[plt
 
 
 def _budget_order(label: str) -> tuple[int, float]:
-    return (0, 0.0) if label == "no budget" else (1, float(label.split()[-1]))
+    return (0, 0.0) if label == NO_BUDGET else (1, float(label.split()[-1]))
 
 
 def layer_density(layers: pd.DataFrame, dataset: str, arch: str, palette: dict[str, Any]

@@ -24,24 +24,19 @@ from markupsafe import Markup
 from prunebench import __version__
 from prunebench.errors import PrunebenchError
 from prunebench.fileio import write_text
-from prunebench.reporting.aggregate import (
-    MATCHED,
-    STATUSES,
-    SUMMARY,
-    SUMMARY_BY_SETTING,
-    compare_published,
-    load_published,
-    load_summary,
-    paired_differences,
-)
-from prunebench.reporting.figures import (
-    MANIFEST,
+from prunebench.paths import budget_text
+from prunebench.reporting.aggregate import STATUSES, SUMMARY, SUMMARY_BY_SETTING, load_summary
+from prunebench.reporting.figures import MANIFEST
+from prunebench.reporting.papers import (
+    NO_BUDGET,
     PAPER_FIGURES,
     PAPERS,
     PROPOSED,
     budget_label,
     method_label,
 )
+from prunebench.reporting.published import MATCHED, compare_published, load_published
+from prunebench.reporting.statistics import paired_differences
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "report" / "templates"
@@ -111,10 +106,6 @@ def path_text(text: str) -> Markup:
     return Markup(r"\texttt{" + latex_escape(text).replace("/", r"/\allowbreak{}") + "}")
 
 
-def sparsity_text(value: Any) -> str:
-    return "no budget" if pd.isna(value) else f"{float(value):g}"
-
-
 def _sorted_budgets(values: pd.Series) -> list[float]:
     budgets = sorted({float(v) for v in values.dropna()})
     return ([float("nan")] if values.isna().any() else []) + budgets
@@ -169,7 +160,7 @@ def setting_rows(settings: pd.DataFrame) -> list[dict[str, Any]]:
             "dataset": r["dataset"], "arch": r["arch"],
             "method": method_label(r["method"], r["variant"]),
             "local": LOCAL_MARK if _local(r["data_origin"]) else "",
-            "target": sparsity_text(r["sparsity_target"]),
+            "target": budget_text(r["sparsity_target"], NO_BUDGET),
             "n": int(r["n"]), "n_failed": int(r["n_failed"]),
             "n_other": int(r["n_incomplete"]) + int(r["n_excluded"]),
             "top1": mean_std(r["test_top1_pct_mean"], r["test_top1_pct_std"]),
@@ -207,7 +198,7 @@ def comparison_rows(matched: pd.DataFrame) -> list[dict[str, Any]]:
             "dataset": r["dataset"], "arch": r["arch"],
             "method": method_label(r["method"], r["variant"]),
             "local": LOCAL_MARK if _local(r["data_origin"]) else "",
-            "sparsity": ("n.r." if pd.isna(r["sparsity"]) else f"{r['sparsity']:g}"),
+            "sparsity": budget_text(r["sparsity"], "n.r."),
             "achieved": num(r["ours_sparsity_achieved_mean"], 3),
             "source": r["source"], "setting": r["setting"],
             "published": num(r["published_top1_pct"]),
@@ -321,7 +312,7 @@ def uncovered_rows(compared: pd.DataFrame, settings: pd.DataFrame
     for _, r in missing[here].iterrows():
         rows.append({"dataset": r["dataset"], "arch": r["arch"],
                      "method": method_label(r["method"], r["variant"]),
-                     "sparsity": "n.r." if pd.isna(r["sparsity"]) else f"{r['sparsity']:g}",
+                     "sparsity": budget_text(r["sparsity"], "n.r."),
                      "source": r["source"], "published": num(r["published_top1_pct"]),
                      "why": f"{r['match']}: {r['match_reason']}"})
     elsewhere = missing[[not h for h in here]].groupby(["dataset", "arch"], sort=True).size()
@@ -332,7 +323,7 @@ def _at_budget(r: pd.Series) -> str:
     """` at 0.5` when the baseline's budget differs from the proposed setting's."""
     if _same(r["baseline_sparsity_target"], r["sparsity_target"]):
         return ""
-    return f" at {sparsity_text(r['baseline_sparsity_target'])}"
+    return f" at {budget_text(r['baseline_sparsity_target'], NO_BUDGET)}"
 
 
 def paired_rows(pairs: pd.DataFrame) -> list[dict[str, Any]]:
@@ -342,7 +333,7 @@ def paired_rows(pairs: pd.DataFrame) -> list[dict[str, Any]]:
         interval = (Markup(f"[{float(r['ci_low_pct']):+.2f}, {float(r['ci_high_pct']):+.2f}]")
                     if not pd.isna(r["ci_low_pct"]) else None)
         rows.append({"dataset": r["dataset"], "arch": r["arch"],
-                     "budget": sparsity_text(r["sparsity_target"]),
+                     "budget": budget_text(r["sparsity_target"], NO_BUDGET),
                      "method": method_label(r["method"], r["variant"]),
                      "baseline": (method_label(r["baseline_method"], r["baseline_variant"])
                                   + _at_budget(r) if r["baseline_method"] else None),
@@ -439,7 +430,8 @@ def build_context(results: Path, published_path: Path, config_path: Path | None,
         "datasets": sorted(runs["dataset"].dropna().unique()),
         "archs": sorted(runs["arch"].dropna().unique()),
         "methods": methods,
-        "budgets": [sparsity_text(b) for b in _sorted_budgets(runs["sparsity_target"])],
+        "budgets": [budget_text(b, NO_BUDGET)
+                    for b in _sorted_budgets(runs["sparsity_target"])],
         "seeds": seeds,
         "recipe": recipe_rows(runs),
         "environment": environment_rows(runs),
