@@ -279,7 +279,7 @@ def make_job(spec: Spec, out: Path, dataset: str, data_dir: Path, config: Path,
     from benchmarks.workflow import parse_jobs
     from prunebench import paths
 
-    run_dir = paths.run_dir(out / "runs", dataset, spec.arch, spec.method, spec.sparsity, 0,
+    run_dir = paths.run_dir(out / paths.RUNS, dataset, spec.arch, spec.method, spec.sparsity, 0,
                             spec.variant)
     argv = ["--dataset", dataset, "--arch", spec.arch, "--method", spec.method, "--seed", "0",
             "--config", str(config), "--run-dir", str(run_dir)]
@@ -322,9 +322,9 @@ def finish(job: Job) -> None:
 
     rc = job.proc.returncode
     job.ended = time.perf_counter()
-    if rc == 0 and (job.run_dir / paths.METRICS).exists():
+    if rc == paths.EXIT_OK and (job.run_dir / paths.METRICS).exists():
         job.status = "finished"
-    elif rc == 75 or rc < 0:
+    elif rc == paths.EXIT_PREEMPTED or rc < 0:
         job.status = "unfinished"
         job.reason = ("stopped at the budget; checkpoint kept, rerun the same command to "
                       "resume" if (job.run_dir / paths.CHECKPOINT).exists()

@@ -18,10 +18,6 @@ from prunebench.plan.config import (
     resolve,
 )
 
-EXIT_ERROR = 1
-EXIT_DIVERGED = 3
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint saved, rerun the same command to resume
-
 
 def _sparsity(text: str) -> float:
     try:
@@ -155,21 +151,21 @@ def cmd_check_options(args: argparse.Namespace) -> None:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
-    from prunebench.reporting.aggregate import SUMMARY, SUMMARY_BY_SETTING, aggregate
+    from prunebench.reporting.aggregate import aggregate
 
     runs, settings = aggregate(args.runs, args.out)
     counts = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())
-    print(f"{Path(args.out) / SUMMARY}: {len(runs)} runs ({counts}); "
-          f"{Path(args.out) / SUMMARY_BY_SETTING}: {len(settings)} settings")
+    print(f"{Path(args.out) / paths.SUMMARY}: {len(runs)} runs ({counts}); "
+          f"{Path(args.out) / paths.SUMMARY_BY_SETTING}: {len(settings)} settings")
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
-    from prunebench.reporting.figures import MANIFEST, build_figures
+    from prunebench.reporting.figures import build_figures
 
     manifest = build_figures(args.results, args.published, args.out)
     for note in manifest["skipped"]:
         print(f"skipped {note['kind']}: {note['reason']}")
-    print(f"{Path(args.out) / MANIFEST}: {len(manifest['figures'])} figures")
+    print(f"{Path(args.out) / paths.MANIFEST}: {len(manifest['figures'])} figures")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -188,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="download/read a dataset into one checksummed tensor file")
     p.add_argument("--dataset", required=True, choices=DATASETS)
-    p.add_argument("--data-dir", default="results/data", help="where the prepared file goes")
+    p.add_argument("--data-dir", default=paths.DATA_DIR, help="where the prepared file goes")
     p.add_argument("--root", default="", metavar="PATH", help=(
         "imagefolder: the folder or archive holding train/<class>/* and test/<class>/*. "
         "cifar10, cifar100, tinyimagenet: a LOCAL COPY read instead of the download when PATH is "
@@ -218,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "settings come from the grids block naming it; its runs get their own folder")
     p.add_argument("--config", default="", help="YAML with train: and methods.<name>: sections "
                    "(a workflow config such as config/paper.yaml)")
-    p.add_argument("--out", default="results/runs", help="root of the run folders")
+    p.add_argument("--out", default=paths.RUNS_ROOT, help="root of the run folders")
     p.add_argument("--run-dir", default="", help="exact run folder (overrides --out layout)")
     p.add_argument("--print-run-dir", action="store_true", help="print the run folder and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -244,23 +240,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("aggregate", help="run folders -> summary.csv (one row per run) and "
                        "summary_by_setting.csv (mean, std, n over seeds)")
-    p.add_argument("--runs", default="results/runs", help="root of the run folders")
-    p.add_argument("--out", default="results", help="folder for the two CSVs")
+    p.add_argument("--runs", default=paths.RUNS_ROOT, help="root of the run folders")
+    p.add_argument("--out", default=paths.RESULTS, help="folder for the two CSVs")
     p.set_defaults(func=cmd_aggregate)
 
     p = sub.add_parser("figures", help="seaborn figures (PDF + PNG) and manifest.json")
-    p.add_argument("--results", default="results", help="folder holding summary*.csv")
+    p.add_argument("--results", default=paths.RESULTS, help="folder holding summary*.csv")
     p.add_argument("--published", default="config/published_results.csv",
                    help="the papers' numbers")
-    p.add_argument("--out", default="results/figures", help="folder for the figures")
+    p.add_argument("--out", default=paths.FIGURES_DIR, help="folder for the figures")
     p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser("report", help="render the LaTeX report and build report.pdf (latexmk)")
-    p.add_argument("--results", default="results", help="folder holding summary*.csv, figures/")
+    p.add_argument("--results", default=paths.RESULTS,
+                   help="folder holding summary*.csv, figures/")
     p.add_argument("--published", default="config/published_results.csv",
                    help="the papers' numbers")
     p.add_argument("--config", default="", help="the workflow config YAML, shown verbatim")
-    p.add_argument("--out", default="results/report", help="folder for report.tex/.pdf")
+    p.add_argument("--out", default=paths.REPORT_DIR, help="folder for report.tex/.pdf")
     p.add_argument("--tex-only", action="store_true", help="write report.tex, build no PDF")
     p.set_defaults(func=cmd_report)
     for p in sub.choices.values():
@@ -281,11 +278,11 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except TrainingDiverged as e:
         print(f"prunebench: training diverged: {e}", file=sys.stderr)
-        return EXIT_DIVERGED
+        return paths.EXIT_DIVERGED
     except Preempted as e:
         print(f"prunebench: preempted: {e}; rerun the same command to resume", file=sys.stderr)
-        return EXIT_PREEMPTED
+        return paths.EXIT_PREEMPTED
     except PrunebenchError as e:
         print(f"prunebench: error: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    return 0
+        return paths.EXIT_ERROR
+    return paths.EXIT_OK

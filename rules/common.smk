@@ -34,8 +34,8 @@ except ImportError as e:
         "environment.yml` and activate it)."
     ) from None
 
-DATA_DIR = grid.DATA_DIR
-RUN_DONE = "results/runs/{run}/workflow.done"  # results/runs = grid.RUNS_ROOT
+DATA_DIR = paths.DATA_DIR
+RUN_DONE = "results/runs/{run}/workflow.done"  # results/runs = paths.RUNS_ROOT
 OPTIONS_CHECKED = "results/checks/{method_folder}.ok"
 TRAIN_RESOURCE_KEYS = ("gpu", "cpus_per_task", "mem_mb", "runtime", "gpu_model", "constraint",
                        "gres")

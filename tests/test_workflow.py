@@ -553,7 +553,8 @@ def test_static_catalogue_matches_the_registry() -> None:
 
 
 def test_check_options_refuses_a_value_the_method_refuses(capsys) -> None:
-    from prunebench.cli import EXIT_ERROR, main
+    from prunebench.cli import main
+    from prunebench.paths import EXIT_ERROR
 
     bad = {"gumbel@hot": {"method": "gumbel", "options": {"tau": -1.0}, "budgeted": False}}
     assert main(["check-options", json.dumps(bad)]) == EXIT_ERROR

@@ -71,7 +71,7 @@ def prepare(name: str, data_dir: str | Path, root: str = "", val_fraction: float
     manifest_path = paths.dataset_manifest(data_dir, name)
     # what a prepare killed while writing left behind (the tensor file may be gigabytes)
     remove_stale_temps(data_dir, [tensor_path.name, manifest_path.name])
-    raw: RawDataset = get_source(name)(SourceArgs(root=root, work=data_dir / "raw", url=url,
+    raw: RawDataset = get_source(name)(SourceArgs(root=root, work=data_dir / paths.RAW, url=url,
                                                   checksum=checksum))
     if name in KNOWN_STATS:
         mean, std = KNOWN_STATS[name]

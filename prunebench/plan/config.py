@@ -10,8 +10,6 @@ Torch-free: the Snakemake process resolves every run of the grid with this modul
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from prunebench import paths
 from prunebench.errors import PrunebenchError
 from prunebench.plan.catalogue import method_catalogue
 from prunebench.plan.values import coerce, option
@@ -116,7 +115,7 @@ class RunConfig:
     variant: str = ""  # "" = the method's settings; else a grids block's named settings
     train: TrainConfig = field(default_factory=TrainConfig)
     method_options: dict[str, Any] = field(default_factory=dict)
-    data_dir: str = "results/data"
+    data_dir: str = paths.DATA_DIR
     data_root: str = ""  # for imagefolder: the tree or archive to read
 
     def validate(self) -> None:
@@ -140,9 +139,8 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def digest(self) -> str:
-        """Short hash of the whole config: a resumed run must match it exactly."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        """Short hash of the whole config (paths.config_digest): a resumed run must match it."""
+        return paths.config_digest(self.to_dict())
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from prunebench import paths
 from prunebench.errors import PrunebenchError
+from prunebench.paths import Run
 from prunebench.plan.catalogue import MethodSpec, method_catalogue
 from prunebench.plan.config import (
     ARCHS,
@@ -30,37 +31,12 @@ from prunebench.plan.config import (
     resolve,
 )
 
-RUNS_ROOT = "results/runs"
-DATA_DIR = "results/data"
-
 
 class ConfigError(PrunebenchError):
     """A workflow config value that cannot run, with the key that holds it."""
 
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"config {key}: {message}")
-
-
-@dataclass(frozen=True)
-class Run:
-    """One run's identity: the grid axes. Its folder is built by paths.run_dir only."""
-
-    dataset: str
-    arch: str
-    method: str
-    variant: str
-    sparsity: float | None
-    seed: int
-
-    @property
-    def folder(self) -> str:
-        return paths.run_dir(RUNS_ROOT, self.dataset, self.arch, self.method, self.sparsity,
-                             self.seed, self.variant).as_posix()
-
-    @property
-    def run_id(self) -> str:
-        """The folder below RUNS_ROOT (the workflow's `{run}` wildcard)."""
-        return self.folder[len(RUNS_ROOT) + 1:]
 
 
 @dataclass(frozen=True)
@@ -79,7 +55,7 @@ class Job:
         if r.variant:
             out += ["--variant", r.variant]
         if r.sparsity is not None:
-            out += ["--sparsity", paths.sparsity_label(r.sparsity)[1:]]
+            out += ["--sparsity", paths.budget_text(r.sparsity)]
         out += ["--seed", str(r.seed), "--run-dir", r.folder]
         return out + [f"{k}={cli_value(v)}" for k, v in self.overrides]
 
@@ -108,7 +84,7 @@ def _sparsities(key: str, values: list[Any]) -> list[float]:
         sparsity = float(value)
         if not 0 <= sparsity < 1:  # also NaN, which the schema's bounds let through
             raise ConfigError(key, f"sparsity {sparsity} is outside [0, 1)")
-        if float(paths.sparsity_label(sparsity)[1:]) != sparsity:
+        if float(paths.budget_text(sparsity)) != sparsity:
             raise ConfigError(key, f"sparsity {sparsity} has more than 6 significant digits; its "
                               f"run folder {paths.sparsity_label(sparsity)} would not identify it")
         out.append(sparsity)
@@ -186,7 +162,7 @@ def expand(config: dict[str, Any]) -> list[Job]:
                 except PrunebenchError as e:
                     raise ConfigError(key, f"{e} ({dataset}/{arch}/{method})") from None
                 train = {k: v for _, values in layers for k, v in values.items()}
-                resolved[setting] = (("data_dir", DATA_DIR), *train.items(),
+                resolved[setting] = (("data_dir", paths.DATA_DIR), *train.items(),
                                      *((f"method.{k}", v) for k, v in options.items()))
             for sparsity, seed in product(sparsities if budgeted else [None], block["seeds"]):
                 run = Run(dataset, arch, method, variant, sparsity, int(seed))

@@ -8,11 +8,9 @@ than the folder's config.json), `duplicate` (another folder holds the same setti
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,9 +21,7 @@ import pandas as pd
 from prunebench import paths
 from prunebench.errors import PrunebenchError
 from prunebench.fileio import write_text
-
-SUMMARY = "summary.csv"
-SUMMARY_BY_SETTING = "summary_by_setting.csv"
+from prunebench.paths import SUMMARY, SUMMARY_BY_SETTING
 
 STATUSES = ("ok", "failed", "incomplete", "stale", "duplicate", "invalid")
 # A setting: one cell of the grid, averaged over seeds. `variant` names a grids block's settings
@@ -63,12 +59,6 @@ AVERAGED = [
 ]
 # Where the data came from ("official" download or a "local" copy), carried into the settings.
 PROVENANCE = ["data_origin", "data_source"]
-
-
-def config_digest(config: dict[str, Any]) -> str:
-    """The digest `RunConfig.digest()` gives for this saved config dict."""
-    blob = json.dumps(config, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def find_run_dirs(runs_root: Path) -> list[Path]:
@@ -110,11 +100,13 @@ def _config_fields(config: dict[str, Any]) -> dict[str, Any]:
 def read_run(run_dir: Path, runs_root: Path) -> dict[str, Any]:
     """One summary row for one run folder (any status)."""
     rel = run_dir.relative_to(runs_root)
-    # `<dataset>/<arch>/<method>[@<variant>]/s<sparsity>/seed<seed>`: the variant and seed of a
-    # folder whose config cannot be read come from its path
-    method_folder = rel.parts[2] if len(rel.parts) > 2 else ""
+    # The variant and seed of a folder whose config cannot be read come from its path.
+    try:
+        named: paths.Run | None = paths.Run.parse(rel)
+    except ValueError:
+        named = None
     row: dict[str, Any] = {"run_id": rel.as_posix(), "run_dir": str(run_dir),
-                           "variant": method_folder.partition("@")[2], "reason": ""}
+                           "variant": named.variant if named else "", "reason": ""}
     saved, problem = (_read_json(run_dir / paths.CONFIG) if (run_dir / paths.CONFIG).exists()
                       else (None, ""))
     config_problem = problem
@@ -149,7 +141,7 @@ def read_run(run_dir: Path, runs_root: Path) -> dict[str, Any]:
             history = failed.get("history") or []
             if history:
                 row["epochs_run"] = history[-1].get("epoch")
-            row["config_digest"] = config_digest(config)
+            row["config_digest"] = paths.config_digest(config)
             if folder_digest and row["config_digest"] != folder_digest:
                 row.update(status="stale", reason=(
                     f"failed.json was written under config {row['config_digest']} but "
@@ -162,9 +154,8 @@ def read_run(run_dir: Path, runs_root: Path) -> dict[str, Any]:
                          if (run_dir / paths.CHECKPOINT).exists()
                          else "in progress or interrupted (no checkpoint yet)")
         row["config_digest"] = folder_digest
-    seed = re.fullmatch(r"seed(\d+)", run_dir.name)
-    if seed and row.get("seed") is None:
-        row["seed"] = int(seed.group(1))
+    if named and row.get("seed") is None:
+        row["seed"] = named.seed
     return row
 
 
@@ -296,7 +287,7 @@ def load_summary(results: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         path = results / name
         if not path.is_file():
             raise PrunebenchError(f"{path} does not exist; run `python -m prunebench aggregate "
-                                  f"--runs {results / 'runs'} --out {results}` first")
+                                  f"--runs {results / paths.RUNS} --out {results}` first")
         df = pd.read_csv(path, keep_default_na=True)
         need = (RUN_KEYS + ["status", "reason", "run_id", "run_dir"] if name == SUMMARY else
                 SETTING_KEYS + ["n", "n_failed", "n_incomplete", "n_excluded"]

@@ -43,7 +43,6 @@ from prunebench.reporting.published import (  # noqa: E402
     match_published,
 )
 
-MANIFEST = "manifest.json"
 FORMATS = ("pdf", "png")
 PNG_DPI = 150
 
@@ -69,9 +68,9 @@ def _save(fig: plt.Figure, out_dir: Path, name: str) -> list[str]:
 
 
 def _run_folder(row: pd.Series, results: Path) -> Path:
-    """Where a run's files are now: as aggregated, else under <results>/runs/<run_id>."""
+    """Where a run's files are now: as aggregated, else under <results>/<paths.RUNS>/<run_id>."""
     folder = Path(str(row["run_dir"]))
-    return folder if folder.is_dir() else results / "runs" / str(row["run_id"])
+    return folder if folder.is_dir() else results / paths.RUNS / str(row["run_id"])
 
 
 def _read_run_csv(runs: pd.DataFrame, results: Path, name: str) -> pd.DataFrame:
@@ -580,7 +579,7 @@ def build_figures(results: str | Path, published_path: str | Path, out_dir: str 
                 "inputs": {"results": str(results), "published": str(published_path),
                            "runs_ok": int(len(ok)), "runs_total": int(len(runs))}}
     _remove_old(out_dir, manifest)
-    write_json(out_dir / MANIFEST, manifest)
+    write_json(out_dir / paths.MANIFEST, manifest)
     return manifest
 
 
@@ -592,7 +591,7 @@ def _tag(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 
 def _remove_old(out_dir: Path, manifest: dict[str, Any]) -> None:
     """Delete figures an earlier call listed that this one did not draw again."""
-    old_path = out_dir / MANIFEST
+    old_path = out_dir / paths.MANIFEST
     if not old_path.is_file():
         return
     try:

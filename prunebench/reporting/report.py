@@ -21,12 +21,11 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
-from prunebench import __version__
+from prunebench import __version__, paths
 from prunebench.errors import PrunebenchError
 from prunebench.fileio import write_text
 from prunebench.paths import budget_text
 from prunebench.reporting.aggregate import STATUSES, SUMMARY, SUMMARY_BY_SETTING, load_summary
-from prunebench.reporting.figures import MANIFEST
 from prunebench.reporting.papers import (
     NO_BUDGET,
     PAPER_FIGURES,
@@ -262,13 +261,13 @@ def _sha256(path: Path) -> str:
 def _figures(results: Path, out_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Copy the manifest's PDFs beside the report; return (figures, notes). A paper figure's
     entries carry its `source`; the others have source ""."""
-    manifest_path = results / "figures" / MANIFEST
+    manifest_path = results / paths.FIGURES / paths.MANIFEST
     if not manifest_path.is_file():
         return [], [{"source": "", "text": f"No figures: {manifest_path} does not exist (run "
                      "`python -m prunebench figures` first)."}]
     manifest = json.loads(manifest_path.read_text())
     figures, notes = [], []
-    dest = out_dir / "figures"
+    dest = out_dir / paths.FIGURES
     dest.mkdir(parents=True, exist_ok=True)
     listed = {entry["pdf"] for entry in manifest.get("figures", [])}
     for old in dest.glob("*.pdf"):
@@ -287,7 +286,7 @@ def _figures(results: Path, out_dir: Path) -> tuple[list[dict[str, Any]], list[d
             continue
         shutil.copyfile(src, dest / src.name)
         scale = min(1.0, float(entry.get("width_in", TEXT_WIDTH_IN)) / TEXT_WIDTH_IN)
-        figures.append({"path": Markup(f"figures/{src.name}"), "caption": entry["caption"],
+        figures.append({"path": Markup(f"{paths.FIGURES}/{src.name}"), "caption": entry["caption"],
                         "width": Markup(f"{scale:.2f}"), "source": source,
                         "kind": entry.get("kind", ""),
                         "label": Markup("fig:" + re.sub(r"[^A-Za-z0-9]+", "-", entry["name"]))})
@@ -518,8 +517,8 @@ def build_report(results: str | Path, published: str | Path, config: str | Path 
     if config_path is not None and not config_path.is_file():
         raise PrunebenchError(f"workflow config {config_path} does not exist")
     out_dir.mkdir(parents=True, exist_ok=True)
-    old_pdf = out_dir / "report.pdf"
+    old_pdf = out_dir / paths.REPORT_PDF
     old_pdf.unlink(missing_ok=True)
-    tex = out_dir / "report.tex"
+    tex = out_dir / paths.REPORT_TEX
     write_text(tex, render(build_context(results, published, config_path, out_dir)))
     return build_pdf(tex) if pdf else tex
