@@ -2,6 +2,11 @@
 #   snakemake                                   quick default benchmark (config/config.yaml)
 #   snakemake --configfile config/paper.yaml    the papers' grid
 #   snakemake --workflow-profile profiles/slurm ...   the same on a SLURM cluster (README)
+#   snakemake --report report.html              the figures and tables as a browsable HTML file
+# Every file of the workflow is found beside this Snakefile, so it also runs from elsewhere:
+#   snakemake -s /path/to/prunebench/Snakefile -d my-results   (docs/notes/workflow.md)
+import os
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -12,10 +17,13 @@ min_version("9.0")
 # --config key=value still overrides single keys of whichever file is used.
 if not workflow.overwrite_configfiles:
 
-    configfile: "config/config.yaml"
+    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 validate(config, "config/schema.yaml")
+
+
+report: "report/captions/workflow.rst"
 
 
 include: "rules/common.smk"
@@ -25,9 +33,10 @@ include: "rules/aggregate.smk"
 include: "rules/report.smk"
 
 
+# The report: every run of the grid, aggregated, plotted and set beside the papers. (A comment,
+# not a docstring: snakefmt 2.1 moves default_target above a docstring and then cannot parse it.)
 rule all:
-    """The report: every run of the grid, aggregated, plotted and set beside the papers."""
-    input:
-        "results/report/report.pdf",
     default_target: True
+    input:
+        rules.build_report.output.pdf,
     localrule: True

@@ -41,6 +41,7 @@ LOCK = ".lock"  # held (flock) by the one process writing the run folder
 NETWORK = "network.safetensors"  # state_dict of the folded, extracted model
 MASKS = "masks.safetensors"  # boolean mask of every prunable layer, keyed by layer name
 WORKFLOW_DONE = "workflow.done"  # the workflow's marker: the run's job ended (ok or failed)
+BENCHMARK = "benchmark.tsv"  # the workflow's record of the run's job: time, peak memory (Snakemake)
 
 # ---- a results folder's files -----------------------------------------------------------------
 SUMMARY = "summary.csv"  # one row per run folder

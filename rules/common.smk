@@ -1,5 +1,11 @@
-"""All of the workflow's Python: the run grid, config checks the schema cannot express, wildcard
-constraints and input functions. Rule files stay declarative.
+"""All of the workflow's Python: the engine it runs, the results layout, the run grid, wildcard
+constraints, and the policy of each rule (inputs, params, resources) in named functions, so that
+the rule files stay declarative.
+
+The engine: when the workflow's own folder holds prunebench/ (a checkout), this process plans
+with that copy and every job runs it (PYTHONPATH); otherwise (a deployed workflow, see
+docs/notes/workflow.md) both use the installed prunebench. Every path of the results tree and
+every exit code comes from the layout module, prunebench/paths.py.
 
 This process never imports torch or timm (with `--use-conda` only the rules' environment has
 them). prunebench/plan/grid.py expands the config into runs without them: it resolves every run's
@@ -21,12 +27,31 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
-# The engine lives beside the Snakefile; the rules run it as `python -m prunebench`.
-sys.path.insert(0, workflow.basedir)
+
+def local_workflow_dir():
+    """The folder holding the Snakefile (this file's parent folder), or None when the workflow
+    is read from a remote copy (a snakedeploy module from GitHub)."""
+    rules_dir = workflow.current_basedir.get_path_or_uri(secret_free=True)
+    return os.path.dirname(os.path.abspath(rules_dir)) if os.path.isdir(rules_dir) else None
+
+
+WORKFLOW_DIR = local_workflow_dir()
+
+
+def engine_checkout():
+    """The workflow's folder when it also holds the engine (a checkout), else None (the
+    workflow's files came without it: the installed engine runs)."""
+    found = WORKFLOW_DIR and os.path.isfile(f"{WORKFLOW_DIR}/prunebench/__init__.py")
+    return WORKFLOW_DIR if found else None
+
+
+ENGINE_CHECKOUT = engine_checkout()
+if ENGINE_CHECKOUT:
+    sys.path.insert(0, ENGINE_CHECKOUT)  # this process plans with the checkout's engine
 try:
     from prunebench import paths
-    from prunebench.plan import grid
     from prunebench.errors import PrunebenchError
+    from prunebench.plan import grid
 except ImportError as e:
     raise WorkflowError(
         f"cannot import prunebench/plan/grid.py ({e}): it needs only Python and PyYAML. Run "
@@ -34,21 +59,85 @@ except ImportError as e:
         "environment.yml` and activate it)."
     ) from None
 
-DATA_DIR = paths.DATA_DIR
-RUN_DONE = "results/runs/{run}/workflow.done"  # results/runs = paths.RUNS_ROOT
-OPTIONS_CHECKED = "results/checks/{method_folder}.ok"
-TRAIN_RESOURCE_KEYS = ("gpu", "cpus_per_task", "mem_mb", "runtime", "gpu_model", "constraint",
-                       "gres")
+
+def engine_command():
+    """The command that runs the engine in every job: `python -m prunebench`, from a checkout
+    with PYTHONPATH naming it, so that each job runs the engine that planned it (not another
+    installed copy) and its printed command says so. Braces doubled for Snakemake's format."""
+    if ENGINE_CHECKOUT is None:
+        return "python -m prunebench"
+    checkout = shlex.quote(ENGINE_CHECKOUT).replace("{", "{{").replace("}", "}}")
+    return f"PYTHONPATH={checkout}${{{{PYTHONPATH:+:$PYTHONPATH}}}} python -m prunebench"
+
+
+ENGINE = engine_command()
+
+
+def prunebench(arguments, before=""):
+    """A rule's shell command: `python -m prunebench ARGUMENTS` (ENGINE), after `before`."""
+    return f"{before}{ENGINE} {arguments}"
+
+
+# ---- the results layout (prunebench/paths.py) ---------------------------------------------
+
+RUN_DONE = f"{paths.RUNS_ROOT}/{{run}}/{paths.WORKFLOW_DONE}"
+RUN_BENCHMARK = f"{paths.RUNS_ROOT}/{{run}}/{paths.BENCHMARK}"
+OPTIONS_CHECKED = f"{paths.CHECKS_DIR}/{{method_folder}}.ok"
+DATASET_TENSORS = paths.dataset_tensors(paths.DATA_DIR, "{dataset}").as_posix()
+DATASET_MANIFEST = paths.dataset_manifest(paths.DATA_DIR, "{dataset}").as_posix()
+SUMMARY = f"{paths.RESULTS}/{paths.SUMMARY}"
+SUMMARY_BY_SETTING = f"{paths.RESULTS}/{paths.SUMMARY_BY_SETTING}"
+REPORT_TEX = f"{paths.REPORT_DIR}/{paths.REPORT_TEX}"
+REPORT_PDF = f"{paths.REPORT_DIR}/{paths.REPORT_PDF}"
+# What a train_run job's command may exit with and still have produced a result: a diverged
+# run writes failed.json, which aggregation reports.
+DIVERGED = paths.EXIT_DIVERGED
+
+
+def log_file(name):
+    """The log of a job (`name` may hold wildcards), under the results' logs folder."""
+    return f"{paths.LOGS_DIR}/{name}.log"
+
+
+def output_folder(wildcards, output):
+    """The folder of the job's first output (where the command writes it)."""
+    return os.path.dirname(output[0])
+
+
+def input_folder(wildcards, input):
+    """The folder of the job's first input (the results folder, for the summaries)."""
+    return os.path.dirname(input[0])
+
+
+def runs_root(wildcards):
+    """The root of the run folders (paths.RUNS_ROOT), which aggregate_runs walks."""
+    return paths.RUNS_ROOT
+
+
+def workflow_file(path):
+    """A file of the workflow itself (config/, report/), found beside the Snakefile wherever
+    snakemake runs (`--directory`), not in the working folder; from Snakemake's source cache
+    when the workflow is read from a remote copy (a snakedeploy module)."""
+    if WORKFLOW_DIR:
+        return os.path.join(WORKFLOW_DIR, path)
+    return workflow.source_path(f"../{path}")
+
+
 # The config file the report describes: config/config.yaml, or the (last) --configfile,
 # which replaces it (see Snakefile).
-WORKFLOW_CONFIG_FILE = os.path.relpath(workflow.configfiles[-1])
+WORKFLOW_CONFIG_FILE = workflow.configfiles[-1]
+PUBLISHED = workflow_file("config/published_results.csv")
 
 
-def _expand():
+# ---- the grid ------------------------------------------------------------------------------
+
+
+def expand_grid():
+    """Every run of the config, or the config's error naming its key and file."""
     try:
         return grid.expand(config)
     except PrunebenchError as e:
-        files = ", ".join(os.path.relpath(f) for f in workflow.configfiles)
+        files = ", ".join(str(f) for f in workflow.configfiles)
         raise WorkflowError(f"{e} (config file: {files})") from None
 
 
@@ -56,8 +145,9 @@ def _alternatives(values):
     return "|".join(re.escape(v) for v in sorted(set(values), key=str))
 
 
-JOBS = {job.run.run_id: job for job in _expand()}
+JOBS = {job.run.run_id: job for job in expand_grid()}
 OPTION_SETS = grid.method_option_sets(config, list(JOBS.values()))
+
 
 wildcard_constraints:
     run=_alternatives(JOBS),
@@ -65,43 +155,7 @@ wildcard_constraints:
     dataset=_alternatives(job.run.dataset for job in JOBS.values()),
 
 
-# ---- input functions and params ----------------------------------------------------------
-
-
-def run_markers():
-    """The done-markers of every run in the grid (aggregate_runs waits for all of them)."""
-    return [RUN_DONE.format(run=run_id) for run_id in JOBS]
-
-
-def run_dataset(wildcards):
-    """The prepared dataset a run reads."""
-    return f"{DATA_DIR}/{JOBS[wildcards.run].run.dataset}.pt"
-
-
-def run_options_checked(wildcards):
-    """The check of the run's method options (one per method folder, e.g. `gumbel@sc-aug`).
-    Not `ancient`: Snakemake skips the params check of a job whose ancient input is rebuilt."""
-    run = JOBS[wildcards.run].run
-    return OPTIONS_CHECKED.format(method_folder=paths.method_folder(run.method, run.variant))
-
-
-def run_after(wildcards):
-    """The done-marker of the run whose network this run starts from (a shared dense phase)."""
-    after = JOBS[wildcards.run].after
-    return [RUN_DONE.format(run=after)] if after else []
-
-
-def run_args(wildcards):
-    """Every argument of the run's `python -m prunebench run` (grid.Job.args: folder, axes and
-    the config's settings as key=value), so the job's command alone reproduces it and
-    Snakemake's params trigger sees exactly this run's settings."""
-    return shlex.join(JOBS[wildcards.run].args())
-
-
-def option_set_arg(wildcards):
-    """One method folder's method, options and budget, for check_options."""
-    entry = {wildcards.method_folder: OPTION_SETS[wildcards.method_folder]}
-    return shlex.quote(json.dumps(entry, sort_keys=True))
+# ---- prepare_dataset -----------------------------------------------------------------------
 
 
 def dataset_source(wildcards):
@@ -114,26 +168,103 @@ def dataset_source(wildcards):
     return [root] if root and os.path.isfile(root) else []
 
 
-def prepare_root_flag(wildcards):
+def prepare_root_args(wildcards):
+    """`--root PATH` when the config names the dataset's root, else nothing."""
     root = config["data_roots"].get(wildcards.dataset)
-    return f"--root {shlex.quote(root)}" if root else ""
+    return ["--root", root] if root else []
 
 
-def train_resources(wildcards):
-    """resources.train, updated by every matching resources.train_overrides entry in order."""
+# ---- check_options and train_run ----------------------------------------------------------
+
+
+def option_set_arg(wildcards):
+    """One method folder's method, options and budget, for check_options (one JSON argument)."""
+    entry = {wildcards.method_folder: OPTION_SETS[wildcards.method_folder]}
+    return json.dumps(entry, sort_keys=True)
+
+
+def run_dataset(wildcards):
+    """The prepared dataset a run reads."""
+    return expand(rules.prepare_dataset.output.tensors, dataset=JOBS[wildcards.run].run.dataset)
+
+
+def run_options_checked(wildcards):
+    """The check of the run's method options (one per method folder, e.g. `gumbel@sc-aug`).
+    Not `ancient`: Snakemake skips the params check of a job whose ancient input is rebuilt."""
     run = JOBS[wildcards.run].run
-    res = dict(config["resources"]["train"])
-    for entry in config["resources"]["train_overrides"]:
-        axes = [axis for axis in ("dataset", "arch", "method") if f"{axis}s" in entry]
-        if all(getattr(run, axis) in entry[f"{axis}s"] for axis in axes):
-            res.update({k: v for k, v in entry.items() if k in TRAIN_RESOURCE_KEYS})
-    return res
+    folder = paths.method_folder(run.method, run.variant)
+    return expand(rules.check_options.output.checked, method_folder=folder)
+
+
+def run_after(wildcards):
+    """The done-marker of the run whose network this run starts from (a shared dense phase)."""
+    after = JOBS[wildcards.run].after
+    return expand(RUN_DONE, run=after) if after else []
+
+
+def run_args(wildcards):
+    """Every argument of the run's `python -m prunebench run` (grid.Job.args: folder, axes and
+    the config's settings as key=value), so the job's command alone reproduces it and
+    Snakemake's params trigger sees exactly this run's settings."""
+    return JOBS[wildcards.run].args()
+
+
+def run_device_arg(wildcards, resources):
+    """`device=cuda` for a job that holds a GPU and whose config leaves the device at `auto`:
+    the run claims a free device slot and fails, saying why, when CUDA is unusable (an explicit
+    device in the config is kept; `cpu` with a GPU is refused by the grid)."""
+    device = dict(JOBS[wildcards.run].overrides).get("device", "auto")
+    holds_gpu = grid.requests_gpu({"gpu": resources.gpu, "gres": getattr(resources, "gres", "")})
+    return ["device=cuda"] if holds_gpu and device == "auto" else []
+
+
+def run_resources(wildcards):
+    """The run's job resources (grid.run_resources: resources.train, then every matching
+    resources.train_overrides entry in order)."""
+    return grid.run_resources(config, JOBS[wildcards.run].run)
+
+
+def run_threads(wildcards):
+    """Snakemake threads = the run's cpus_per_task (sets OMP_NUM_THREADS)."""
+    return run_resources(wildcards)["cpus_per_task"]
+
+
+def run_resource(name):
+    """The function giving one resource of a run's job (None = not requested: the SLURM
+    executor plugin's gpu_model, constraint, gres, slurm_partition, slurm_account, qos)."""
+
+    def resource(wildcards):
+        return run_resources(wildcards).get(name)
+
+    resource.__name__ = f"run_{name}"
+    return resource
+
+
+# ---- aggregate_runs, plot_figures, build_report -------------------------------------------
+
+
+def run_markers():
+    """The done-markers of every run in the grid (aggregate_runs waits for all of them)."""
+    return expand(rules.train_run.output.marker, run=JOBS)
 
 
 def report_templates():
     """The report's LaTeX templates (report/templates/), so that editing one rebuilds it."""
+    if WORKFLOW_DIR is None:  # a workflow read from a remote copy: nothing to watch
+        return []
+    folder = os.path.join(WORKFLOW_DIR, "report", "templates")
     found = []
-    for folder, _, names in os.walk(os.path.join(workflow.basedir, "report")):
-        rel = os.path.relpath(folder, workflow.basedir)
-        found += [f"{rel}/{n}" for n in names if re.search(r"\.(tex|sty|bib|cls|j2)$", n)]
+    for root, _, names in os.walk(folder):
+        found += [os.path.join(root, n) for n in names if re.search(r"\.(tex|sty|bib|cls|j2)$", n)]
     return sorted(found)
+
+
+def figure_labels(wildcards, output):
+    """Columns of a figure in the HTML report: its name, dataset/arch and caption (from the
+    manifest that plot_figures writes beside the figures)."""
+    manifest = os.path.join(output.figures, paths.MANIFEST)
+    with open(manifest) as f:
+        figures = {entry["name"]: entry for entry in json.load(f)["figures"]}
+    entry = figures.get(wildcards.figure, {})
+    caption = entry.get("caption", "").replace("{", "(").replace("}", ")")
+    return {"figure": wildcards.figure, "caption": caption}

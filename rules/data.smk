@@ -1,22 +1,26 @@
 rule prepare_dataset:
-    """One checksummed tensor file per dataset (+ manifest), read or downloaded once."""
+    """One checksummed tensor file per dataset (+ manifest), read or downloaded once. Retried by
+    the profile: a download can fail for a moment."""
     input:
         dataset_source,
     output:
-        tensors="results/data/{dataset}.pt",
-        manifest="results/data/{dataset}.json",
-    params:
-        root=prepare_root_flag,
+        tensors=DATASET_TENSORS,
+        manifest=DATASET_MANIFEST,
     log:
-        "results/logs/prepare_dataset/{dataset}.log",
+        log_file("prepare_dataset/{dataset}"),
+    # Runs where snakemake runs (the login node on a cluster): downloads need the internet,
+    # which compute nodes often lack.
+    localrule: True
     conda:
         "../environment.yml"
     resources:
         mem_mb=16000,
         runtime=120,
-    # Runs where snakemake runs (the login node on a cluster): downloads need the internet,
-    # which compute nodes often lack.
-    localrule: True
+    params:
+        data_dir=output_folder,
+        root=prepare_root_args,
     shell:
-        "python -m prunebench prepare --dataset {wildcards.dataset} --data-dir results/data"
-        " {params.root} > {log} 2>&1"
+        prunebench(
+            "prepare --dataset {wildcards.dataset:q} --data-dir {params.data_dir:q}"
+            " {params.root:q} > {log:q} 2>&1"
+        )

@@ -1,44 +1,62 @@
 rule plot_figures:
-    """Accuracy-vs-sparsity, reproduced-vs-published, training curves, layer densities."""
+    """Accuracy-vs-sparsity, reproduced-vs-published, training curves, layer densities: each
+    figure as PDF (for the report) and PNG (for the HTML report), listed in the manifest."""
     input:
-        summary="results/summary.csv",
-        by_setting="results/summary_by_setting.csv",
-        published="config/published_results.csv",
+        summary=rules.aggregate_runs.output.summary,
+        by_setting=rules.aggregate_runs.output.by_setting,
+        published=PUBLISHED,
     output:
-        manifest="results/figures/manifest.json",
+        figures=report(
+            directory(paths.FIGURES_DIR),
+            patterns=["{figure}.png"],
+            caption="../report/captions/figure.rst",
+            category="Figures",
+            labels=figure_labels,
+        ),
     log:
-        "results/logs/plot_figures.log",
+        log_file("plot_figures"),
+    retries: 0
+    localrule: True
     conda:
         "../environment.yml"
     resources:
         mem_mb=4000,
         runtime=30,
-    localrule: True
+    params:
+        results=input_folder,
     shell:
-        "python -m prunebench figures --results results --published {input.published:q}"
-        " --out results/figures > {log:q} 2>&1"
+        prunebench(
+            "figures --results {params.results:q} --published {input.published:q}"
+            " --out {output.figures:q} > {log:q} 2>&1"
+        )
 
 
 rule build_report:
     """The LaTeX report beside the published numbers, built to PDF with latexmk."""
     input:
-        summary="results/summary.csv",
-        by_setting="results/summary_by_setting.csv",
-        figures="results/figures/manifest.json",
-        published="config/published_results.csv",
+        summary=rules.aggregate_runs.output.summary,
+        by_setting=rules.aggregate_runs.output.by_setting,
+        figures=rules.plot_figures.output.figures,
+        published=PUBLISHED,
         config=WORKFLOW_CONFIG_FILE,
         templates=report_templates(),
     output:
-        tex="results/report/report.tex",
-        pdf="results/report/report.pdf",
+        tex=REPORT_TEX,
+        pdf=report(REPORT_PDF, caption="../report/captions/report.rst", category="Report"),
     log:
-        "results/logs/build_report.log",
+        log_file("build_report"),
+    retries: 0
+    localrule: True
     conda:
         "../environment.yml"
     resources:
         mem_mb=4000,
         runtime=30,
-    localrule: True
+    params:
+        results=input_folder,
+        out=output_folder,
     shell:
-        "python -m prunebench report --results results --published {input.published:q}"
-        " --config {input.config:q} --out results/report > {log:q} 2>&1"
+        prunebench(
+            "report --results {params.results:q} --published {input.published:q}"
+            " --config {input.config:q} --out {params.out:q} > {log:q} 2>&1"
+        )

@@ -139,6 +139,24 @@ BAD_CONFIGS = {
             {**c["grids"][0], "variant": "v", "train": {"epochs": 2}},
             {**c["grids"][0], "variant": "v", "train": {"epochs": 3}}]),
         ["variant 'v' of method", "grids[3] gives other train/options than grids[2]"]),
+    "a GPU with device cpu": (
+        lambda c: c["resources"]["train"].update(gpu=1),
+        ["config resources.train.gpu:", "train.device is cpu", "digits/conv4/dense"]),
+    "a GPU gres for a method trained on the cpu": (
+        lambda c: (c["train"].pop("device"),
+                   c["methods"]["gumbel"]["train"].update(device="cpu"),
+                   c["resources"]["train_overrides"].append(
+                       {"methods": ["gumbel"], "gres": "gpu:a100:1"})),
+        ["config resources.train_overrides[0].gres:", "methods.gumbel.train.device is cpu"]),
+    "a CPU-only run in the GPU runs' partition": (
+        lambda c: (c["train"].pop("device"),
+                   c["resources"]["train"].update(gpu=1, slurm_partition="gpu"),
+                   c["resources"]["train_overrides"].append({"methods": ["dense"], "gpu": 0})),
+        ["config resources.train.slurm_partition:", "'gpu' is named beside a GPU request",
+         "digits/conv4/dense runs request no GPU"]),
+    "bad slurm partition": (
+        lambda c: c["resources"]["train"].update(slurm_partition="gpu; touch x"),
+        ["'gpu; touch x' does not match", "slurm_partition"]),
     "bad variant train value": (
         lambda c: c["grids"][0].update(variant="v", train={"patience": 5}),
         ["grids[0] (quick)", "patience > 0 needs selection=val"]),
@@ -451,19 +469,61 @@ def test_tiny_config_runs_every_method_and_a_variant_to_the_report(tmp_path: Pat
     print(f"tiny workflow: {minutes:.1f} min for {expected} runs")
 
 
+def _rule_text() -> str:
+    return "\n".join(p.read_text() for p in [REPO / "Snakefile",
+                                             *sorted((REPO / "rules").glob("*.smk"))])
+
+
 def test_rules_are_thin_cli_calls() -> None:
-    """Every rule with a command runs `python -m prunebench <subcommand>` (pasteable)."""
-    text = "\n".join(p.read_text() for p in sorted((REPO / "rules").glob("*.smk")))
-    commands = re.findall(r"shell:\n\s+((?:\"[^\n]*\"\n\s*)+)", text)
+    """Every rule with a command runs the engine's CLI, `python -m prunebench <subcommand>`
+    (`prunebench(...)`, rules/common.smk), with every value it puts on the line quoted (`:q`), so no
+    file name or config value is ever read by the shell; the commands are pasteable."""
+    text = _rule_text()
+    commands = re.findall(r"^    shell:\n((?:        .*\n)+)", text, flags=re.M)
     assert len(commands) == 6, commands
+    subcommands = set()
     for command in commands:
-        assert "python -m prunebench " in command, command
+        subcommands |= set(re.findall(r'prunebench\(\s*"([a-z-]+) ', command))
+        fields = re.findall(r"(?<!\{)\{([^{}]*)\}(?!\})", command)
+        assert fields and all(f.endswith(":q") for f in fields), command
+    assert subcommands == {"prepare", "check-options", "run", "aggregate", "figures", "report"}
+    common = (REPO / "rules" / "common.smk").read_text()
+    assert re.search(r'return "python -m prunebench"\n', common)
     names = re.findall(r"^rule (\w+):", text, flags=re.M)
     assert set(names) == {"prepare_dataset", "check_options", "train_run", "aggregate_runs",
-                          "plot_figures", "build_report"}
+                          "plot_figures", "build_report", "all"}
     for block in re.split(r"^rule ", text, flags=re.M)[1:]:
         for directive in ("log:", "conda:", "resources:"):
-            assert f"    {directive}" in block, f"rule {block.split(':')[0]} lacks {directive}"
+            assert block.startswith("all:") or f"    {directive}" in block, (
+                f"rule {block.split(':')[0]} lacks {directive}")
+
+
+def test_rules_take_the_layout_from_the_layout_module() -> None:
+    """No results root, file name of the results tree or exit code is spelled in the rules:
+    rules/common.smk reads them from prunebench/paths.py and the rules chain each other's
+    outputs (`rules.X.output`); train_run's policy lives in named functions, not lambdas."""
+    from prunebench import paths
+
+    text = _rule_text()
+    for literal in (paths.RESULTS + "/", paths.SUMMARY, paths.MANIFEST,
+                    paths.REPORT_PDF, paths.WORKFLOW_DONE, "runs/", "logs/"):
+        assert literal not in text, f"{literal!r} spelled in the rules"
+    for code in (paths.EXIT_DIVERGED, paths.EXIT_PREEMPTED):
+        assert not re.search(rf"(?<![\w.]){code}(?![\w.])", text), f"exit code {code} spelled"
+    assert "lambda" not in text
+    for chained in ("rules.aggregate_runs.output.summary", "rules.plot_figures.output.figures",
+                    "rules.build_report.output.pdf", "rules.train_run.output.marker",
+                    "rules.prepare_dataset.output.tensors", "rules.check_options.output.checked"):
+        assert chained in text, chained
+
+
+def test_snakefmt_is_clean() -> None:
+    """`snakefmt --check` (line length 100 from pyproject.toml), as `make lint` runs it."""
+    snakefmt = BIN / "snakefmt"
+    assert snakefmt.exists(), "snakefmt is not installed (requirements-dev.txt pins it)"
+    out = subprocess.run([str(snakefmt), "--check", "Snakefile", "rules/"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_quick_config_runs_every_method() -> None:

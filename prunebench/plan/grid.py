@@ -129,6 +129,70 @@ def check_config(config: dict[str, Any], catalogue: dict[str, MethodSpec]) -> No
                          allowed, axis[:-1])
 
 
+# The keys of `resources.train` and `resources.train_overrides` entries that are a train_run job's
+# resources (gpu_model, constraint, gres, slurm_partition, slurm_account, qos: the SLURM executor
+# plugin's names, handed to it as they are).
+TRAIN_RESOURCE_KEYS = ("gpu", "cpus_per_task", "mem_mb", "runtime", "gpu_model", "constraint",
+                       "gres", "slurm_partition", "slurm_account", "qos")
+OVERRIDE_AXES = ("dataset", "arch", "method")
+
+
+def _resource_entries(config: dict[str, Any], run: Run) -> list[tuple[str, dict[str, Any]]]:
+    """(key, entry) of `resources.train` and of every `resources.train_overrides` entry whose
+    lists all match `run` (an absent list matches), in the order they apply."""
+    section = config.get("resources") or {}
+    out = [("resources.train", dict(section.get("train") or {}))]
+    for i, entry in enumerate(section.get("train_overrides") or []):
+        if all(getattr(run, axis) in entry[f"{axis}s"] for axis in OVERRIDE_AXES
+               if f"{axis}s" in entry):
+            out.append((f"resources.train_overrides[{i}]",
+                        {k: v for k, v in entry.items() if k in TRAIN_RESOURCE_KEYS}))
+    return out
+
+
+def _resources_with_keys(config: dict[str, Any], run: Run) -> dict[str, tuple[Any, str]]:
+    """Each resource of `run`'s job with the key of the entry that sets it."""
+    out = {}
+    for key, entry in _resource_entries(config, run):
+        out.update({k: (v, key) for k, v in entry.items()})
+    return out
+
+
+def run_resources(config: dict[str, Any], run: Run) -> dict[str, Any]:
+    """The resources of `run`'s train_run job: `resources.train`, updated by every matching
+    `resources.train_overrides` entry in order (later entries win)."""
+    return {k: v for k, (v, _) in _resources_with_keys(config, run).items()}
+
+
+def requests_gpu(resources: dict[str, Any]) -> bool:
+    """Whether a job with these resources holds a GPU (`gpu` > 0, or a GPU `gres`)."""
+    return bool(resources.get("gpu")) or "gpu" in str(resources.get("gres") or "")
+
+
+def _check_resources(config: dict[str, Any], run: Run, device: str,
+                     layers: list[tuple[str, dict[str, Any]]]) -> None:
+    """A job that holds a GPU must use it (no `device: cpu`), and a CPU-only job is never sent
+    to the partition that an entry named for the GPU it requested."""
+    keyed = _resources_with_keys(config, run)
+    resources = {k: v for k, (v, _) in keyed.items()}
+    folder = f"{run.dataset}/{run.arch}/{paths.method_folder(run.method, run.variant)}"
+    if device == "cpu" and requests_gpu(resources):
+        gpu_key = keyed["gpu"][1] + ".gpu" if resources.get("gpu") else keyed["gres"][1] + ".gres"
+        device_key = next((f"{where.removeprefix('config ')}.device" for where, values
+                           in reversed(layers) if "device" in values), "train.device")
+        raise ConfigError(gpu_key, f"requests a GPU for the {folder} runs, but {device_key} is "
+                          "cpu: the job would hold a GPU and train on the CPU. Set gpu: 0 (and "
+                          "no GPU gres) for CPU runs, or device auto or cuda")
+    if "slurm_partition" in resources and not requests_gpu(resources):
+        key = keyed["slurm_partition"][1]
+        entry = dict(_resource_entries(config, run))[key]
+        if requests_gpu(entry):
+            raise ConfigError(f"{key}.slurm_partition", f"{resources['slurm_partition']!r} is "
+                              f"named beside a GPU request, but the {folder} runs request no "
+                              "GPU: give the entry that makes them CPU-only its own "
+                              "slurm_partition, so that they are not sent to a GPU partition")
+
+
 def expand(config: dict[str, Any]) -> list[Job]:
     """Every run of a workflow config, in config order, deduplicated, each resolved once per
     setting by `config.resolve`; a ConfigError (naming the key) for anything that cannot run."""
@@ -157,10 +221,12 @@ def expand(config: dict[str, Any]) -> list[Job]:
             setting = (dataset, arch, method, variant)
             if setting not in resolved:
                 try:
-                    resolve(dataset, arch, method, sparsities[0] if budgeted else None, 0,
-                            config, variant=variant)
+                    settings = resolve(dataset, arch, method, sparsities[0] if budgeted else None,
+                                       0, config, variant=variant)
                 except PrunebenchError as e:
                     raise ConfigError(key, f"{e} ({dataset}/{arch}/{method})") from None
+                _check_resources(config, Run(dataset, arch, method, variant, None, 0),
+                                 settings.train.device, layers)
                 train = {k: v for _, values in layers for k, v in values.items()}
                 resolved[setting] = (("data_dir", paths.DATA_DIR), *train.items(),
                                      *((f"method.{k}", v) for k, v in options.items()))

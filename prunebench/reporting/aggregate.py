@@ -35,6 +35,9 @@ RENAME = {
     "val_top1": "val_top1_pct",
     "test_loss": "test_loss_nats",
 }
+# The workflow's record of a run's train_run job (Snakemake `benchmark:`, paths.BENCHMARK in the
+# run folder; its last attempt where the job was retried): its column -> the summary's column.
+JOB_COLUMNS = {"s": "job_wall_seconds", "max_rss": "job_max_rss_mb", "cpu_time": "job_cpu_seconds"}
 # Engine fields the summary leaves out: `sparsity` repeats `sparsity_target`, `selection`
 # repeats `train_selection`, `run_dir` is where the run was written (replaced by where it is now).
 DROP = ("sparsity", "selection", "run_dir")
@@ -44,7 +47,7 @@ LEADING = [
     "sparsity_achieved", "density_achieved", "budgeted", "num_prunable", "kept_prunable",
     "params_total", "params_nonzero", "macs_dense", "macs_effective",
     "num_layers_collapsed", "layers_collapsed", "epoch_selected", "epochs_run",
-    "train_seconds", "wall_seconds",
+    "train_seconds", "wall_seconds", *JOB_COLUMNS.values(),
 ]
 TRAILING = [
     "paper", "frozen_weights", "device", "device_name", "hostname", "num_threads",
@@ -56,6 +59,7 @@ TRAILING = [
 AVERAGED = [
     "test_top1_pct", "test_top5_pct", "val_top1_pct", "sparsity_achieved", "density_achieved",
     "params_nonzero", "macs_dense", "macs_effective", "num_layers_collapsed", "train_seconds",
+    "job_wall_seconds", "job_max_rss_mb",
 ]
 # Where the data came from ("official" download or a "local" copy), carried into the settings.
 PROVENANCE = ["data_origin", "data_source"]
@@ -95,6 +99,25 @@ def _config_fields(config: dict[str, Any]) -> dict[str, Any]:
     row.update({f"train_{k}": v for k, v in (config.get("train") or {}).items()})
     row.update({f"hp_{k}": v for k, v in (config.get("method_options") or {}).items()})
     return row
+
+
+def read_job_benchmark(path: Path) -> dict[str, float]:
+    """The job's wall time, peak memory and CPU time from a Snakemake benchmark file (TSV, last
+    row); {} when there is none, NaN for a value it could not measure ("NA", "-")."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    if len(lines) < 2:
+        return {}
+    row = dict(zip(lines[0].split("\t"), lines[-1].split("\t"), strict=False))
+    out = {}
+    for column, name in JOB_COLUMNS.items():
+        try:
+            out[name] = float(row.get(column, "nan"))
+        except ValueError:
+            out[name] = float("nan")
+    return out
 
 
 def read_run(run_dir: Path, runs_root: Path) -> dict[str, Any]:
@@ -154,6 +177,7 @@ def read_run(run_dir: Path, runs_root: Path) -> dict[str, Any]:
                          if (run_dir / paths.CHECKPOINT).exists()
                          else "in progress or interrupted (no checkpoint yet)")
         row["config_digest"] = folder_digest
+    row.update(read_job_benchmark(run_dir / paths.BENCHMARK))
     if named and row.get("seed") is None:
         row["seed"] = named.seed
     return row
@@ -291,7 +315,8 @@ def load_summary(results: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         df = pd.read_csv(path, keep_default_na=True)
         need = (RUN_KEYS + ["status", "reason", "run_id", "run_dir"] if name == SUMMARY else
                 SETTING_KEYS + ["n", "n_failed", "n_incomplete", "n_excluded"]
-                + [f"{c}_{s}" for c in AVERAGED for s in ("mean", "std")])
+                + [f"{c}_{s}" for c in AVERAGED if c not in JOB_COLUMNS.values()
+                   for s in ("mean", "std")])
         missing = [c for c in need if c not in df.columns]
         if missing:
             raise PrunebenchError(f"{path} lacks column(s) {', '.join(missing)} (written by an "
