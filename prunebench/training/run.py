@@ -23,8 +23,9 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ from prunebench.training.method import MethodContext, PruningMethod, TrainSettin
 from prunebench.training.metrics import count_params, evaluate, layer_macs
 from prunebench.training.models import create_model
 from prunebench.training.registry import get_method
-from prunebench.training.train import PREEMPT_SIGNALS, Trainer, epoch_seed
+from prunebench.training.train import PREEMPT_SIGNALS, LoopState, Trainer, epoch_seed
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -129,7 +130,6 @@ def _make_logger(run_dir: Path) -> logging.Logger:
         sh.setFormatter(fmt)
         logger.addHandler(sh)
     return logger
-
 
 
 def build_method(cfg: RunConfig, data: DeviceData, device: torch.device) -> PruningMethod:
@@ -259,57 +259,103 @@ def execute(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
 def _train_and_measure(cfg: RunConfig, run_dir: Path, state: str, stale: list[Path],
                        device: torch.device, prepared: PreparedData, wall0: float
                        ) -> dict[str, Any]:
+    """Build or resume, train, measure, write: the folder's one writer (its lock held)."""
     (run_dir / paths.FAILED).unlink(missing_ok=True)
     write_json(run_dir / paths.CONFIG, {"digest": cfg.digest(), "config": cfg.to_dict()})
     logger = _make_logger(run_dir)
     log = logger.info
     for p in stale:
         log(f"removed {p.name}, a temp folder left by a process killed while writing")
+    built = build_or_resume(cfg, run_dir, state, device, prepared, log)
+    log(f"run {cfg.dataset}/{cfg.arch}/{cfg.method} sparsity={cfg.sparsity} seed={cfg.seed} "
+        f"on {device}")
+    try:
+        loop = built.trainer.run()
+    except TrainingDiverged as e:
+        write_json(run_dir / paths.FAILED, {"reason": str(e), "config": cfg.to_dict(),
+                                            "history": built.trainer.state.history})
+        log(f"FAILED: {e}")
+        raise
+    measured = measure(cfg, built, loop, prepared, device, wall0, run_dir)
+    write(run_dir, cfg, built, measured, prepared)
+    metrics = measured.metrics
+    log(f"done: test_top1={metrics['test_top1']:.2f} sparsity={metrics['sparsity_achieved']:.4f} "
+        f"collapsed={metrics['num_layers_collapsed']}")
+    for handler in list(logger.handlers):
+        handler.close()
+        logger.removeHandler(handler)
+    return metrics
+
+
+@dataclass
+class Built:
+    """A run's parts as training needs them: the device-resident data, the model, its method
+    and the trainer that checkpoints into the run folder."""
+
+    data: DeviceData
+    model: nn.Module
+    method: PruningMethod
+    trainer: Trainer
+
+
+def build(cfg: RunConfig, data: DeviceData, device: torch.device, prepared: PreparedData,
+          ckpt_path: Path, log: Callable[[str], None]) -> Built:
+    """A fresh model (seeded), its method (prepared) and a trainer saving to `ckpt_path`."""
+    c, h, _ = prepared.image_shape
+    digest = cfg.digest()
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.arch, data.num_classes, c, h).to(device)
+    if data.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    method = build_method(cfg, data, device)
+    method.prepare(model)
+    trainer = Trainer(model, method, data, cfg.train, cfg.seed, device, log=log,
+                      save=lambda ckpt: save_torch(ckpt_path, {**ckpt, "config_digest": digest}))
+    return Built(data, model, method, trainer)
+
+
+def build_or_resume(cfg: RunConfig, run_dir: Path, state: str, device: torch.device,
+                    prepared: PreparedData, log: Callable[[str], None]) -> Built:
+    """The run's parts, continued from its checkpoint when one is usable (else built afresh,
+    saying why). The loaded checkpoint is dropped once restored."""
     torch.manual_seed(cfg.seed)
     channels_last = cfg.train.channels_last and device.type == "cuda"
     data = DeviceData(prepared, device, cfg.train.val_fraction, channels_last,
                       normalize=cfg.train.normalize)
-    c, h, w = prepared.image_shape
     ckpt_path = run_dir / paths.CHECKPOINT
+    built = build(cfg, data, device, prepared, ckpt_path, log)
+    if state != "resume" or not ckpt_path.exists():
+        return built
     digest = cfg.digest()
-
-    def build() -> tuple[nn.Module, PruningMethod, Trainer]:
-        torch.manual_seed(cfg.seed)
-        model = create_model(cfg.arch, data.num_classes, c, h).to(device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        method = build_method(cfg, data, device)
-        method.prepare(model)
-        trainer = Trainer(
-            model, method, data, cfg.train, cfg.seed, device, log=log,
-            save=lambda ckpt: save_torch(ckpt_path, {**ckpt, "config_digest": digest}))
-        return model, method, trainer
-
-    model, method, trainer = build()
-    if state == "resume" and ckpt_path.exists():
-        try:
-            # weights_only: a checkpoint is data, never code (a crafted pickle is refused).
-            # Loaded to the CPU: random-generator states must stay CPU byte tensors, and
-            # load_state_dict copies weights and optimiser state onto the model's device.
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            if not isinstance(ckpt, dict) or ckpt.get("config_digest") != digest:
-                raise ValueError(f"it was not written by this run (config {digest})")
-            trainer.restore(ckpt)
-        except Exception as e:  # noqa: BLE001 - unusable checkpoint: start over, say so
-            log(f"checkpoint {ckpt_path} cannot be used ({one_line(e)[:300]}); starting from "
-                "scratch")
-            model, method, trainer = build()
-        else:
-            log(f"resumed from {ckpt_path} after epoch {trainer.state.global_epoch}")
-    log(f"run {cfg.dataset}/{cfg.arch}/{cfg.method} sparsity={cfg.sparsity} seed={cfg.seed} "
-        f"on {device}")
     try:
-        loop = trainer.run()
-    except TrainingDiverged as e:
-        write_json(run_dir / paths.FAILED, {"reason": str(e), "config": cfg.to_dict(),
-                                            "history": trainer.state.history})
-        log(f"FAILED: {e}")
-        raise
+        # weights_only: a checkpoint is data, never code (a crafted pickle is refused).
+        # Loaded to the CPU: random-generator states must stay CPU byte tensors, and
+        # load_state_dict copies weights and optimiser state onto the model's device.
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or ckpt.get("config_digest") != digest:
+            raise ValueError(f"it was not written by this run (config {digest})")
+        built.trainer.restore(ckpt)
+    except Exception as e:  # noqa: BLE001 - unusable checkpoint: start over, say so
+        log(f"checkpoint {ckpt_path} cannot be used ({one_line(e)[:300]}); starting from "
+            "scratch")
+        return build(cfg, data, device, prepared, ckpt_path, log)
+    log(f"resumed from {ckpt_path} after epoch {built.trainer.state.global_epoch}")
+    return built
+
+
+@dataclass
+class Measured:
+    """What a finished run reports: metrics.json's record and layers.csv's rows."""
+
+    metrics: dict[str, Any]
+    layers: list[dict[str, Any]]
+
+
+def measure(cfg: RunConfig, built: Built, loop: LoopState, prepared: PreparedData,
+            device: torch.device, wall0: float, run_dir: Path) -> Measured:
+    """Extract and fold the trained network, check its budget, evaluate it on the test and
+    validation splits and count its parameters and MACs."""
+    model, method, data, trainer = built.model, built.method, built.data, built.trainer
     torch.manual_seed(epoch_seed(cfg.seed, 1_000_000))
     model.eval()
     extra = method.extract(model)
@@ -375,17 +421,19 @@ def _train_and_measure(cfg: RunConfig, run_dir: Path, state: str, stale: list[Pa
         "config_digest": cfg.digest(),
         "run_dir": str(run_dir),
     }
-    # The network before metrics.json, which stays last: a finished run always has its network.
+    return Measured(metrics, layers)
+
+
+def write(run_dir: Path, cfg: RunConfig, built: Built, measured: Measured,
+          prepared: PreparedData) -> None:
+    """The network, history and layers, then metrics.json last (its presence means finished:
+    a finished run always has its network); the checkpoint goes after."""
+    c = prepared.image_shape[0]
     stats = ((prepared.manifest["mean"], prepared.manifest["std"]) if cfg.train.normalize
              else ([0.0] * c, [1.0] * c))
-    save_network(run_dir, model, cfg.arch, data.num_classes, prepared.image_shape, *stats)
-    write_csv(run_dir / paths.HISTORY, loop.history)
-    write_csv(run_dir / paths.LAYERS, layers)
-    write_json(run_dir / paths.METRICS, metrics)
-    ckpt_path.unlink(missing_ok=True)
-    log(f"done: test_top1={metrics['test_top1']:.2f} sparsity={metrics['sparsity_achieved']:.4f} "
-        f"collapsed={len(collapsed)}")
-    for handler in list(logger.handlers):
-        handler.close()
-        logger.removeHandler(handler)
-    return metrics
+    save_network(run_dir, built.model, cfg.arch, built.data.num_classes, prepared.image_shape,
+                 *stats)
+    write_csv(run_dir / paths.HISTORY, built.trainer.state.history)
+    write_csv(run_dir / paths.LAYERS, measured.layers)
+    write_json(run_dir / paths.METRICS, measured.metrics)
+    (run_dir / paths.CHECKPOINT).unlink(missing_ok=True)

@@ -1,13 +1,17 @@
 """The training loop shared by every method: optimisers and schedules per phase, device-side
 data, bf16 autocast and channels_last on CUDA, per-epoch checkpoints, exact resume, preemption
-checkpoints on SIGTERM/SIGUSR1, and NaN detection."""
+checkpoints on SIGTERM/SIGUSR1, and NaN detection.
+
+An epoch is three steps: `begin_epoch` (its random streams and sample order, fresh or from the
+preempted epoch's `EpochState`), `run_steps` (the optimiser steps, nothing read back from the
+device) and `end_epoch` (the epoch's sums read once, validation, history row, checkpoint)."""
 from __future__ import annotations
 
 import math
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +81,63 @@ class LoopState:
     train_seconds: float = 0.0
 
 
+@dataclass
+class EpochState:
+    """The epoch in progress, as one record: the steps done, the running sums, its sample order
+    and random-stream states. A preemption saves it (the checkpoint's `mid_epoch`) and the
+    resumed run's `begin_epoch` continues from it."""
+
+    step: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    elapsed: float = 0.0
+    order: torch.Tensor | None = None  # the epoch's sample order (CPU in a checkpoint)
+    gen_state: torch.Tensor | None = None  # the data generator's state (a CPU byte tensor)
+    gen_device: str = "cpu"  # the device type of the generator `gen_state` belongs to
+    cpu_rng: torch.Tensor | None = None
+    cuda_rng: torch.Tensor | None = None
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {"gen_state": self.gen_state, "gen_device": self.gen_device,
+                "cpu_rng": self.cpu_rng, "cuda_rng": self.cuda_rng,
+                "order": None if self.order is None else self.order.cpu(), "step": self.step,
+                "loss_sum": self.loss_sum, "correct": self.correct, "seen": self.seen,
+                "elapsed": self.elapsed}
+
+    @classmethod
+    def from_checkpoint(cls, mid: dict[str, Any]) -> EpochState:
+        return cls(step=mid["step"], loss_sum=mid["loss_sum"], correct=mid["correct"],
+                   seen=mid["seen"], elapsed=mid["elapsed"], order=mid["order"],
+                   gen_state=mid["gen_state"], gen_device=mid.get("gen_device", "cpu"),
+                   cpu_rng=mid["cpu_rng"], cuda_rng=mid.get("cuda_rng"))
+
+
+@dataclass
+class Epoch:
+    """An epoch being trained: its record, generator and batches, and the loss and hit counts
+    summed on the device (read back once, at its end or at a preemption)."""
+
+    phase: Phase
+    record: EpochState
+    generator: torch.Generator
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
+    steps: int  # steps per epoch
+    total_steps: int  # steps of the phase
+    loss_acc: torch.Tensor
+    correct_acc: torch.Tensor
+    started: float
+    lr_factor: float = 1.0
+
+    def settled(self) -> EpochState:
+        """The record with the device sums and the time so far added (one host sync)."""
+        r = self.record
+        return EpochState(step=r.step, loss_sum=r.loss_sum + float(self.loss_acc),
+                          correct=r.correct + int(self.correct_acc), seen=r.seen,
+                          elapsed=r.elapsed + time.perf_counter() - self.started, order=r.order,
+                          gen_device=self.generator.device.type)
+
+
 class SignalFlag:
     """Records a preemption signal; the loop checkpoints and stops at the next step boundary."""
 
@@ -115,11 +176,12 @@ class Trainer:
         self.phases = method.phases()
         self.state = LoopState()
         self.forward = torch.compile(model) if cfg.compile and device.type == "cuda" else model
-        self._mid_epoch: dict[str, Any] | None = None
+        self._resume_epoch: EpochState | None = None
+        self._pending_optimizers: list[dict[str, Any]] | None = None
 
     # -- checkpointing -------------------------------------------------------------------
     def checkpoint(self, optimizers: list[torch.optim.Optimizer],
-                   mid_epoch: dict[str, Any] | None = None) -> dict[str, Any]:
+                   mid_epoch: EpochState | None = None) -> dict[str, Any]:
         s = self.state
         return {
             "model": self.model.state_dict(),
@@ -129,10 +191,11 @@ class Trainer:
                      "history": s.history, "best_val": s.best_val, "best_epoch": s.best_epoch,
                      "train_seconds": s.train_seconds},
             "best_state": s.best_state,
-            "mid_epoch": mid_epoch,
+            "mid_epoch": None if mid_epoch is None else mid_epoch.to_checkpoint(),
         }
 
     def restore(self, ckpt: dict[str, Any]) -> None:
+        """Continue from a checkpoint (loaded to the CPU); keeps no reference to `ckpt`."""
         self.model.load_state_dict(ckpt["model"])
         self.method.load_state_dict(ckpt["method"])
         loop = ckpt["loop"]
@@ -141,8 +204,9 @@ class Trainer:
                                best_val=loop["best_val"], best_epoch=loop["best_epoch"],
                                best_state=ckpt["best_state"],
                                train_seconds=loop["train_seconds"])
-        self._pending_optimizers = ckpt["optimizers"]
-        self._mid_epoch = ckpt.get("mid_epoch")
+        self._pending_optimizers = list(ckpt["optimizers"])
+        mid = ckpt.get("mid_epoch")
+        self._resume_epoch = None if mid is None else EpochState.from_checkpoint(mid)
 
     # -- the loop ------------------------------------------------------------------------
     def setup_phase(self, phase: Phase) -> list[torch.optim.Optimizer]:
@@ -156,11 +220,10 @@ class Trainer:
         for o in optimizers:
             for g in o.param_groups:
                 g["initial_lr"] = g["lr"]
-        pending = getattr(self, "_pending_optimizers", None)
+        pending, self._pending_optimizers = self._pending_optimizers, None
         if pending:
             for o, sd in zip(optimizers, pending, strict=True):
                 o.load_state_dict(sd)
-            self._pending_optimizers = None
         return optimizers
 
     def _set_lr(self, optimizers: list[torch.optim.Optimizer], step: int, total: int) -> float:
@@ -207,69 +270,85 @@ class Trainer:
                     flag: SignalFlag) -> None:
         """One epoch of `phase`: steps, per-epoch validation and history row, checkpoint; a
         preemption signal in `flag` saves a mid-epoch checkpoint and raises Preempted."""
+        epoch = self.begin_epoch(phase)
+        self.run_steps(epoch, optimizers, flag)
+        self.end_epoch(epoch, optimizers, flag)
+
+    def begin_epoch(self, phase: Phase) -> Epoch:
+        """The epoch's random streams, sample order and batches: seeded from (seed, epoch), or
+        continued from the preempted epoch's record when resuming."""
         s, cfg = self.state, self.cfg
         gen = torch.Generator(device=self.device)
-        steps_per_epoch = max(self.data.size("train") // cfg.batch_size, 1)
-        total_steps = steps_per_epoch * phase.epochs
-        mid = self._mid_epoch
-        self._mid_epoch = None
-        if mid is None:
-            seed = epoch_seed(self.seed, s.global_epoch + phase.epochs_before)
+        steps = max(self.data.size("train") // cfg.batch_size, 1)
+        seed = epoch_seed(self.seed, s.global_epoch + phase.epochs_before)
+        record, self._resume_epoch = self._resume_epoch, None
+        if record is None:
+            record = EpochState()
             gen.manual_seed(seed)
             torch.manual_seed(seed + 1)
-            order = None
-            start, loss_sum, correct, seen, elapsed = 0, 0.0, 0, 0, 0.0
         else:
-            start, loss_sum, correct, seen, elapsed = (mid["step"], mid["loss_sum"],
-                                                       mid["correct"], mid["seen"], mid["elapsed"])
-            self._restore_rng(gen, mid, seed=epoch_seed(self.seed, s.global_epoch
-                                                        + phase.epochs_before) + start)
-            order = mid["order"].to(self.device)
+            self._restore_rng(gen, record, seed=seed + record.step)
+        order = None if record.order is None else record.order.to(self.device)
+        batches, record.order = self.data.train_batches_from(cfg.batch_size, gen,
+                                                             cfg.crop_padding, cfg.flip, order,
+                                                             record.step)
         self.model.train()
-        t0 = time.perf_counter()
-        loss_acc = torch.zeros((), device=self.device, dtype=torch.float64)
-        correct_acc = torch.zeros((), device=self.device, dtype=torch.int64)
-        batches, order = self.data.train_batches_from(cfg.batch_size, gen, cfg.crop_padding,
-                                                      cfg.flip, order, start)
-        step = start
-        factor = 1.0
-        bar = tqdm(batches, total=steps_per_epoch, initial=start, leave=False,
+        bar = tqdm(batches, total=steps, initial=record.step, leave=False,
                    desc=f"{phase.name} epoch {s.global_epoch + 1}",
                    disable=not sys.stderr.isatty())
-        for x, y in bar:
-            factor = self._set_lr(optimizers, s.epoch * steps_per_epoch + step, total_steps)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                out = self.forward(x)
-                loss = nn.functional.cross_entropy(out.float(), y)
-                reg = self.method.regularizer(self.model)
-                total = loss if reg is None else loss + reg
-            for o in optimizers:
-                o.zero_grad(set_to_none=True)
-            total.backward()
-            for o in optimizers:
-                o.step()
-            loss_acc += total.detach().double() * len(y)
-            correct_acc += (out.argmax(1) == y).sum()
-            seen += len(y)
-            step += 1
-            if flag.signum is not None and step < steps_per_epoch:
-                self._preempt(optimizers, gen, order, step, loss_sum + float(loss_acc),
-                              correct + int(correct_acc), seen,
-                              elapsed + time.perf_counter() - t0, flag.signum)
-        loss_sum += float(loss_acc)
-        correct += int(correct_acc)
-        if not math.isfinite(loss_sum):
+        return Epoch(phase, record, gen, iter(bar), steps, steps * phase.epochs,
+                     torch.zeros((), device=self.device, dtype=torch.float64),
+                     torch.zeros((), device=self.device, dtype=torch.int64),
+                     time.perf_counter())
+
+    def run_steps(self, epoch: Epoch, optimizers: list[torch.optim.Optimizer],
+                  flag: SignalFlag) -> None:
+        """The epoch's remaining optimiser steps; a signal saves the epoch's record and raises
+        Preempted at the next step boundary (unless the epoch has just ended)."""
+        record = epoch.record
+        for x, y in epoch.batches:
+            epoch.lr_factor = self._set_lr(optimizers, self.state.epoch * epoch.steps
+                                           + record.step, epoch.total_steps)
+            self.train_step(x, y, optimizers, epoch)
+            record.step += 1
+            if flag.signum is not None and record.step < epoch.steps:
+                self._preempt(epoch, optimizers, flag.signum)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor,
+                   optimizers: list[torch.optim.Optimizer], epoch: Epoch) -> None:
+        """One optimiser step on a batch; its loss and hits are summed on the device."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            out = self.forward(x)
+            loss = nn.functional.cross_entropy(out.float(), y)
+            reg = self.method.regularizer(self.model)
+            total = loss if reg is None else loss + reg
+        for o in optimizers:
+            o.zero_grad(set_to_none=True)
+        total.backward()
+        for o in optimizers:
+            o.step()
+        epoch.loss_acc += total.detach().double() * len(y)
+        epoch.correct_acc += (out.argmax(1) == y).sum()
+        epoch.record.seen += len(y)
+
+    def end_epoch(self, epoch: Epoch, optimizers: list[torch.optim.Optimizer],
+                  flag: SignalFlag) -> None:
+        """Read the epoch's sums (stop if the loss diverged), validate, add the history row and
+        save a checkpoint; raise Preempted if a signal arrived."""
+        s, cfg, phase = self.state, self.cfg, epoch.phase
+        done = epoch.settled()
+        if not math.isfinite(done.loss_sum):
             raise TrainingDiverged(
-                f"loss became {loss_sum / max(seen, 1)} in epoch {s.global_epoch + 1} "
+                f"loss became {done.loss_sum / max(done.seen, 1)} in epoch {s.global_epoch + 1} "
                 f"(phase {phase.name}); the last good checkpoint is kept")
-        elapsed += time.perf_counter() - t0
         s.epoch += 1
         s.global_epoch += 1
-        s.train_seconds += elapsed
+        s.train_seconds += done.elapsed
         row: dict[str, Any] = {
-            "epoch": s.global_epoch, "phase": phase.name, "train_loss": loss_sum / max(seen, 1),
-            "train_top1": 100.0 * correct / max(seen, 1), "lr_factor": factor,
-            "epoch_seconds": elapsed,
+            "epoch": s.global_epoch, "phase": phase.name,
+            "train_loss": done.loss_sum / max(done.seen, 1),
+            "train_top1": 100.0 * done.correct / max(done.seen, 1), "lr_factor": epoch.lr_factor,
+            "epoch_seconds": done.elapsed,
         }
         if self.data.size("val"):
             val = evaluate(self.model, self.data.eval_batches("val", cfg.eval_batch_size),
@@ -290,32 +369,32 @@ class Trainer:
             raise Preempted(f"signal {flag.signum} received; checkpoint saved after epoch "
                             f"{s.global_epoch}")
 
-    def _restore_rng(self, gen: torch.Generator, mid: dict[str, Any], seed: int) -> None:
+    def _restore_rng(self, gen: torch.Generator, record: EpochState, seed: int) -> None:
         """Continue the interrupted epoch's random streams. A generator state only fits a
         generator of the device type it came from: a checkpoint saved on another device type
         (CUDA -> CPU or back) continues with streams seeded from the epoch and step, logged."""
-        saved_on = mid.get("gen_device", "cpu")
-        if saved_on != self.device.type:
+        if record.gen_device != self.device.type:
             gen.manual_seed(seed)
             torch.manual_seed(seed + 1)
-            self.log(f"mid-epoch checkpoint saved on {saved_on}, resumed on {self.device.type}: "
-                     f"its random streams cannot continue, so the rest of the epoch draws from "
-                     f"fresh ones (seed {seed}); the run is no longer bitwise reproducible")
+            self.log(f"mid-epoch checkpoint saved on {record.gen_device}, resumed on "
+                     f"{self.device.type}: its random streams cannot continue, so the rest of the "
+                     f"epoch draws from fresh ones (seed {seed}); the run is no longer bitwise "
+                     "reproducible")
             return
         # States are CPU byte tensors (the checkpoint is loaded to the CPU), as set_state needs.
-        gen.set_state(mid["gen_state"].cpu())
-        torch.set_rng_state(mid["cpu_rng"].cpu())
-        if self.device.type == "cuda" and mid.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(mid["cuda_rng"].cpu(), self.device)
+        gen.set_state(record.gen_state.cpu())
+        torch.set_rng_state(record.cpu_rng.cpu())
+        if self.device.type == "cuda" and record.cuda_rng is not None:
+            torch.cuda.set_rng_state(record.cuda_rng.cpu(), self.device)
 
-    def _preempt(self, optimizers, gen, order, step, loss_sum, correct, seen, elapsed,
-                 signum) -> None:
-        mid = {"gen_state": gen.get_state(), "gen_device": self.device.type,
-               "cpu_rng": torch.get_rng_state(),
-               "cuda_rng": (torch.cuda.get_rng_state(self.device)
-                            if self.device.type == "cuda" else None),
-               "order": order.cpu(), "step": step, "loss_sum": loss_sum, "correct": correct,
-               "seen": seen, "elapsed": elapsed}
-        self.save(self.checkpoint(optimizers, mid))
-        raise Preempted(f"signal {signum} received; checkpoint saved at step {step} of epoch "
-                        f"{self.state.global_epoch + 1}")
+    def _preempt(self, epoch: Epoch, optimizers: list[torch.optim.Optimizer],
+                 signum: int) -> None:
+        """Save the epoch's record (sums read back, random-stream states) and stop."""
+        record = epoch.settled()
+        record.gen_state = epoch.generator.get_state()
+        record.cpu_rng = torch.get_rng_state()
+        record.cuda_rng = (torch.cuda.get_rng_state(self.device) if self.device.type == "cuda"
+                           else None)
+        self.save(self.checkpoint(optimizers, record))
+        raise Preempted(f"signal {signum} received; checkpoint saved at step {record.step} of "
+                        f"epoch {self.state.global_epoch + 1}")
