@@ -7,10 +7,14 @@ the ranking); keep the global top-K, then train the masked network from the same
 with the mask fixed.
 
 Deviations and decisions:
-- The scoring sample is class-balanced: `samples_per_class` x classes training images (the paper
-  uses one mini-batch of 100 images for 10 classes), un-augmented, seeded by the run seed. The
-  gradient is that of the mean loss over the whole sample, accumulated over mini-batches of
-  `score_batch_size`, so only BatchNorm statistics depend on the batch size.
+- The scoring sample is class-balanced by default: `samples_per_class` x classes training images
+  (the paper uses one mini-batch of 100 images for 10 classes), un-augmented, seeded by the run
+  seed. SynFlow's code (github ganguli-lab/Synaptic-Flow `Experiments/singleshot.py`,
+  `Utils/load.py`) scores on 10 x classes images drawn at random from the training set with the
+  training augmentation, in batches of 256: `sample=random sample_augment=true
+  score_batch_size=256`. The gradient is that of the mean loss over the whole sample,
+  accumulated over mini-batches of `score_batch_size`, so only BatchNorm statistics depend on
+  the batch size (SynFlow sums per-batch means: the same when the sample fits one batch).
 - BatchNorm mode while scoring (the paper does not say): `train` by default, i.e. batch statistics,
   the mode the network is then trained in; its running statistics are restored afterwards so
   scoring leaves no trace. `eval` uses the (initial) running statistics instead. The mode used is
@@ -43,7 +47,14 @@ from prunebench.training.registry import register_method
 class SnipHparams(MethodHparams):
     samples_per_class: int = option(
         10, "10 x classes images (Lee 2019 sec. 5: a batch of 100, CIFAR-10)")
-    score_batch_size: int = option(100, "Lee 2019 sec. 5: mini-batch of 100")
+    score_batch_size: int = option(100, "Lee 2019 sec. 5: mini-batch of 100 (SynFlow: 256)")
+    sample: str = option(
+        "balanced",
+        "scoring images: balanced (samples_per_class of each class) or random (samples_per_class"
+        " x classes drawn uniformly: SynFlow's prune loader)",
+        choices=('balanced', 'random'))
+    sample_augment: bool = option(
+        False, "scoring images get the run's training crop/flip (SynFlow: yes)")
     bn_mode: str = option(
         "train", "paper silent; train: batch statistics, as in training", choices=('train', 'eval'))
     rescale: bool = option(False, "paper: no rescaling; True keeps each layer's weight norm")
@@ -84,7 +95,16 @@ class Snip(PruningMethod):
 
     def prepare(self, model: nn.Module) -> None:
         attach_fixed_masks(model)
-        batches = self.ctx.sample_batches(self.hp.samples_per_class, self.hp.score_batch_size)
+        hp = self.hp
+        if hp.sample == "balanced" and not hp.sample_augment:
+            batches = self.ctx.sample_batches(hp.samples_per_class, hp.score_batch_size)
+        elif self.ctx.scoring_batches is None:
+            raise PrunebenchError("snip: sample=random or sample_augment=true needs the engine's "
+                                  "scoring_batches, which this context does not lend")
+        else:
+            batches = self.ctx.scoring_batches(hp.samples_per_class * self.ctx.num_classes,
+                                               hp.score_batch_size, hp.sample == "balanced",
+                                               hp.sample_augment)
         self.scores, self.score_images = snip_scores(model, batches, self.hp.bn_mode)
         k = budget_count(num_prunable(model), self.ctx.sparsity)
         self.rescale_factors = apply_global_topk(model, self.scores, k, self.hp.rescale)

@@ -31,8 +31,11 @@ Deviations and decisions:
   evaluation of the folded network, whose mask is the most likely one (keep iff m >= 0, the
   rule of the suite's `gumbel`) with DWR computed on it; its sparsity is the run's
   `sparsity_achieved`.
-- Validation (for `selection=val` and early stopping) uses the most likely mask; ASLP validates
-  on sampled masks.
+- Validation (for `selection=val` and early stopping) uses the most likely mask by default;
+  `val_mask=sampled` draws a fresh mask at every validation forward pass, as ASLP does
+  (`strategies/supermask/layer_functions.py` samples in every forward). ASLP's test accuracy
+  averages 10 test passes that each sample a mask per batch of 256; here each of the 10 passes
+  uses one mask for the whole test set: the same expected accuracy, a different spread.
 - The sample count in DWR carries the straight-through gradient, as in the reference code.
 """
 from __future__ import annotations
@@ -79,6 +82,11 @@ class SupermaskHparams(MethodHparams):
         "reference code --decay_schedule -1; 'run': the run's schedule",
         choices=('constant', 'run'))
     eval_samples: int = option(10, "Zhou 2019: mean test accuracy over 10 sampled masks")
+    val_mask: str = option(
+        "deterministic",
+        "validation masks: deterministic (the most likely, logit >= 0) or sampled (ASLP: a "
+        "fresh sample at every forward pass)",
+        choices=('deterministic', 'sampled'))
 
 
 
@@ -93,6 +101,7 @@ class BernoulliMask(nn.Module):
         self.logits = nn.Parameter(torch.full_like(weight, logit_init))
         self.dynamic_rescale = dynamic_rescale
         self.fixed: torch.Tensor | None = None
+        self.sample_in_eval = False  # ASLP's validation: sample in eval mode until extraction
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """A hard 0/1 sample of the mask (no gradient)."""
@@ -104,6 +113,8 @@ class BernoulliMask(nn.Module):
             return self.sample() + p - p.detach()
         if self.fixed is not None:
             return self.fixed
+        if self.sample_in_eval:
+            return self.sample()
         return (self.logits >= 0).to(self.logits.dtype)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
@@ -132,6 +143,7 @@ class Supermask(PruningMethod):
             raise PrunebenchError(f"method supermask option eval_samples={hparams.eval_samples}"
                                   " must be >= 1 (its accuracy is the mean over sampled masks)")
         super().__init__(hparams, ctx)
+        self._sampling_in_eval = False
 
     def prepare(self, model: nn.Module) -> None:
         hp = self.hp
@@ -142,6 +154,15 @@ class Supermask(PruningMethod):
             add_frozen_biases(model, self.ctx.seed)
         attach(model, lambda _name, layer: BernoulliMask(layer.weight, self.hp.logit_init,
                                                          self.hp.dynamic_rescale))
+        self._set_sampling(model, hp.val_mask == "sampled")
+
+    def _set_sampling(self, model: nn.Module, on: bool) -> None:
+        for m in _masks(model):
+            m.sample_in_eval = on
+        self._sampling_in_eval = on
+
+    def samples_masks_in_eval(self) -> bool:
+        return self._sampling_in_eval
 
     def param_groups(self, model: nn.Module, phase: Phase) -> list[OptimGroup]:
         logits = [m.logits for m in _masks(model)]
@@ -159,6 +180,7 @@ class Supermask(PruningMethod):
 
     @torch.no_grad()
     def extract(self, model: nn.Module) -> dict[str, Any]:
+        self._set_sampling(model, False)
         masks = _masks(model)
         total = sum(m.logits.numel() for m in masks)
         out: dict[str, Any] = {

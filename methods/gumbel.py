@@ -40,10 +40,17 @@ Decisions where the paper is silent, and deviations:
   trained (`layer_modules.py`); off by default, as the suite's networks have no bias.
 - Normalisation layers get affine (1, 0) in `prepare`; the engine freezes them and the biases
   (they are in no optimiser group). ASLP's conv nets have no normalisation layer.
-- Validation during training and extraction use the deterministic mask m >= 0 (the mask that is
-  finally tested); ASLP validates and tests its best checkpoint with sampled masks and reports
-  the pruned (m >= 0) network's accuracy separately. Training-set accuracy in history.csv is that
-  of sampled masks.
+- Validation during training uses the deterministic mask m >= 0 (the mask that is finally
+  tested) by default; `val_mask=sampled` draws a fresh mask at every validation forward pass,
+  as ASLP does (`strategies/ASLP/layer_functions.py` samples in every forward), so early stopping
+  and the selected epoch follow the same noisy signal as there. Extraction and the reported test
+  accuracy always use m >= 0 (ASLP prints the pruned network's accuracy separately from the
+  sampled one). Training-set accuracy in history.csv is that of sampled masks.
+- With smart rescale ASLP returns two optimisers (`strategies/ASLP/optimizer_functions.py`), so
+  PyTorch Lightning 1.x runs, on every batch, one forward/backward pass per optimiser, each with
+  its own Gumbel sample, the logits stepping first and the scales after a pass through the
+  updated logits. `optimizer_steps=sequential` reproduces that order; `joint` (default) steps
+  both from one pass, half the cost.
 - The logits' and scales' learning rates are constant (`lr_schedule`), as in the authors' code,
   which sets no scheduler (up to 1000 epochs with early stopping on CIFAR); the run's schedule
   (cosine by default) decays them before the masks leave the initial plateau on short recipes.
@@ -115,6 +122,16 @@ class GumbelHparams(MethodHparams):
         "constant",
         "paper code (ASLP main.py): no lr scheduler; 'run' = run's",
         choices=('constant', 'cosine', 'step', 'run'))
+    val_mask: str = option(
+        "deterministic",
+        "validation masks: deterministic (m >= 0, the extracted one) or sampled (ASLP: a fresh "
+        "sample at every forward pass)",
+        choices=('deterministic', 'sampled'))
+    optimizer_steps: str = option(
+        "joint",
+        "with smart_rescale: joint (one pass steps logits and scales) or sequential (ASLP under "
+        "Lightning 1.x: logits step, then scales after a pass of their own)",
+        choices=('joint', 'sequential'))
     budget: bool = option(
         False, "extension beyond the paper: penalty toward K + exact top-K by logit")
     budget_weight: float = option(1e-3, "extension: decision, measured (see module docstring)")
@@ -144,13 +161,14 @@ class GumbelMask(nn.Module):
         self.scale = nn.Parameter(torch.ones((), dtype=weight.dtype, device=weight.device))
         self.register_buffer("final_mask", torch.zeros_like(weight, dtype=torch.bool))
         self.register_buffer("extracted", torch.zeros((), dtype=torch.bool, device=weight.device))
+        self.sample_in_eval = False  # ASLP's validation: sample in eval mode until extraction
 
     def eval_mask(self) -> torch.Tensor:
         """The deterministic mask: the extracted one, else m >= 0 (no device sync)."""
         return torch.where(self.extracted, self.final_mask, self.logits >= 0)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if self.training:
+        if self.training or self.sample_in_eval:
             mask = straight_through_sample(self.logits, self.tau)
         else:
             mask = self.eval_mask()
@@ -169,6 +187,7 @@ class Gumbel(PruningMethod):
 
     def __init__(self, hparams: GumbelHparams, ctx: MethodContext) -> None:
         super().__init__(hparams, ctx)
+        self._sampling_in_eval = False
         if hparams.tau <= 0:
             raise PrunebenchError(f"method gumbel option tau={hparams.tau} must be > 0")
         if hparams.budget_weight < 0:
@@ -185,6 +204,12 @@ class Gumbel(PruningMethod):
         if hp.frozen_bias:
             add_frozen_biases(model, self.ctx.seed)
         attach(model, lambda _name, layer: GumbelMask(layer.weight, hp.tau, hp.logit_init))
+        for m in self._masks(model):
+            m.sample_in_eval = hp.val_mask == "sampled"
+        self._sampling_in_eval = hp.val_mask == "sampled"
+
+    def samples_masks_in_eval(self) -> bool:
+        return self._sampling_in_eval
 
     def param_groups(self, model: nn.Module, phase: Phase) -> list[OptimGroup]:
         hp = self.hp
@@ -194,7 +219,8 @@ class Gumbel(PruningMethod):
                              hp.logit_momentum, hp.logit_weight_decay, schedule)]
         if hp.smart_rescale:
             groups.append(OptimGroup([m.scale for m in masks], "rescale", "sgd", hp.rescale_lr,
-                                     hp.rescale_momentum, 0.0, schedule))
+                                     hp.rescale_momentum, 0.0, schedule,
+                                     stage=int(hp.optimizer_steps == "sequential")))
         return groups
 
     def regularizer(self, model: nn.Module) -> torch.Tensor | None:
@@ -228,6 +254,8 @@ class Gumbel(PruningMethod):
         for m, keep in zip(masks, final, strict=True):
             m.final_mask.copy_(keep)
             m.extracted.fill_(True)
+            m.sample_in_eval = False
+        self._sampling_in_eval = False
         return {
             "extraction": "global top-K by logit" if self.hp.budget else "m >= 0",
             "threshold_density": threshold_kept / n,

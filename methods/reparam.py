@@ -75,6 +75,7 @@ from prunebench.training.method import (
     Phase,
     PruningMethod,
     option,
+    weight_groups,
 )
 from prunebench.training.registry import register_method
 
@@ -190,13 +191,8 @@ class Reparam(PruningMethod):
         hp, tr = self.hp, self.ctx.train
         t_params = [r.t_raw for _, r in self._reparams(model)]
         t_ids = {id(p) for p in t_params}
-        decay, no_decay = [], []
-        for p in model.parameters():
-            if id(p) not in t_ids:
-                (decay if p.ndim > 1 else no_decay).append(p)
         return [
-            OptimGroup(decay, "weights", tr.optimizer, tr.lr, tr.momentum, tr.weight_decay),
-            OptimGroup(no_decay, "biases_norms", tr.optimizer, tr.lr, tr.momentum, 0.0),
+            *weight_groups([p for p in model.parameters() if id(p) not in t_ids], tr),
             OptimGroup(t_params, "t", hp.t_optimizer, tr.lr if hp.t_lr is None else hp.t_lr,
                        hp.t_momentum, 0.0),
         ]

@@ -84,14 +84,22 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def print_options(method: str) -> None:
-    """One method's options: name, type, default and the help its dataclass field carries."""
+    """One method's options (or, for `train`, the training settings): name, type, default and
+    the help its dataclass field carries."""
+    from prunebench.plan.config import TrainConfig
     from prunebench.training.registry import get_method
 
-    cls = get_method(method)
-    kind = "budgeted" if cls.budgeted else "no budget"
-    print(f"{method} ({kind}; {cls.paper}): set with method.<option>=<value>")
+    if method == "train":
+        print("train (every method; per dataset/arch recipe defaults in prunebench/plan/"
+              "config.py recipe()): set with <key>=<value>")
+        fields = dataclasses.fields(TrainConfig)
+    else:
+        cls = get_method(method)
+        kind = "budgeted" if cls.budgeted else "no budget"
+        print(f"{method} ({kind}; {cls.paper}): set with method.<option>=<value>")
+        fields = dataclasses.fields(cls.hparams_cls)
     rows = []
-    for f in dataclasses.fields(cls.hparams_cls):
+    for f in fields:
         if f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
@@ -235,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list methods, archs and datasets")
     p.add_argument("--options", default="", metavar="METHOD",
-                   help="print METHOD's options with their defaults and help instead")
+                   help="print METHOD's options with their defaults and help instead "
+                   "(`train`: the training settings)")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("aggregate", help="run folders -> summary.csv (one row per run) and "

@@ -33,6 +33,26 @@ KNOWN_STATS = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "tinyimagenet": ((0.480, 0.448, 0.397), (0.276, 0.269, 0.282)),
 }
+# ASLP's input statistics (github N0ciple/ASLP data_modules.py): the CIFAR-10 mean with the std
+# (0.2023, 0.1994, 0.2010) that many CIFAR codes copy, against the published (0.2470, ...).
+ASLP_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+
+
+def normalization_stats(manifest: dict[str, Any], normalize: bool, norm_stats: str = "dataset"
+                        ) -> tuple[list[float], list[float]]:
+    """The per-channel mean and std a run's inputs are normalised with: the prepared dataset's
+    (`dataset`), ASLP's (`aslp`, 3-channel images only), or (0, 1) when `normalize` is off."""
+    channels = len(manifest["mean"])
+    if not normalize:
+        return [0.0] * channels, [1.0] * channels
+    if norm_stats == "dataset":
+        return list(manifest["mean"]), list(manifest["std"])
+    if norm_stats == "aslp":
+        if channels != len(ASLP_STATS[0]):
+            raise PrunebenchError(f"norm_stats=aslp has statistics for 3 channels; dataset "
+                                  f"{manifest.get('dataset')} has {channels}")
+        return list(ASLP_STATS[0]), list(ASLP_STATS[1])
+    raise PrunebenchError(f"norm_stats={norm_stats!r}; allowed: dataset, aslp")
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -200,7 +220,9 @@ class DeviceData:
     """Train/val/test splits resident on one device as uint8, batched and augmented there."""
 
     def __init__(self, data: PreparedData, device: torch.device, val_fraction: float,
-                 channels_last: bool = False, normalize: bool = True) -> None:
+                 channels_last: bool = False, normalize: bool = True,
+                 stats: tuple[list[float], list[float]] | None = None) -> None:
+        """`stats` (mean, std) replaces the manifest's statistics (`normalization_stats`)."""
         t = data.tensors
         train_y = t["train_y"]
         if val_fraction == data.manifest["val_fraction"]:
@@ -217,11 +239,9 @@ class DeviceData:
             "val": (t["train_x"][is_val].to(device), train_y[is_val].to(device)),
             "test": (t["test_x"].to(device), t["test_y"].to(device)),
         }
-        channels = len(data.manifest["mean"])
-        mean = (torch.tensor(data.manifest["mean"], dtype=torch.float32, device=device)
-                if normalize else torch.zeros(channels, device=device))
-        std = (torch.tensor(data.manifest["std"], dtype=torch.float32, device=device)
-               if normalize else torch.ones(channels, device=device))
+        mean_values, std_values = stats or normalization_stats(data.manifest, normalize)
+        mean = torch.tensor(mean_values, dtype=torch.float32, device=device)
+        std = torch.tensor(std_values, dtype=torch.float32, device=device)
         # x_norm = (x / 255 - mean) / std = x * scale + shift, per channel (x / 255 unnormalised)
         self._scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
         self._shift = (-mean / std).view(1, -1, 1, 1)
@@ -258,27 +278,46 @@ class DeviceData:
 
         return batches(), order
 
-    def eval_batches(self, split: str, batch_size: int
+    def eval_batches(self, split: str, batch_size: int, crop_padding: int = 0,
+                     flip: bool = False, generator: torch.Generator | None = None
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """A split in order; with a `generator`, augmented by crop and flip like training
+        batches (ASLP's validation images)."""
         x, y = self.splits[split]
         for i in range(0, len(y), batch_size):
-            yield self.normalize(x[i:i + batch_size]), y[i:i + batch_size]
+            images = x[i:i + batch_size]
+            if generator is not None:
+                images = augment(images, crop_padding, flip, generator)
+            yield self.normalize(images), y[i:i + batch_size]
 
     def balanced_batches(self, per_class: int, batch_size: int, generator: torch.Generator
                          ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """`per_class` random training images of every class, un-augmented, in mixed batches."""
+        return self.scoring_batches(per_class * self.num_classes, batch_size, generator,
+                                    balanced=True)
+
+    def scoring_batches(self, count: int, batch_size: int, generator: torch.Generator,
+                        balanced: bool, crop_padding: int = 0, flip: bool = False
+                        ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """`count` training images for scoring a network at init: `count // classes` of every
+        class in mixed order (`balanced`), or drawn uniformly without replacement (SynFlow's
+        prune loader); crop/flip-augmented when asked."""
         x, y = self.splits["train"]
-        picked = []
-        for c in range(self.num_classes):
-            idx = torch.nonzero(y == c).flatten()
-            perm = torch.randperm(len(idx), generator=generator, device=generator.device)
-            picked.append(idx[perm.to(idx.device)[:per_class]])
-        chosen = torch.cat(picked)
-        chosen = chosen[torch.randperm(len(chosen), generator=generator,
-                                       device=generator.device).to(chosen.device)]
+        if balanced:
+            picked = []
+            for c in range(self.num_classes):
+                idx = torch.nonzero(y == c).flatten()
+                perm = torch.randperm(len(idx), generator=generator, device=generator.device)
+                picked.append(idx[perm.to(idx.device)[:count // self.num_classes]])
+            chosen = torch.cat(picked)
+            chosen = chosen[torch.randperm(len(chosen), generator=generator,
+                                           device=generator.device).to(chosen.device)]
+        else:
+            chosen = torch.randperm(len(y), generator=generator,
+                                    device=generator.device)[:count].to(self.device)
         for i in range(0, len(chosen), batch_size):
             idx = chosen[i:i + batch_size]
-            yield self.normalize(x[idx]), y[idx]
+            yield (self.normalize(augment(x[idx], crop_padding, flip, generator)), y[idx])
 
 
 def augment(x: torch.Tensor, crop_padding: int, flip: bool, generator: torch.Generator

@@ -25,6 +25,9 @@ from prunebench.plan.values import coerce, option
 
 DATASETS = ("digits", "cifar10", "cifar100", "tinyimagenet", "imagefolder")
 ARCHS = ("conv2", "conv4", "conv6", "vgg19", "resnet18")  # built by prunebench/training/models.py
+# Datasets that norm_stats=aslp applies to: ASLP normalises CIFAR-10 with the CIFAR mean and
+# std (0.2023, 0.1994, 0.2010); its CIFAR-100 runs are not public (the values are inferred).
+ASLP_STATS_DATASETS = ("cifar10", "cifar100")
 # A variant names a set of settings of one method; it becomes part of the run folder's name.
 VARIANT_PATTERN = r"[a-z0-9][a-z0-9_-]*"
 
@@ -39,23 +42,56 @@ class TrainConfig:
     optimizer: str = option("sgd", "optimiser of the weights", ("sgd", "adam"))
     lr: float = option(0.1, "learning rate of the weights")
     momentum: float = option(0.9, "SGD momentum (Adam beta1) of the weights")
-    weight_decay: float = option(5e-4, "L2 weight decay of the weights (not biases, norms)")
-    schedule: str = option("cosine", "lr schedule, stepped per optimiser step over each phase",
-                             ("cosine", "step", "constant"))
-    val_fraction: float = option(0.1, "training images held out, class-stratified, seeded")
+    nesterov: bool = option(False, "Nesterov momentum for the weights' SGD (SynFlow: on)")
+    weight_decay: float = option(5e-4, "L2 weight decay (on the tensors of weight_decay_scope)")
+    weight_decay_scope: str = option(
+        "weights", "tensors that decay: weights (Conv/Linear weights only) or all (every "
+        "trained parameter, biases and norms too: SynFlow)", ("weights", "all"))
+    schedule: str = option("cosine", "lr schedule, stepped per optimiser step over each phase; "
+                           "step: x0.1 at 50 % and 75 %; multistep: lr_drop_epochs",
+                           ("cosine", "step", "multistep", "constant"))
+    lr_drop_epochs: str = option("", "schedule=multistep: epochs of each phase after which the "
+                                 "lr is multiplied by lr_drop_rate, e.g. 60,120 (SynFlow)")
+    lr_drop_rate: float = option(0.1, "schedule=multistep: lr factor at each drop")
+    val_fraction: float = option(0.1, "training images held out, class-stratified, seeded "
+                                 "(0: train on the whole training set)")
     selection: str = option("final", "which epoch's network is extracted and tested",
-                              ("final", "val"))
+                            ("final", "val"))
     patience: int = option(0, "early stopping: epochs without a better val accuracy "
-                             "(0 = off; ASLP 100)")
+                           "(0 = off; ASLP 100)")
+    val_augment: bool = option(False, "validation images get the training crop and flip, "
+                               "redrawn each epoch (ASLP validates on augmented images)")
+    test_each_epoch: bool = option(False, "also test after every epoch (history "
+                                   "epoch_test_top1, metrics test_top1_best_epoch): a "
+                                   "diagnostic, never the headline nor used for selection")
     crop_padding: int = option(4, "random crop with this zero padding; 0 disables")
     flip: bool = option(True, "random horizontal flip")
     normalize: bool = option(True, "per-channel mean/std normalisation (ASLP's "
-                               "no-augmentation runs: off)")
+                             "no-augmentation runs: off)")
+    norm_stats: str = option("dataset", "statistics normalize uses: dataset (its published "
+                             "mean/std) or aslp (CIFAR mean, std 0.2023, 0.1994, 0.2010, as "
+                             "ASLP's data_modules.py)", ("dataset", "aslp"))
     amp: bool = option(True, "bf16 autocast, CUDA only")
     channels_last: bool = option(True, "channels_last memory format, CUDA only")
     compile: bool = option(False, "torch.compile the model, CUDA only")
     eval_batch_size: int = option(1024, "batch size of validation and test evaluation")
     device: str = option("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
+    protocol_note: str = option("", "free text recorded with the run: which parts of a "
+                                "reference protocol it follows are inferred, and why")
+
+    def drop_epochs(self) -> tuple[int, ...]:
+        """`lr_drop_epochs` as epoch numbers (empty when unset); an error names a bad value."""
+        text = str(self.lr_drop_epochs).strip()
+        if not text:
+            return ()
+        if not re.fullmatch(r"[0-9]+(\s*,\s*[0-9]+)*", text):
+            raise PrunebenchError(f"train config: lr_drop_epochs={self.lr_drop_epochs!r} must be "
+                                  "epoch numbers separated by commas, e.g. 60,120")
+        epochs = tuple(int(e) for e in text.split(","))
+        if list(epochs) != sorted(set(epochs)) or epochs[0] < 1:
+            raise PrunebenchError(f"train config: lr_drop_epochs={self.lr_drop_epochs!r} must "
+                                  "be increasing epoch numbers >= 1")
+        return epochs
 
     def validate(self) -> None:
         checks = [
@@ -77,6 +113,13 @@ class TrainConfig:
             (self.patience == 0 or self.selection == "val",
              "patience > 0 needs selection=val: early stopping tests the best-validation network"),
             (self.crop_padding >= 0, "crop_padding must be >= 0"),
+            (not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
+             "nesterov=true needs optimizer=sgd and momentum > 0"),
+            ((self.schedule == "multistep") == bool(self.drop_epochs()),
+             "schedule=multistep needs lr_drop_epochs (e.g. 60,120), and lr_drop_epochs needs "
+             "schedule=multistep"),
+            (math.isfinite(self.lr_drop_rate) and 0 < self.lr_drop_rate <= 1,
+             "lr_drop_rate must be a number in (0, 1]"),
             (self.eval_batch_size > 0, "eval_batch_size must be > 0"),
             (re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device) is not None,
              "device must be auto, cpu, cuda or cuda:N"),
@@ -134,6 +177,10 @@ class RunConfig:
             raise PrunebenchError(f"variant {self.variant!r} must match {VARIANT_PATTERN} "
                                   "(it names the run folder)")
         self.train.validate()
+        if self.train.norm_stats == "aslp" and self.dataset not in ASLP_STATS_DATASETS:
+            raise PrunebenchError(
+                f"train config: norm_stats=aslp is ASLP's CIFAR statistics; dataset "
+                f"{self.dataset} takes norm_stats=dataset (aslp: {', '.join(ASLP_STATS_DATASETS)})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

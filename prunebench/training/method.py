@@ -36,6 +36,11 @@ class OptimGroup:
     weight_decay: float = 0.0
     schedule: str | None = None
     """This group's lr schedule (cosine | step | constant); None follows the run's schedule."""
+    nesterov: bool = False
+    """Nesterov momentum (SGD only)."""
+    stage: int = 0
+    """Groups of a later stage step after a forward/backward pass of their own on the same batch
+    (ASLP's two optimisers under PyTorch Lightning 1.x); all 0: one pass, every group steps."""
 
 
 @dataclass
@@ -58,6 +63,23 @@ class TrainSettings:
     momentum: float
     weight_decay: float
     optimizer: Literal["sgd", "adam"]
+    nesterov: bool = False
+    weight_decay_scope: Literal["weights", "all"] = "weights"
+    """weights: only Conv/Linear weights decay; all: biases and norms too (SynFlow)."""
+
+
+def weight_groups(params: list[nn.Parameter], t: TrainSettings) -> list[OptimGroup]:
+    """The run's optimiser groups for trained network tensors: matrices and kernels decay,
+    biases and norms (1-d) only with `weight_decay_scope=all`; both with the run's Nesterov."""
+    decay = [p for p in params if p.ndim > 1 or t.weight_decay_scope == "all"]
+    kept = {id(p) for p in decay}
+    no_decay = [p for p in params if id(p) not in kept]
+    groups = [OptimGroup(decay, "weights", t.optimizer, t.lr, t.momentum, t.weight_decay,
+                         nesterov=t.nesterov)]
+    if no_decay:
+        groups.append(OptimGroup(no_decay, "biases_norms", t.optimizer, t.lr, t.momentum, 0.0,
+                                 nesterov=t.nesterov))
+    return groups
 
 
 @dataclass
@@ -72,6 +94,11 @@ class MethodContext:
     sample_batches: Callable[[int, int], Iterator[Batch]] = field(repr=False)
     """`sample_batches(per_class, batch_size)`: class-balanced, normalised, un-augmented
     training batches (validation split excluded), deterministic given the run seed."""
+    scoring_batches: Callable[[int, int, bool, bool], Iterator[Batch]] | None = field(
+        default=None, repr=False)
+    """`scoring_batches(count, batch_size, balanced, augment)`: `count` training images,
+    class-balanced or drawn uniformly (SynFlow), with the run's crop/flip when `augment`;
+    normalised, deterministic given the run seed (None where a test lends no data)."""
     evaluate: Callable[[nn.Module, str], dict[str, float]] | None = field(default=None,
                                                                          repr=False)
     """`evaluate(model, split)`: the engine's own evaluation of `model` on 'val' or 'test'
@@ -144,14 +171,12 @@ class PruningMethod:
 
     def param_groups(self, model: nn.Module, phase: Phase) -> list[OptimGroup]:
         """Trainable tensors of `phase`; anything not listed is frozen by the engine."""
-        t = self.ctx.train
-        decay, no_decay = [], []
-        for p in model.parameters():
-            (decay if p.ndim > 1 else no_decay).append(p)
-        groups = [OptimGroup(decay, "weights", t.optimizer, t.lr, t.momentum, t.weight_decay)]
-        if no_decay:
-            groups.append(OptimGroup(no_decay, "biases_norms", t.optimizer, t.lr, t.momentum, 0.0))
-        return groups
+        return weight_groups(list(model.parameters()), self.ctx.train)
+
+    def samples_masks_in_eval(self) -> bool:
+        """True while evaluation draws a fresh random mask at every forward pass (ASLP's
+        validation): the engine then recomputes the weights per batch, not once per pass."""
+        return False
 
     def regularizer(self, model: nn.Module) -> torch.Tensor | None:
         """Extra loss added to the cross-entropy at every training step (None: nothing)."""

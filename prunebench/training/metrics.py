@@ -1,6 +1,7 @@
 """Accuracy, parameter and FLOP counting."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import torch
@@ -12,15 +13,16 @@ from prunebench.training.masking import prunable_layers
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-             amp: bool) -> dict[str, float]:
+             amp: bool, cached: bool = True) -> dict[str, float]:
     """Top-1 and top-5 accuracy (%) and mean cross-entropy over `batches`, in eval mode.
 
     Counts stay on the device (one host sync at the end, not per batch) and every parametrized
-    weight is computed once for the whole pass (`parametrize.cached`), not once per batch."""
+    weight is computed once for the whole pass (`parametrize.cached`), not once per batch;
+    `cached=False` recomputes it per batch (masks sampled at every forward pass)."""
     model.eval()
     correct1 = correct5 = loss_sum = None
     total = 0
-    with parametrize.cached():
+    with parametrize.cached() if cached else contextlib.nullcontext():
         for x, y in batches:
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
                 out = model(x)

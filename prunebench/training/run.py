@@ -34,7 +34,13 @@ from torch import nn
 
 from prunebench import __version__, paths
 from prunebench.data.archives import one_line
-from prunebench.data.prepared import PROVENANCE_KEYS, DeviceData, PreparedData, load_prepared
+from prunebench.data.prepared import (
+    PROVENANCE_KEYS,
+    DeviceData,
+    PreparedData,
+    load_prepared,
+    normalization_stats,
+)
 from prunebench.errors import Preempted, PrunebenchError, TrainingDiverged
 from prunebench.fileio import remove_stale_temps, save_torch, write_csv, write_json
 from prunebench.plan.config import RunConfig
@@ -45,9 +51,17 @@ from prunebench.training.method import MethodContext, PruningMethod, TrainSettin
 from prunebench.training.metrics import count_params, evaluate, layer_macs
 from prunebench.training.models import create_model
 from prunebench.training.registry import get_method
-from prunebench.training.train import PREEMPT_SIGNALS, LoopState, Trainer, epoch_seed
+from prunebench.training.train import (
+    PREEMPT_SIGNALS,
+    LoopState,
+    Trainer,
+    best_epoch_test,
+    epoch_seed,
+)
 
 REPO = Path(__file__).resolve().parents[2]
+# The epoch number that seeds the extracted network's (augmented) validation pass.
+EXTRACTED_EPOCH = 1_000_001
 
 
 def resolve_device(name: str) -> torch.device:
@@ -138,9 +152,13 @@ def build_method(cfg: RunConfig, data: DeviceData, device: torch.device) -> Prun
     t = cfg.train
     ctx = MethodContext(
         sparsity=cfg.sparsity, num_classes=data.num_classes, device=device, seed=cfg.seed,
-        train=TrainSettings(t.epochs, t.lr, t.momentum, t.weight_decay, t.optimizer),
+        train=TrainSettings(t.epochs, t.lr, t.momentum, t.weight_decay, t.optimizer,
+                            t.nesterov, t.weight_decay_scope),
         sample_batches=lambda per_class, batch: data.balanced_batches(
             per_class, batch, torch.Generator(device=device).manual_seed(cfg.seed)),
+        scoring_batches=lambda count, batch, balanced, augment: data.scoring_batches(
+            count, batch, torch.Generator(device=device).manual_seed(cfg.seed), balanced,
+            t.crop_padding if augment else 0, t.flip and augment),
         evaluate=lambda model, split: evaluate(
             model, data.eval_batches(split, t.eval_batch_size), t.amp and device.type == "cuda"),
     )
@@ -314,6 +332,11 @@ def build(cfg: RunConfig, data: DeviceData, device: torch.device, prepared: Prep
     return Built(data, model, method, trainer)
 
 
+def input_stats(cfg: RunConfig, prepared: PreparedData) -> tuple[list[float], list[float]]:
+    """The mean and std the run normalises its inputs with (`normalize`, `norm_stats`)."""
+    return normalization_stats(prepared.manifest, cfg.train.normalize, cfg.train.norm_stats)
+
+
 def build_or_resume(cfg: RunConfig, run_dir: Path, state: str, device: torch.device,
                     prepared: PreparedData, log: Callable[[str], None]) -> Built:
     """The run's parts, continued from its checkpoint when one is usable (else built afresh,
@@ -321,7 +344,7 @@ def build_or_resume(cfg: RunConfig, run_dir: Path, state: str, device: torch.dev
     torch.manual_seed(cfg.seed)
     channels_last = cfg.train.channels_last and device.type == "cuda"
     data = DeviceData(prepared, device, cfg.train.val_fraction, channels_last,
-                      normalize=cfg.train.normalize)
+                      stats=input_stats(cfg, prepared))
     ckpt_path = run_dir / paths.CHECKPOINT
     built = build(cfg, data, device, prepared, ckpt_path, log)
     if state != "resume" or not ckpt_path.exists():
@@ -372,8 +395,8 @@ def measure(cfg: RunConfig, built: Built, loop: LoopState, prepared: PreparedDat
         if kept != k:
             raise AssertionError(f"method {cfg.method} kept {kept} prunable weights, budget is {k}")
     test = evaluate(model, data.eval_batches("test", cfg.train.eval_batch_size), trainer.amp)
-    val = (evaluate(model, data.eval_batches("val", cfg.train.eval_batch_size), trainer.amp)
-           if data.size("val") else {"top1": float("nan")})
+    val = (trainer.evaluate_split("val", EXTRACTED_EPOCH) if data.size("val")
+           else {"top1": float("nan")})
     macs = layer_macs(model, prepared.image_shape, device)
     dense_macs = sum(macs.values())
     eff_macs = sum(macs[r["layer"]] * float(r["density"]) for r in layers)
@@ -397,6 +420,7 @@ def measure(cfg: RunConfig, built: Built, loop: LoopState, prepared: PreparedDat
         "test_top5": test["top5"] if data.num_classes > 10 else None,
         "test_loss": test["loss"],
         "val_top1": val["top1"],
+        **best_epoch_test(loop.history),
         "selection": cfg.train.selection,
         "epoch_selected": (loop.best_epoch if cfg.train.selection == "val" and loop.best_epoch > 0
                            else loop.global_epoch),
@@ -428,11 +452,8 @@ def write(run_dir: Path, cfg: RunConfig, built: Built, measured: Measured,
           prepared: PreparedData) -> None:
     """The network, history and layers, then metrics.json last (its presence means finished:
     a finished run always has its network); the checkpoint goes after."""
-    c = prepared.image_shape[0]
-    stats = ((prepared.manifest["mean"], prepared.manifest["std"]) if cfg.train.normalize
-             else ([0.0] * c, [1.0] * c))
     save_network(run_dir, built.model, cfg.arch, built.data.num_classes, prepared.image_shape,
-                 *stats)
+                 *input_stats(cfg, prepared))
     write_csv(run_dir / paths.HISTORY, built.trainer.state.history)
     write_csv(run_dir / paths.LAYERS, measured.layers)
     write_json(run_dir / paths.METRICS, measured.metrics)

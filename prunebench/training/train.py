@@ -26,6 +26,10 @@ from prunebench.training.method import OptimGroup, Phase, PruningMethod
 from prunebench.training.metrics import evaluate
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# The history column of `test_each_epoch`: the test accuracy after each epoch (a diagnostic).
+EPOCH_TEST = "epoch_test_top1"
+# Offset of the validation-augmentation stream from an epoch's seed (the epoch uses +0, +1).
+VAL_AUGMENT_STREAM = 2
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -34,18 +38,20 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def build_optimizers(groups: list[OptimGroup]) -> list[torch.optim.Optimizer]:
-    """One optimiser per kind (SGD, Adam), each with its own parameter groups."""
-    by_kind: dict[str, list[dict[str, Any]]] = {}
+    """One optimiser per stage and kind (SGD, Adam), each with its own parameter groups, in
+    stage order (`optimizer_stages`)."""
+    by_kind: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for g in groups:
         if not g.params:
             continue
         entry: dict[str, Any] = {"params": g.params, "lr": g.lr, "weight_decay": g.weight_decay,
-                                 "name": g.name, "schedule": g.schedule}
+                                 "name": g.name, "schedule": g.schedule, "stage": g.stage}
         if g.optimizer == "sgd":
             entry["momentum"] = g.momentum
-        by_kind.setdefault(g.optimizer, []).append(entry)
+            entry["nesterov"] = g.nesterov
+        by_kind.setdefault((g.stage, g.optimizer), []).append(entry)
     optimizers: list[torch.optim.Optimizer] = []
-    for kind, entries in sorted(by_kind.items()):
+    for (_, kind), entries in sorted(by_kind.items()):
         if kind == "sgd":
             optimizers.append(torch.optim.SGD(entries, lr=entries[0]["lr"]))
         elif kind == "adam":
@@ -55,8 +61,23 @@ def build_optimizers(groups: list[OptimGroup]) -> list[torch.optim.Optimizer]:
     return optimizers
 
 
-def lr_factor(schedule: str, step: int, total_steps: int) -> float:
-    """Multiplier of every base learning rate at `step` of a phase of `total_steps`."""
+def optimizer_stages(optimizers: list[torch.optim.Optimizer]
+                     ) -> list[list[torch.optim.Optimizer]]:
+    """The optimisers grouped by their groups' stage, in stage order: each stage gets a forward
+    and backward pass of its own on every batch (one stage: a single pass)."""
+    by_stage: dict[int, list[torch.optim.Optimizer]] = {}
+    for o in optimizers:
+        by_stage.setdefault(int(o.param_groups[0].get("stage", 0)), []).append(o)
+    return [by_stage[k] for k in sorted(by_stage)]
+
+
+def lr_factor(schedule: str, step: int, total_steps: int, drop_steps: tuple[int, ...] = (),
+              drop_rate: float = 0.1) -> float:
+    """Multiplier of every base learning rate at `step` of a phase of `total_steps`; multistep
+    multiplies by `drop_rate` at each of `drop_steps` (PyTorch's MultiStepLR, counted in
+    optimiser steps from the phase's start)."""
+    if schedule == "multistep":
+        return drop_rate ** sum(step >= d for d in drop_steps)
     if schedule == "constant" or total_steps <= 0:
         return 1.0
     frac = min(step / total_steps, 1.0)
@@ -64,7 +85,18 @@ def lr_factor(schedule: str, step: int, total_steps: int) -> float:
         return 0.5 * (1.0 + math.cos(math.pi * frac))
     if schedule == "step":
         return 0.1 ** sum(frac >= m for m in (0.5, 0.75))
-    raise ValueError(f"unknown schedule {schedule!r}; allowed: cosine, step, constant")
+    raise ValueError(f"unknown schedule {schedule!r}; allowed: cosine, step, multistep, "
+                     "constant")
+
+
+def best_epoch_test(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """With `test_each_epoch`: the best per-epoch test accuracy of the last phase and its epoch
+    (Ramanujan's code logs it beside the final one); None for both otherwise."""
+    rows = [r for r in history if r.get(EPOCH_TEST) is not None]
+    rows = [r for r in rows if r["phase"] == rows[-1]["phase"]] if rows else []
+    best = max(rows, key=lambda r: r[EPOCH_TEST], default=None)
+    return {"test_top1_best_epoch": None if best is None else best[EPOCH_TEST],
+            "test_best_epoch": None if best is None else best["epoch"]}
 
 
 @dataclass
@@ -226,8 +258,10 @@ class Trainer:
                 o.load_state_dict(sd)
         return optimizers
 
-    def _set_lr(self, optimizers: list[torch.optim.Optimizer], step: int, total: int) -> float:
-        factor = lr_factor(self.cfg.schedule, step, total)
+    def _set_lr(self, optimizers: list[torch.optim.Optimizer], step: int, total: int,
+                steps_per_epoch: int) -> float:
+        drops = tuple(e * steps_per_epoch for e in self.cfg.drop_epochs())
+        factor = lr_factor(self.cfg.schedule, step, total, drops, self.cfg.lr_drop_rate)
         for o in optimizers:
             for g in o.param_groups:
                 own = g.get("schedule")
@@ -308,7 +342,7 @@ class Trainer:
         record = epoch.record
         for x, y in epoch.batches:
             epoch.lr_factor = self._set_lr(optimizers, self.state.epoch * epoch.steps
-                                           + record.step, epoch.total_steps)
+                                           + record.step, epoch.total_steps, epoch.steps)
             self.train_step(x, y, optimizers, epoch)
             record.step += 1
             if flag.signum is not None and record.step < epoch.steps:
@@ -316,19 +350,26 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor,
                    optimizers: list[torch.optim.Optimizer], epoch: Epoch) -> None:
-        """One optimiser step on a batch; its loss and hits are summed on the device."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            out = self.forward(x)
-            loss = nn.functional.cross_entropy(out.float(), y)
-            reg = self.method.regularizer(self.model)
-            total = loss if reg is None else loss + reg
-        for o in optimizers:
-            o.zero_grad(set_to_none=True)
-        total.backward()
-        for o in optimizers:
-            o.step()
-        epoch.loss_acc += total.detach().double() * len(y)
-        epoch.correct_acc += (out.argmax(1) == y).sum()
+        """One batch: for each stage of the optimisers (`optimizer_stages`: one unless a method
+        asks for more) a forward pass, a backward pass into that stage's parameters and a step
+        of its optimisers; the first pass's loss and hits are summed on the device."""
+        stages = optimizer_stages(optimizers)
+        for i, stage in enumerate(stages):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                out = self.forward(x)
+                loss = nn.functional.cross_entropy(out.float(), y)
+                reg = self.method.regularizer(self.model)
+                total = loss if reg is None else loss + reg
+            for o in optimizers:
+                o.zero_grad(set_to_none=True)
+            inputs = ([p for o in stage for g in o.param_groups for p in g["params"]]
+                      if len(stages) > 1 else None)
+            total.backward(inputs=inputs)
+            for o in stage:
+                o.step()
+            if i == 0:
+                epoch.loss_acc += total.detach().double() * len(y)
+                epoch.correct_acc += (out.argmax(1) == y).sum()
         epoch.record.seen += len(y)
 
     def end_epoch(self, epoch: Epoch, optimizers: list[torch.optim.Optimizer],
@@ -351,8 +392,7 @@ class Trainer:
             "epoch_seconds": done.elapsed,
         }
         if self.data.size("val"):
-            val = evaluate(self.model, self.data.eval_batches("val", cfg.eval_batch_size),
-                           self.amp)
+            val = self.evaluate_split("val", s.global_epoch)
             row["val_top1"] = val["top1"]
             row["val_loss"] = val["loss"]
             is_last_phase = s.phase == len(self.phases) - 1
@@ -360,6 +400,8 @@ class Trainer:
                 s.best_val, s.best_epoch = val["top1"], s.global_epoch
                 s.best_state = {k: v.detach().clone().cpu()
                                 for k, v in self.model.state_dict().items()}
+        if cfg.test_each_epoch:
+            row[EPOCH_TEST] = self.evaluate_split("test", s.global_epoch)["top1"]
         row.update(self.method.epoch_metrics(self.model))
         s.history.append(row)
         self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -368,6 +410,20 @@ class Trainer:
         if flag.signum is not None:
             raise Preempted(f"signal {flag.signum} received; checkpoint saved after epoch "
                             f"{s.global_epoch}")
+
+    def evaluate_split(self, split: str, epoch: int) -> dict[str, float]:
+        """Accuracy of the network as it stands on 'val' (augmented like training batches with
+        `val_augment`, redrawn per epoch) or 'test'; weights are recomputed per batch while the
+        method samples masks in eval (ASLP's validation)."""
+        cfg = self.cfg
+        gen = None
+        if split == "val" and cfg.val_augment:
+            gen = torch.Generator(device=self.device).manual_seed(
+                epoch_seed(self.seed, epoch) + VAL_AUGMENT_STREAM)
+        batches = self.data.eval_batches(split, cfg.eval_batch_size, cfg.crop_padding, cfg.flip,
+                                         gen)
+        return evaluate(self.model, batches, self.amp,
+                        cached=not self.method.samples_masks_in_eval())
 
     def _restore_rng(self, gen: torch.Generator, record: EpochState, seed: int) -> None:
         """Continue the interrupted epoch's random streams. A generator state only fits a
