@@ -168,10 +168,18 @@ def test_augmented_validation_images(data: DeviceData) -> None:
     assert torch.equal(aug, expected)
 
 
-def test_whole_training_set_with_val_fraction_zero(digits_dir) -> None:
+def test_whole_training_set_and_a_training_subset(digits_dir) -> None:
     prepared = load_prepared("digits", digits_dir)
     whole = DeviceData(prepared, CPU, 0.0)
     assert whole.size("train") == prepared.manifest["num_train"] and whole.size("val") == 0
+    default = DeviceData(prepared, CPU, 0.1)
+    subset = DeviceData(prepared, CPU, 0.1, train_images=300)
+    assert torch.equal(subset.splits["val"][1], default.splits["val"][1])
+    counts = subset.splits["train"][1].bincount(minlength=10)
+    assert abs(subset.size("train") - 300) <= 10 and counts.min() >= 28 and counts.max() <= 32
+    x = subset.splits["train"][0]
+    assert all(bool((default.splits["train"][0] == x[i]).all(dim=(1, 2, 3)).any())
+               for i in range(0, len(x), 37))  # the subset's images are training images
 
 
 def _gumbel(val_mask: str, steps: str = "joint", rescale: bool = True):
@@ -282,8 +290,8 @@ def test_defaults_change_nothing() -> None:
     t = TrainConfig()
     assert (t.nesterov, t.weight_decay_scope, t.schedule, t.lr_drop_epochs) == (
         False, "weights", "cosine", "")
-    assert (t.val_augment, t.test_each_epoch, t.norm_stats, t.protocol_note) == (
-        False, False, "dataset", "")
+    assert (t.val_augment, t.test_each_epoch, t.norm_stats, t.protocol_note, t.train_images) == (
+        False, False, "dataset", "", 0)
     assert (GumbelHparams().val_mask, GumbelHparams().optimizer_steps) == (
         "deterministic", "joint")
     assert SupermaskHparams().val_mask == "deterministic"

@@ -221,8 +221,11 @@ class DeviceData:
 
     def __init__(self, data: PreparedData, device: torch.device, val_fraction: float,
                  channels_last: bool = False, normalize: bool = True,
-                 stats: tuple[list[float], list[float]] | None = None) -> None:
-        """`stats` (mean, std) replaces the manifest's statistics (`normalization_stats`)."""
+                 stats: tuple[list[float], list[float]] | None = None,
+                 train_images: int = 0) -> None:
+        """`stats` (mean, std) replaces the manifest's statistics (`normalization_stats`);
+        `train_images` > 0 keeps a class-stratified, seeded subset of about that many training
+        images (quick checks)."""
         t = data.tensors
         train_y = t["train_y"]
         if val_fraction == data.manifest["val_fraction"]:
@@ -231,11 +234,17 @@ class DeviceData:
             val_idx = torch.from_numpy(stratified_split(train_y.numpy(), val_fraction, SPLIT_SEED))
         is_val = torch.zeros(len(train_y), dtype=torch.bool)
         is_val[val_idx] = True
+        is_train = ~is_val
+        if 0 < train_images < int(is_train.sum()):
+            kept = torch.nonzero(is_train).flatten()
+            subset = stratified_split(train_y[kept].numpy(), train_images / len(kept), SPLIT_SEED)
+            is_train = torch.zeros_like(is_val)
+            is_train[kept[torch.from_numpy(subset)]] = True
         self.device = device
         self.num_classes = data.num_classes
         self.channels_last = channels_last
         self.splits = {
-            "train": (t["train_x"][~is_val].to(device), train_y[~is_val].to(device)),
+            "train": (t["train_x"][is_train].to(device), train_y[is_train].to(device)),
             "val": (t["train_x"][is_val].to(device), train_y[is_val].to(device)),
             "test": (t["test_x"].to(device), t["test_y"].to(device)),
         }

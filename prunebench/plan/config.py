@@ -55,6 +55,8 @@ class TrainConfig:
     lr_drop_rate: float = option(0.1, "schedule=multistep: lr factor at each drop")
     val_fraction: float = option(0.1, "training images held out, class-stratified, seeded "
                                  "(0: train on the whole training set)")
+    train_images: int = option(0, "train on a class-stratified, seeded subset of about this "
+                               "many of the training images (0: all): quick checks only")
     selection: str = option("final", "which epoch's network is extracted and tested",
                             ("final", "val"))
     patience: int = option(0, "early stopping: epochs without a better val accuracy "
@@ -107,6 +109,7 @@ class TrainConfig:
             (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
              "weight_decay must be a finite number >= 0"),
             (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
+            (self.train_images >= 0, "train_images must be >= 0 (0: every training image)"),
             (self.selection == "final" or self.val_fraction > 0,
              "selection=val needs val_fraction > 0"),
             (self.patience >= 0, "patience must be >= 0 (0 turns early stopping off)"),

@@ -344,7 +344,7 @@ def build_or_resume(cfg: RunConfig, run_dir: Path, state: str, device: torch.dev
     torch.manual_seed(cfg.seed)
     channels_last = cfg.train.channels_last and device.type == "cuda"
     data = DeviceData(prepared, device, cfg.train.val_fraction, channels_last,
-                      stats=input_stats(cfg, prepared))
+                      stats=input_stats(cfg, prepared), train_images=cfg.train.train_images)
     ckpt_path = run_dir / paths.CHECKPOINT
     built = build(cfg, data, device, prepared, ckpt_path, log)
     if state != "resume" or not ckpt_path.exists():
