@@ -55,6 +55,16 @@ EXIT_OK = 0
 EXIT_ERROR = 1  # a PrunebenchError: the message says what to fix
 EXIT_DIVERGED = 3  # the loss became NaN/inf: failed.json is written, the run is a (failed) result
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was saved, rerun the same command to resume
+EXIT_USAGE = 2  # argparse: a bad command line (unknown flag, a value outside what is allowed)
+# What `prunebench --help` prints about each.
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_ERROR: "an error the message names (a setting, a file, the data, a plugin)",
+    EXIT_USAGE: "bad command line: unknown flag, or a --dataset/--arch/--method/--sparsity\n"
+                "       value outside what is allowed (the message lists what is)",
+    EXIT_DIVERGED: "run: training diverged (NaN or infinite loss); failed.json says where",
+    EXIT_PREEMPTED: "run: stopped by SIGTERM after saving a checkpoint; rerun to resume",
+}
 
 
 def dataset_tensors(data_dir: str | Path, name: str) -> Path:

@@ -11,6 +11,7 @@ import pytest
 from conftest import PYTHON, REPO, cli_env
 
 from prunebench.cli import main
+from prunebench.paths import EXIT_USAGE
 
 
 def prunebench(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess:
@@ -64,15 +65,27 @@ def test_print_run_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 @pytest.mark.parametrize("args,message", [
     (["--dataset", "mnist", "--arch", "conv4", "--method", "dense"],
-     "unknown dataset 'mnist'; allowed: digits, cifar10"),
+     "argument --dataset: unknown dataset 'mnist'; allowed: digits, cifar10"),
     (["--dataset", "digits", "--arch", "conv5", "--method", "dense"],
-     "unknown arch 'conv5'; allowed: conv2, conv4"),
+     "argument --arch: unknown arch 'conv5'; allowed: conv2, conv4"),
     (["--dataset", "digits", "--arch", "conv4", "--method", "prune_it"],
-     "unknown method 'prune_it'; registered methods: dense"),
+     "argument --method: unknown method 'prune_it'; registered methods: dense"),
     (["--dataset", "digits", "--arch", "conv4", "--method", "random", "--sparsity", "1.0"],
-     "sparsity 1.0 is outside [0, 1)"),
+     "argument --sparsity: sparsity '1.0' is not a number in [0, 1)"),
     (["--dataset", "digits", "--arch", "conv4", "--method", "random", "--sparsity", "-0.1"],
-     "sparsity -0.1 is outside [0, 1)"),
+     "argument --sparsity: sparsity '-0.1' is not a number in [0, 1)"),
+])
+def test_bad_command_line_values_exit_2_listing_what_is_allowed(
+        args: list[str], message: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["run", *args, "--out", str(tmp_path)])
+    assert e.value.code == EXIT_USAGE
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args,message", [
     (["--dataset", "digits", "--arch", "conv4", "--method", "random"],
      "method random needs --sparsity"),
     (["--dataset", "digits", "--arch", "conv4", "--method", "dense", "--sparsity", "0.5"],
@@ -98,13 +111,27 @@ def test_user_errors_are_one_line(args: list[str], message: str, digits_dir: Pat
 
 def test_entry_point_prints_one_line_error_and_exit_code(tmp_path: Path) -> None:
     """The real `python -m prunebench`: a user error is one line on stderr and exit code 1."""
-    res = subprocess.run([PYTHON, "-m", "prunebench", "run", "--dataset", "mnist", "--arch",
-                          "conv4", "--method", "dense", "--out", str(tmp_path)],
+    res = subprocess.run([PYTHON, "-m", "prunebench", "run", "--dataset", "cifar10", "--arch",
+                          "conv4", "--method", "dense", "--out", str(tmp_path / "runs"),
+                          f"data_dir={tmp_path / 'none'}"],
                          env=cli_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 1, res.stderr
-    assert res.stderr.startswith("prunebench: error: unknown dataset 'mnist'; allowed: digits, "
-                                 "cifar10"), res.stderr
+    assert res.stderr.startswith("prunebench: error: dataset 'cifar10' is not prepared"), (
+        res.stderr)
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert res.stdout == "" and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", [["prepare"], ["run", "--arch", "conv4", "--method", "dense"]])
+def test_same_bad_dataset_same_exit_code_everywhere(command: list[str], tmp_path: Path) -> None:
+    """The entry point refuses a dataset it does not know with exit 2 on every subcommand,
+    naming the allowed ones."""
+    res = subprocess.run([PYTHON, "-m", "prunebench", *command, "--dataset", "mnist"],
+                         env=cli_env(), cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == EXIT_USAGE, res.stderr
+    assert ("argument --dataset: unknown dataset 'mnist'; allowed: digits, cifar10, cifar100, "
+            "tinyimagenet, imagefolder") in res.stderr
     assert res.stdout == "" and not list(tmp_path.iterdir())
 
 

@@ -6,16 +6,18 @@ import dataclasses
 
 import pytest
 
-from prunebench import __version__
+from prunebench import __version__, provenance
 from prunebench.cli import main
 from prunebench.training.registry import get_method
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """--version: the version and where the code comes from (provenance.describe)."""
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0
-    assert capsys.readouterr().out.strip() == f"prunebench {__version__}"
+    assert capsys.readouterr().out.strip() == provenance.current().line()
+    assert provenance.current().line().startswith(f"prunebench {__version__}, ")
 
 
 def test_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
@@ -42,5 +44,7 @@ def test_list_options_prints_every_option_with_its_default(
 
 
 def test_list_options_of_unknown_method(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["list", "--options", "nope"]) == 1
+    with pytest.raises(SystemExit) as e:
+        main(["list", "--options", "nope"])
+    assert e.value.code == 2
     assert "unknown method 'nope'; registered methods: " in capsys.readouterr().err

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from prunebench import console
 from prunebench.data.archives import one_line, read_files
 from prunebench.errors import PrunebenchError
 from prunebench.fileio import sha256_file
@@ -145,7 +145,7 @@ def read_images(items: Sequence[Any], mode: str | None = None,
     chunks = [(lo, min(lo + READ_CHUNK, len(items))) for lo in range(1, len(items), READ_CHUNK)]
     threads = read_threads()
     bar = tqdm(total=len(items), initial=1, unit="img", desc="decoding images", leave=False,
-               disable=not sys.stderr.isatty())
+               disable=not console.progress_bars())
     if threads == 1:
         for lo, hi in chunks:
             work(lo, hi)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from prunebench import console
 from prunebench.data.archives import SafeZip, one_line, safe_extract
 from prunebench.data.datasets import RawDataset, SourceArgs, read_images, register_source
 from prunebench.data.localcopy import Files, LayoutReader, local_copy, read_local_copy
@@ -133,7 +134,7 @@ def _stream(url: str, out: io.BufferedWriter, algo: str) -> tuple[str, int, int 
             declared = int(length) if length and length.isdigit() else None
             with tqdm(total=declared, unit="B", unit_scale=True, unit_divisor=1024,
                       desc=url.rsplit("/", 1)[-1][:40] or url[:40],
-                      leave=False, disable=not sys.stderr.isatty()) as bar:
+                      leave=False, disable=not console.progress_bars()) as bar:
                 while chunk := resp.read(CHUNK):
                     h.update(chunk)
                     out.write(chunk)

@@ -149,6 +149,22 @@ def recipe(dataset: str, arch: str) -> dict[str, Any]:
     return out
 
 
+def check_dataset(name: str) -> str:
+    """`name` if it is a dataset the engine reads, else an error listing them (one check for
+    the CLI's --dataset and every run's config)."""
+    if name not in DATASETS:
+        raise PrunebenchError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+    return name
+
+
+def check_arch(name: str) -> str:
+    """`name` if it is an architecture the engine builds, else an error listing them (one
+    check for the CLI's --arch and every run's config)."""
+    if name not in ARCHS:
+        raise PrunebenchError(f"unknown arch {name!r}; allowed: {', '.join(ARCHS)}")
+    return name
+
+
 @dataclass
 class RunConfig:
     """Everything that determines one run's result."""
@@ -165,11 +181,8 @@ class RunConfig:
     data_root: str = ""  # for imagefolder: the tree or archive to read
 
     def validate(self) -> None:
-        if self.dataset not in DATASETS:
-            raise PrunebenchError(
-                f"unknown dataset {self.dataset!r}; allowed: {', '.join(DATASETS)}")
-        if self.arch not in ARCHS:
-            raise PrunebenchError(f"unknown arch {self.arch!r}; allowed: {', '.join(ARCHS)}")
+        check_dataset(self.dataset)
+        check_arch(self.arch)
         if self.sparsity is not None and not 0 <= self.sparsity < 1:
             raise PrunebenchError(
                 f"sparsity {self.sparsity} is outside [0, 1): it is the fraction of prunable "

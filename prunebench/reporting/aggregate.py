@@ -52,6 +52,7 @@ LEADING = [
 TRAILING = [
     "paper", "frozen_weights", "device", "device_name", "hostname", "num_threads",
     "python_version", "torch_version", "timm_version", "prunebench_version", "git_commit",
+    "git_dirty", "git_diff_sha256",
     "data_origin", "data_source", "data_source_sha256", "data_dir", "data_root",
     "config_digest", "run_dir",
 ]

@@ -1,5 +1,5 @@
-"""The LaTeX report: render `report/templates/report.tex.j2` with the aggregated results, then
-build `report.pdf` with latexmk.
+"""The LaTeX report: render the packaged `report/templates/report.tex.j2` with the aggregated
+results, then build `report.pdf` with latexmk.
 
 Every number comes from summary.csv / summary_by_setting.csv (and so from the runs); user strings
 (method names, reasons, published settings) are LaTeX-escaped by default, and only fragments
@@ -21,7 +21,7 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
-from prunebench import __version__, paths
+from prunebench import paths, provenance, resources
 from prunebench.errors import PrunebenchError
 from prunebench.fileio import write_text
 from prunebench.paths import budget_text
@@ -37,8 +37,6 @@ from prunebench.reporting.papers import (
 from prunebench.reporting.published import MATCHED, compare_published, load_published
 from prunebench.reporting.statistics import paired_differences
 
-REPO = Path(__file__).resolve().parents[2]
-TEMPLATES = REPO / "report" / "templates"
 TEMPLATE = "report.tex.j2"
 TEXT_WIDTH_IN = 6.7  # A4 with 2 cm margins: a figure this wide (before cropping) fills the line
 INSTALL_HINT = ("install one with `apt-get install texlive-latex-recommended latexmk` (Debian/"
@@ -64,11 +62,11 @@ def _finalize(value: Any) -> Any:
     return latex_escape(value)
 
 
-def make_env(templates: Path = TEMPLATES) -> jinja2.Environment:
+def make_env(templates: Path | None = None) -> jinja2.Environment:
     """Jinja with delimiters that do not clash with LaTeX braces: \\VAR{x}, \\BLOCK{...},
     `%% for ...` line statements, `%#` line comments; every value escaped unless Markup."""
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates)),
+        loader=jinja2.FileSystemLoader(str(templates or resources.path(resources.TEMPLATES))),
         block_start_string=r"\BLOCK{", block_end_string="}",
         variable_start_string=r"\VAR{", variable_end_string="}",
         comment_start_string=r"\#{", comment_end_string="}",
@@ -237,6 +235,30 @@ ENV_COLS = ["device", "device_name", "torch_version", "timm_version", "python_ve
             "prunebench_version", "git_commit"]
 
 
+def _flag(value: Any) -> bool | None:
+    """A run's recorded git_dirty as read back from summary.csv (bool, text or missing)."""
+    if value is None or (isinstance(value, float) and pd.isna(value)) or value == "":
+        return None
+    return str(value).strip().lower() in ("true", "1")
+
+
+def _text(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+
+
+def run_provenance(runs: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each distinct code provenance the finished runs recorded (version, commit, uncommitted
+    changes), as a sentence with its number of runs."""
+    ok = runs[runs["status"] == "ok"]
+    counts: dict[str, int] = {}
+    for _, r in ok.iterrows():
+        line = provenance.describe(_text(r.get("prunebench_version")) or "(not recorded)",
+                                   _text(r.get("git_commit")), _flag(r.get("git_dirty")),
+                                   _text(r.get("git_diff_sha256")))
+        counts[line] = counts.get(line, 0) + 1
+    return [{"text": text, "runs": n} for text, n in sorted(counts.items())]
+
+
 def environment_rows(runs: pd.DataFrame) -> list[dict[str, Any]]:
     """Each distinct hardware/software combination the finished runs recorded, with a count."""
     ok = runs[runs["status"] == "ok"]
@@ -248,7 +270,8 @@ def environment_rows(runs: pd.DataFrame) -> list[dict[str, Any]]:
     for _, r in counts.iterrows():
         row = {c: r[c] for c in cols}
         if "git_commit" in row:
-            row["git_commit"] = row["git_commit"][:12]
+            row["git_commit"] = row["git_commit"][:12] if row["git_commit"] not in (
+                "", "nan") else "(installed)"
         row["runs"] = int(r["runs"])
         rows.append(row)
     return rows
@@ -391,7 +414,7 @@ def _versions() -> dict[str, str]:
     import matplotlib
     import seaborn
 
-    return {"python": platform.python_version(), "prunebench": __version__,
+    return {"python": platform.python_version(), "prunebench": provenance.current().version,
             "pandas": pd.__version__, "seaborn": seaborn.__version__,
             "matplotlib": matplotlib.__version__, "jinja2": jinja2.__version__}
 
@@ -467,10 +490,12 @@ def build_context(results: Path, published_path: Path, config_path: Path | None,
         "by_setting_sha256": _sha256(results / SUMMARY_BY_SETTING),
         "config": config_text,
         "versions": _versions(),
+        "provenance": provenance.current().line(),
+        "run_provenance": run_provenance(runs),
     }
 
 
-def render(context: dict[str, Any], templates: Path = TEMPLATES) -> str:
+def render(context: dict[str, Any], templates: Path | None = None) -> str:
     return make_env(templates).get_template(TEMPLATE).render(**context)
 
 

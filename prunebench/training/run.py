@@ -19,7 +19,6 @@ import logging
 import os
 import platform
 import signal
-import subprocess
 import sys
 import time
 import warnings
@@ -32,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunebench import __version__, paths
+from prunebench import console, paths, provenance
 from prunebench.data.archives import one_line
 from prunebench.data.prepared import (
     PROVENANCE_KEYS,
@@ -59,7 +58,6 @@ from prunebench.training.train import (
     epoch_seed,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 # The epoch number that seeds the extracted network's (augmented) validation pass.
 EXTRACTED_EPOCH = 1_000_001
 
@@ -105,21 +103,11 @@ def cuda_problem() -> str | None:
             "driver or install a torch build for the driver's CUDA version (README, Set-up)")
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                             text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-
-
 def environment(device: torch.device) -> dict[str, Any]:
     import timm
 
     return {
-        "prunebench_version": __version__,
-        "git_commit": git_commit(),
+        **provenance.current().record(),
         "python_version": platform.python_version(),
         "torch_version": torch.__version__,
         "timm_version": timm.__version__,
@@ -142,6 +130,7 @@ def _make_logger(run_dir: Path) -> logging.Logger:
         logger.addHandler(fh)
         sh = logging.StreamHandler(sys.stderr)
         sh.setFormatter(fmt)
+        sh.setLevel(logging.WARNING if console.is_quiet() else logging.INFO)  # --quiet
         logger.addHandler(sh)
     return logger
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from prunebench import console
 from prunebench.data.prepared import DeviceData
 from prunebench.errors import Preempted, TrainingDiverged
 from prunebench.plan.config import TrainConfig
@@ -329,7 +329,7 @@ class Trainer:
         self.model.train()
         bar = tqdm(batches, total=steps, initial=record.step, leave=False,
                    desc=f"{phase.name} epoch {s.global_epoch + 1}",
-                   disable=not sys.stderr.isatty())
+                   disable=not console.progress_bars())
         return Epoch(phase, record, gen, iter(bar), steps, steps * phase.epochs,
                      torch.zeros((), device=self.device, dtype=torch.float64),
                      torch.zeros((), device=self.device, dtype=torch.int64),
