@@ -6,10 +6,28 @@
 # Every file of the workflow is found beside this Snakefile, so it also runs from elsewhere:
 #   snakemake -s /path/to/prunebench/Snakefile -d my-results   (docs/notes/workflow.md)
 import os
+import sys
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
+
+# Each config file is read first by the suite's own YAML loader (prunebench/plan/yamlfile.py):
+# a duplicate key (Snakemake's loader keeps the last silently), an alias bomb or bytes that are
+# not UTF-8 stop here in one line naming the file and line, before the schema walks the config.
+# (A file given with --configfile is parsed by Snakemake before this line: a bomb of nested
+# mappings or non-UTF-8 bytes there fail inside Snakemake; `python -m prunebench coverage
+# --configfile FILE` checks a file with the suite's loader first.)
+sys.path.insert(0, workflow.basedir)
+from prunebench.errors import PrunebenchError
+from prunebench.plan.yamlfile import load_yaml
+
+for _path in workflow.overwrite_configfiles or ["config/config.yaml"]:
+    try:
+        load_yaml(_path)
+    except PrunebenchError as e:
+        raise WorkflowError(str(e)) from None
 
 
 # A file given with --configfile replaces this default instead of being merged into it: each

@@ -62,9 +62,11 @@ from prunebench.training.registry import register_method
 
 @dataclass
 class EdgePopupHparams(MethodHparams):
-    lr: float = option(0.1, "Ramanujan 2020 reference conv configs: SGD lr 0.1, cosine")
-    momentum: float = option(0.9, "reference conv configs")
-    weight_decay: float = option(1e-4, "reference conv configs (applied to the scores)")
+    lr: float = option(0.1, "Ramanujan 2020 reference conv configs: SGD lr 0.1, cosine",
+                       bounds="(0, inf)")
+    momentum: float = option(0.9, "reference conv configs", bounds="[0, 1)")
+    weight_decay: float = option(1e-4, "reference conv configs (applied to the scores)",
+                                 bounds="[0, inf)")
     signed_constant: bool = option(
         True, "sec. 4: signed Kaiming constant; False keeps Kaiming normal")
     scale_fan: bool = option(False, "sec. 4 'scaled' variant: constant divided by sqrt(density)")

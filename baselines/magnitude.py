@@ -36,17 +36,15 @@ Deviations and decisions:
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from prunebench import paths
-from prunebench.errors import PrunebenchError
+from prunebench.training.artifact import check_state, read_trained_state
 from prunebench.training.masking import (
     apply_global_topk,
     attach_fixed_masks,
@@ -78,9 +76,11 @@ class MagnitudeHparams(MethodHparams):
 class MagnitudeFtHparams(MethodHparams):
     dense_from: str = option(
         "", "a finished `dense` run folder: prune its network, skip the dense phase")
-    ft_epochs: int | None = option(None, "papers silent; None: a quarter of the recipe's epochs")
+    ft_epochs: int | None = option(
+        None, "papers silent; None: a quarter of the recipe's epochs", bounds="[0, inf)")
     ft_lr: float | None = option(
-        None, "papers silent; None: the recipe's lr (LR restarting, Le 2021)")
+        None, "papers silent; None: the recipe's lr (LR restarting, Le 2021)",
+        bounds="(0, inf)")
 
 
 @dataclass
@@ -94,30 +94,20 @@ def magnitude_scores(model: nn.Module) -> list[torch.Tensor]:
 
 
 def load_dense(model: nn.Module, run_dir: str, ctx: MethodContext, method: str,
-               last_epoch: bool) -> None:
+               last_epoch: bool) -> dict[str, Any]:
     """Put the trained weights of the finished dense run `run_dir` into `model` (before masks
-    are attached), refusing a run of another method, seed or training recipe, and with
-    `last_epoch` one whose network is not that of its last planned epoch (early stopping or
-    best-validation selection: a fine-tuned run's own dense phase has neither)."""
-    folder = Path(run_dir)
-    where = f"method {method} option dense_from={run_dir!r}"
-    if not (folder / paths.METRICS).is_file() or not (folder / paths.NETWORK).is_file():
-        raise PrunebenchError(f"{where}: no finished run there ({paths.METRICS} and "
-                              f"{paths.NETWORK} are needed); run the dense run first")
-    metrics = json.loads((folder / paths.METRICS).read_text())
-    t = ctx.train
-    expected = {"method": "dense", "seed": ctx.seed, "train_epochs": t.epochs, "train_lr": t.lr,
-                "train_momentum": t.momentum, "train_weight_decay": t.weight_decay,
-                "train_optimizer": t.optimizer}
+    are attached), refusing a run of another method, dataset, arch, seed or training recipe,
+    and with `last_epoch` one whose network is not that of its last planned epoch (early
+    stopping or best-validation selection: a fine-tuned run's own dense phase has neither).
+    Return what this run records of it (its folder, config digest, network sha256, recipe)."""
+    expected = {"method": "dense", "seed": ctx.seed, **ctx.recipe}
     if last_epoch:
-        expected["epoch_selected"] = t.epochs
-    differ = [f"{k}={metrics.get(k)!r} (this run: {v!r})" for k, v in expected.items()
-              if metrics.get(k) != v]
-    if differ:
-        raise PrunebenchError(f"{where}: that run differs from this one's dense phase in "
-                              f"{', '.join(differ)}")
-    state = load_file(folder / paths.NETWORK, device=str(ctx.device))
-    model.load_state_dict(state, strict=True)
+        expected["epoch_selected"] = ctx.train.epochs
+    where = f"method {method} option dense_from={run_dir!r}"
+    state, provenance = read_trained_state(Path(run_dir), expected, where)
+    check_state(model, state, Path(run_dir) / paths.NETWORK)
+    model.load_state_dict({k: v.to(ctx.device) for k, v in state.items()}, strict=True)
+    return provenance
 
 
 def prune_by_magnitude(model: nn.Module, sparsity: float, rescale: bool = False) -> list[float]:
@@ -134,8 +124,8 @@ class Magnitude(PruningMethod):
     paper = "Han et al. NeurIPS 2015; MP as in Dupont et al. ICIP 2021"
 
     def prepare(self, model: nn.Module) -> None:
-        if self.hp.dense_from:
-            load_dense(model, self.hp.dense_from, self.ctx, "magnitude", last_epoch=False)
+        self.dense = (load_dense(model, self.hp.dense_from, self.ctx, "magnitude",
+                                 last_epoch=False) if self.hp.dense_from else {})
         attach_fixed_masks(model)
 
     def phases(self) -> list[Phase]:
@@ -143,7 +133,7 @@ class Magnitude(PruningMethod):
 
     def extract(self, model: nn.Module) -> dict[str, Any]:
         prune_by_magnitude(model, self.ctx.sparsity)
-        return {"pruned_when": "after training"}
+        return {"pruned_when": "after training", **self.dense}
 
 
 @register_method("magnitude_ft")
@@ -162,8 +152,8 @@ class MagnitudeFinetune(PruningMethod):
         return max(1, round(self.ctx.train.epochs / 4))
 
     def prepare(self, model: nn.Module) -> None:
-        if self.hp.dense_from:
-            load_dense(model, self.hp.dense_from, self.ctx, "magnitude_ft", last_epoch=True)
+        self.dense = (load_dense(model, self.hp.dense_from, self.ctx, "magnitude_ft",
+                                 last_epoch=True) if self.hp.dense_from else {})
         attach_fixed_masks(model)
 
     def phases(self) -> list[Phase]:
@@ -185,7 +175,7 @@ class MagnitudeFinetune(PruningMethod):
 
     def extract(self, model: nn.Module) -> dict[str, Any]:
         return {"pruned_when": "after dense phase", "ft_lr": self.ft_lr(),
-                "ft_epochs": self.ft_epochs()}
+                "ft_epochs": self.ft_epochs(), **self.dense}
 
 
 @register_method("magnitude_init")

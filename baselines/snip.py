@@ -46,8 +46,10 @@ from prunebench.training.registry import register_method
 @dataclass
 class SnipHparams(MethodHparams):
     samples_per_class: int = option(
-        10, "10 x classes images (Lee 2019 sec. 5: a batch of 100, CIFAR-10)")
-    score_batch_size: int = option(100, "Lee 2019 sec. 5: mini-batch of 100 (SynFlow: 256)")
+        10, "10 x classes images (Lee 2019 sec. 5: a batch of 100, CIFAR-10)",
+        bounds="[1, inf)")
+    score_batch_size: int = option(100, "Lee 2019 sec. 5: mini-batch of 100 (SynFlow: 256)",
+                                   bounds="[1, inf)")
     sample: str = option(
         "balanced",
         "scoring images: balanced (samples_per_class of each class) or random (samples_per_class"

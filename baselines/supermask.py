@@ -47,7 +47,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunebench.errors import PrunebenchError
 from prunebench.training.frozen import (
     add_frozen_biases,
     reinitialise,
@@ -55,7 +54,6 @@ from prunebench.training.frozen import (
 )
 from prunebench.training.masking import attach, prunable_layers, weight_transform
 from prunebench.training.method import (
-    MethodContext,
     MethodHparams,
     OptimGroup,
     Phase,
@@ -67,10 +65,13 @@ from prunebench.training.registry import register_method
 
 @dataclass
 class SupermaskHparams(MethodHparams):
-    lr: float = option(100.0, "reference code README: SGD lr 100 for supermask training")
-    momentum: float = option(0.9, "reference code default (--mom)")
-    weight_decay: float = option(0.0, "reference code default (--l2 0)")
-    logit_init: float = option(0.0, "reference code --sigmoid_bias 0: keep probability 0.5")
+    lr: float = option(100.0, "reference code README: SGD lr 100 for supermask training",
+                       bounds="(0, inf)")
+    momentum: float = option(0.9, "reference code default (--mom)", bounds="[0, 1)")
+    weight_decay: float = option(0.0, "reference code default (--l2 0)",
+                                 bounds="[0, inf)")
+    logit_init: float = option(0.0, "reference code --sigmoid_bias 0: keep probability 0.5",
+                                bounds="(-inf, inf)")
     dynamic_rescale: bool = option(False, "Zhou 2019 sec. 5 DWR option; off: see module docstring")
     signed_constant: bool = option(False, "Zhou 2019 option: sign(w) * std(layer)")
     signed_constant_scope: str = option(
@@ -81,7 +82,8 @@ class SupermaskHparams(MethodHparams):
         "constant",
         "reference code --decay_schedule -1; 'run': the run's schedule",
         choices=('constant', 'run'))
-    eval_samples: int = option(10, "Zhou 2019: mean test accuracy over 10 sampled masks")
+    eval_samples: int = option(10, "Zhou 2019: mean test accuracy over 10 sampled masks",
+                               bounds="[1, inf)")
     val_mask: str = option(
         "deterministic",
         "validation masks: deterministic (the most likely, logit >= 0) or sampled (ASLP: a "
@@ -139,9 +141,6 @@ class Supermask(PruningMethod):
     paper = "Zhou et al., Deconstructing lottery tickets, NeurIPS 2019 (supermask)"
 
     def __init__(self, hparams: SupermaskHparams, ctx: MethodContext) -> None:
-        if hparams.eval_samples < 1:
-            raise PrunebenchError(f"method supermask option eval_samples={hparams.eval_samples}"
-                                  " must be >= 1 (its accuracy is the mean over sampled masks)")
         super().__init__(hparams, ctx)
         self._sampling_in_eval = False
 

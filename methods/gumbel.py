@@ -75,7 +75,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunebench.errors import PrunebenchError
 from prunebench.training.frozen import (
     add_frozen_biases,
     reinitialise,
@@ -90,7 +89,6 @@ from prunebench.training.masking import (
     weight_transform,
 )
 from prunebench.training.method import (
-    MethodContext,
     MethodHparams,
     OptimGroup,
     Phase,
@@ -110,14 +108,15 @@ class GumbelHparams(MethodHparams):
         "all", "all | conv (ASLP: Linear layers stay Kaiming normal)", choices=('all', 'conv'))
     frozen_bias: bool = option(
         False, "ASLP layer_modules.py: random never-trained bias in every layer")
-    tau: float = option(1.0, "paper: Gumbel-Softmax temperature 1")
-    logit_init: float = option(0.0, "paper: m = 0, keep probability 1/2")
-    logit_lr: float = option(50.0, "paper: SGD lr 50 for the logits")
-    logit_momentum: float = option(0.9, "paper")
-    logit_weight_decay: float = option(0.0, "paper: none")
+    tau: float = option(1.0, "paper: Gumbel-Softmax temperature 1", bounds="(0, inf)")
+    logit_init: float = option(0.0, "paper: m = 0, keep probability 1/2", bounds="(-inf, inf)")
+    logit_lr: float = option(50.0, "paper: SGD lr 50 for the logits", bounds="(0, inf)")
+    logit_momentum: float = option(0.9, "paper", bounds="[0, 1)")
+    logit_weight_decay: float = option(0.0, "paper: none", bounds="[0, inf)")
     smart_rescale: bool = option(True, "paper: on (its contribution); switchable for the ablation")
-    rescale_lr: float = option(1e-3, "paper: own lr 1e-3 for the per-layer scales")
-    rescale_momentum: float = option(0.9, "paper")
+    rescale_lr: float = option(1e-3, "paper: own lr 1e-3 for the per-layer scales",
+                               bounds="(0, inf)")
+    rescale_momentum: float = option(0.9, "paper", bounds="[0, 1)")
     lr_schedule: str = option(
         "constant",
         "paper code (ASLP main.py): no lr scheduler; 'run' = run's",
@@ -134,7 +133,8 @@ class GumbelHparams(MethodHparams):
         choices=('joint', 'sequential'))
     budget: bool = option(
         False, "extension beyond the paper: penalty toward K + exact top-K by logit")
-    budget_weight: float = option(1e-3, "extension: decision, measured (see module docstring)")
+    budget_weight: float = option(1e-3, "extension: decision, measured (see module docstring)",
+                                  bounds="[0, inf)")
 
 
 def logistic_noise(like: torch.Tensor) -> torch.Tensor:
@@ -188,11 +188,6 @@ class Gumbel(PruningMethod):
     def __init__(self, hparams: GumbelHparams, ctx: MethodContext) -> None:
         super().__init__(hparams, ctx)
         self._sampling_in_eval = False
-        if hparams.tau <= 0:
-            raise PrunebenchError(f"method gumbel option tau={hparams.tau} must be > 0")
-        if hparams.budget_weight < 0:
-            raise PrunebenchError(
-                f"method gumbel option budget_weight={hparams.budget_weight} must be >= 0")
 
     def _masks(self, model: nn.Module) -> list[GumbelMask]:
         return [weight_transform(layer) for _, layer in prunable_layers(model)]

@@ -86,10 +86,11 @@ Y_MAX = 1e30  # (t x)^n beyond this is clamped: h = 1 to float precision there
 
 @dataclass
 class ReparamHparams(MethodHparams):
-    n: int = option(4, "paper: exponent of h_t")
-    t_init: float = option(100.0, "paper: initial t of every layer")
+    n: int = option(4, "paper: exponent of h_t; even", bounds="[2, inf)")
+    t_init: float = option(100.0, "paper: initial t of every layer", bounds="(0, inf)")
     lam: float = option(
-        10.0, "decision (paper: 1); with 1 the soft budget lags (docstring numbers)")
+        10.0, "decision (paper: 1); with 1 the soft budget lags (docstring numbers)",
+        bounds="[0, inf)")
     t_param: str = option(
         "log_t",
         "decision (paper: t); t does not move under SGD (METHODS.md pitfall)",
@@ -97,9 +98,11 @@ class ReparamHparams(MethodHparams):
     t_optimizer: str = option(
         "adam", "decision (paper silent: the weights' SGD); see t_param", choices=('sgd', 'adam'))
     t_lr: float | None = option(
-        0.05, "decision, measured (log t / Adam); None: the weights' lr (paper)")
+        0.05, "decision, measured (log t / Adam); None: the weights' lr (paper)",
+        bounds="(0, inf)")
     t_momentum: float = option(
-        0.9, "for t_optimizer=sgd only (paper silent: the weights' momentum)")
+        0.9, "for t_optimizer=sgd only (paper silent: the weights' momentum)",
+        bounds="[0, 1)")
 
 
 def gate(x: torch.Tensor, t: torch.Tensor, n: int) -> torch.Tensor:
@@ -160,11 +163,9 @@ class Reparam(PruningMethod):
 
     def __init__(self, hparams: ReparamHparams, ctx: MethodContext) -> None:
         super().__init__(hparams, ctx)
-        if hparams.n < 2 or hparams.n % 2:
-            raise PrunebenchError(f"method reparam option n={hparams.n} must be an even "
-                                  "integer >= 2 (h_t must be symmetric in the weight)")
-        if hparams.t_init <= 0:
-            raise PrunebenchError(f"method reparam option t_init={hparams.t_init} must be > 0")
+        if hparams.n % 2:
+            raise PrunebenchError(f"method reparam option n={hparams.n} must be even (h_t must "
+                                  "be symmetric in the weight)")
         self.k = 0
         self.c_init = float("nan")
         self._gates: list[BudgetReparam] = []

@@ -150,6 +150,7 @@ def print_options(method: str) -> None:
     """One method's options (or, for `train`, the training settings): name, type, default and
     the help its dataclass field carries."""
     from prunebench.plan.config import TrainConfig
+    from prunebench.plan.values import allowed_text
     from prunebench.training.registry import get_method
 
     if method == "train":
@@ -170,8 +171,9 @@ def print_options(method: str) -> None:
         else:
             default = "(required)"
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        choices = f.metadata.get("choices", ())
-        allowed = f" (one of: {', '.join(choices)})" if choices else ""
+        choices, bounds = f.metadata.get("choices", ()), f.metadata.get("bounds", "")
+        allowed = (f" (one of: {', '.join(choices)})" if choices
+                   else f" ({allowed_text(bounds)})" if bounds else "")
         rows.append((f.name, kind, str(default), f.metadata.get("help", "") + allowed))
     if not rows:
         print("  (no options)")

@@ -14,6 +14,7 @@ import sys
 import time
 from itertools import product
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -120,7 +121,7 @@ BAD_CONFIGS = {
         ["'grids' is a required property"]),
     "NaN sparsity": (
         lambda c: c["grids"][0]["sparsities"].append(float("nan")),
-        ["grids[0] (quick).sparsities", "sparsity nan is outside [0, 1)"]),
+        ["grids[0] (quick).sparsities: nan is not a valid float (a finite number)"]),
     "unknown method in a resource override": (
         lambda c: c["resources"]["train_overrides"].append({"methods": ["lottery"],
                                                             "runtime": 3}),
@@ -230,6 +231,19 @@ def test_schema_documents_every_key() -> None:
         if not choices:
             assert train[f.name]["type"] == kinds[str(f.type)], f"schema train.{f.name}: type"
         assert f.metadata["help"], f"TrainConfig.{f.name} has no help"
+        assert _schema_bounds(train[f.name]) == f.metadata["bounds"], (
+            f"schema train.{f.name}: its bounds differ from TrainConfig's {f.metadata['bounds']}")
+
+
+def _schema_bounds(prop: dict[str, Any]) -> str:
+    """A JSON-schema property's numeric bounds as the declarations' interval text."""
+    if not {"minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"} & set(prop):
+        return ""
+    low = ("[", prop["minimum"]) if "minimum" in prop else ("(", prop.get("exclusiveMinimum",
+                                                                          "-inf"))
+    high = ("]", prop["maximum"]) if "maximum" in prop else (")", prop.get("exclusiveMaximum",
+                                                                           "inf"))
+    return f"{low[0]}{low[1]}, {high[1]}{high[0]}"
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "cifar10-local.yaml"])
@@ -606,6 +620,10 @@ def test_static_catalogue_matches_the_registry() -> None:
         cls = get_method(name)
         fields = tuple((f.name, str(f.type)) for f in dataclasses.fields(cls.hparams_cls))
         assert spec.options == fields, name
+        for key in ("choices", "bounds"):  # declared once, read statically the same
+            live = {f.name: f.metadata[key] for f in dataclasses.fields(cls.hparams_cls)
+                    if f.metadata.get(key)}
+            assert dict(getattr(spec, key)) == live, (name, key)
         assert (spec.budgeted, spec.budget_option) == (cls.budgeted, cls.budget_option), name
         switches = [{}] + ([{spec.budget_option: True}] if spec.budget_option else [])
         for options in switches:

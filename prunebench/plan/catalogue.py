@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from prunebench.errors import PrunebenchError
-from prunebench.plan.values import coerce
+from prunebench.plan.values import check_allowed, coerce
 
 # Packages whose every module is imported by the registry (training/registry.py) and read here:
 # a method is one file in one. They are the repository's top-level methods/ and baselines/
@@ -29,6 +29,7 @@ class MethodSpec:
     budget_option: str
     options: tuple[tuple[str, str], ...]  # (option name, type annotation), in field order
     choices: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (option name, allowed values)
+    bounds: tuple[tuple[str, str], ...] = ()  # (option name, valid range as interval text)
 
     def typed_options(self, options: dict[str, Any], where: str) -> dict[str, Any]:
         """`options` with each value as its field's type; an unknown name is an error."""
@@ -39,11 +40,9 @@ class MethodSpec:
                 f"{where}: unknown option(s) {', '.join(unknown)} of method {self.name}; "
                 f"allowed: {', '.join(sorted(names)) or '(none)'}")
         typed = {k: coerce(v, names[k], f"{where}.{k}") for k, v in options.items()}
-        for name, allowed in self.choices:
-            if name in typed and typed[name] not in allowed:
-                raise PrunebenchError(f"{where}.{name}: {typed[name]!r} is not an allowed value "
-                                      f"of method {self.name}'s option; allowed: "
-                                      f"{', '.join(allowed)}")
+        choices, bounds = dict(self.choices), dict(self.bounds)
+        for name, value in typed.items():
+            check_allowed(value, f"{where}.{name}", choices.get(name, ()), bounds.get(name, ""))
         return typed
 
     def is_budgeted(self, options: dict[str, Any], where: str) -> bool:
@@ -97,20 +96,21 @@ class _Classes:
                     out[target.id] = self.find(value.id, node)
         return out
 
-    def choices(self, node: ast.ClassDef | None) -> dict[str, tuple[str, ...]]:
-        """The literal `choices=(...)` of each `option(...)` field of a class and its bases."""
+    def declared(self, node: ast.ClassDef | None, keyword: str) -> dict[str, Any]:
+        """The literal `keyword=...` (choices, bounds) of each `option(...)` field of a class
+        and its bases."""
         if node is None:
             return {}
-        out: dict[str, tuple[str, ...]] = {}
+        out: dict[str, Any] = {}
         for base in node.bases:
             if isinstance(base, ast.Name):
-                out.update(self.choices(self.find(base.id, node)))
+                out.update(self.declared(self.find(base.id, node), keyword))
         for stmt in node.body:
             if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
                     and isinstance(stmt.value, ast.Call)):
                 for kw in stmt.value.keywords:
-                    if kw.arg == "choices":
-                        out[stmt.target.id] = tuple(ast.literal_eval(kw.value))
+                    if kw.arg == keyword:
+                        out[stmt.target.id] = ast.literal_eval(kw.value)
         return out
 
     def fields(self, node: ast.ClassDef | None) -> dict[str, str]:
@@ -155,5 +155,7 @@ def method_catalogue() -> dict[str, MethodSpec]:
             fields = classes.fields(hparams)
             specs[name] = MethodSpec(name, bool(attrs.get("budgeted", True)),
                                      str(attrs.get("budget_option", "")), tuple(fields.items()),
-                                     tuple(classes.choices(hparams).items()))
+                                     tuple((k, tuple(v)) for k, v
+                                           in classes.declared(hparams, "choices").items()),
+                                     tuple(classes.declared(hparams, "bounds").items()))
     return dict(sorted(specs.items()))

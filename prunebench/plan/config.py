@@ -10,24 +10,28 @@ Torch-free: the Snakemake process resolves every run of the grid with this modul
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from prunebench import paths
 from prunebench.errors import PrunebenchError
 from prunebench.plan.catalogue import method_catalogue
-from prunebench.plan.values import coerce, option
+from prunebench.plan.values import check_fields, coerce, option
+from prunebench.plan.yamlfile import load_yaml
 
 DATASETS = ("digits", "cifar10", "cifar100", "tinyimagenet", "imagefolder")
 ARCHS = ("conv2", "conv4", "conv6", "vgg19", "resnet18")  # built by prunebench/training/models.py
 # Datasets that norm_stats=aslp applies to: ASLP normalises CIFAR-10 with the CIFAR mean and
 # std (0.2023, 0.1994, 0.2010); its CIFAR-100 runs are not public (the values are inferred).
 ASLP_STATS_DATASETS = ("cifar10", "cifar100")
+# Seeds are what every generator of the run accepts (numpy's legacy and SLURM-array-friendly
+# 32-bit range; torch takes 64 bits).
+SEED_BOUNDS = "[0, 4294967295]"
+SPARSITY_BOUNDS = "[0, 1)"
+# Image side of the datasets whose size is fixed (imagefolder's is known once prepared).
+IMAGE_SIDES = {"digits": 8, "cifar10": 32, "cifar100": 32, "tinyimagenet": 64}
 # A variant names a set of settings of one method; it becomes part of the run folder's name.
 VARIANT_PATTERN = r"[a-z0-9][a-z0-9_-]*"
 
@@ -37,13 +41,15 @@ class TrainConfig:
     """The training recipe shared by every method (the method's own tensors have own settings).
     Defaults live here only; `recipe()` changes some per dataset/arch."""
 
-    epochs: int = option(20, "epochs of the method's main phase")
-    batch_size: int = option(128, "training mini-batch size")
+    epochs: int = option(20, "epochs of the method's main phase", bounds="[0, inf)")
+    batch_size: int = option(128, "training mini-batch size", bounds="[1, inf)")
     optimizer: str = option("sgd", "optimiser of the weights", ("sgd", "adam"))
-    lr: float = option(0.1, "learning rate of the weights")
-    momentum: float = option(0.9, "SGD momentum (Adam beta1) of the weights")
+    lr: float = option(0.1, "learning rate of the weights", bounds="(0, inf)")
+    momentum: float = option(0.9, "SGD momentum (Adam beta1) of the weights",
+                             bounds="[0, 1)")
     nesterov: bool = option(False, "Nesterov momentum for the weights' SGD (SynFlow: on)")
-    weight_decay: float = option(5e-4, "L2 weight decay (on the tensors of weight_decay_scope)")
+    weight_decay: float = option(5e-4, "L2 weight decay (on the tensors of weight_decay_scope)",
+                                 bounds="[0, inf)")
     weight_decay_scope: str = option(
         "weights", "tensors that decay: weights (Conv/Linear weights only) or all (every "
         "trained parameter, biases and norms too: SynFlow)", ("weights", "all"))
@@ -52,21 +58,24 @@ class TrainConfig:
                            ("cosine", "step", "multistep", "constant"))
     lr_drop_epochs: str = option("", "schedule=multistep: epochs of each phase after which the "
                                  "lr is multiplied by lr_drop_rate, e.g. 60,120 (SynFlow)")
-    lr_drop_rate: float = option(0.1, "schedule=multistep: lr factor at each drop")
+    lr_drop_rate: float = option(0.1, "schedule=multistep: lr factor at each drop",
+                                 bounds="(0, 1]")
     val_fraction: float = option(0.1, "training images held out, class-stratified, seeded "
-                                 "(0: train on the whole training set)")
+                                 "(0: train on the whole training set)", bounds="[0, 1)")
     train_images: int = option(0, "train on a class-stratified, seeded subset of about this "
-                               "many of the training images (0: all): quick checks only")
+                               "many of the training images (0: all): quick checks only",
+                               bounds="[0, inf)")
     selection: str = option("final", "which epoch's network is extracted and tested",
                             ("final", "val"))
     patience: int = option(0, "early stopping: epochs without a better val accuracy "
-                           "(0 = off; ASLP 100)")
+                           "(0 = off; ASLP 100)", bounds="[0, inf)")
     val_augment: bool = option(False, "validation images get the training crop and flip, "
                                "redrawn each epoch (ASLP validates on augmented images)")
     test_each_epoch: bool = option(False, "also test after every epoch (history "
                                    "epoch_test_top1, metrics test_top1_best_epoch): a "
                                    "diagnostic, never the headline nor used for selection")
-    crop_padding: int = option(4, "random crop with this zero padding; 0 disables")
+    crop_padding: int = option(4, "random crop with this zero padding; 0 disables; at "
+                               "most half the image side", bounds="[0, inf)")
     flip: bool = option(True, "random horizontal flip")
     normalize: bool = option(True, "per-channel mean/std normalisation (ASLP's "
                              "no-augmentation runs: off)")
@@ -76,7 +85,8 @@ class TrainConfig:
     amp: bool = option(True, "bf16 autocast, CUDA only")
     channels_last: bool = option(True, "channels_last memory format, CUDA only")
     compile: bool = option(False, "torch.compile the model, CUDA only")
-    eval_batch_size: int = option(1024, "batch size of validation and test evaluation")
+    eval_batch_size: int = option(1024, "batch size of validation and test evaluation",
+                                  bounds="[1, inf)")
     device: str = option("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     protocol_note: str = option("", "free text recorded with the run: which parts of a "
                                 "reference protocol it follows are inferred, and why")
@@ -96,40 +106,32 @@ class TrainConfig:
         return epochs
 
     def validate(self) -> None:
+        check_fields(self, "train config: ")
         checks = [
-            (getattr(self, f.name) in f.metadata["choices"],
-             f"{f.name} must be one of {', '.join(f.metadata['choices'])}")
-            for f in dataclasses.fields(self) if f.metadata["choices"]
-        ] + [
-            (self.epochs >= 0, "epochs must be >= 0"),
-            (self.batch_size > 0, "batch_size must be > 0"),
-            (math.isfinite(self.lr) and self.lr > 0, "lr must be a finite number > 0"),
-            (math.isfinite(self.momentum) and self.momentum >= 0,
-             "momentum must be a finite number >= 0"),
-            (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
-             "weight_decay must be a finite number >= 0"),
-            (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
-            (self.train_images >= 0, "train_images must be >= 0 (0: every training image)"),
             (self.selection == "final" or self.val_fraction > 0,
              "selection=val needs val_fraction > 0"),
-            (self.patience >= 0, "patience must be >= 0 (0 turns early stopping off)"),
             (self.patience == 0 or self.selection == "val",
              "patience > 0 needs selection=val: early stopping tests the best-validation network"),
-            (self.crop_padding >= 0, "crop_padding must be >= 0"),
             (not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
              "nesterov=true needs optimizer=sgd and momentum > 0"),
             ((self.schedule == "multistep") == bool(self.drop_epochs()),
              "schedule=multistep needs lr_drop_epochs (e.g. 60,120), and lr_drop_epochs needs "
              "schedule=multistep"),
-            (math.isfinite(self.lr_drop_rate) and 0 < self.lr_drop_rate <= 1,
-             "lr_drop_rate must be a number in (0, 1]"),
-            (self.eval_batch_size > 0, "eval_batch_size must be > 0"),
             (re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device) is not None,
              "device must be auto, cpu, cuda or cuda:N"),
         ]
         for ok, message in checks:
             if not ok:
                 raise PrunebenchError(f"train config: {message}")
+
+
+def check_crop_padding(padding: int, side: int, dataset: str) -> None:
+    """A random crop keeps at least half the image's rows and columns: more padding than half
+    the side makes crops of mostly padding (and a huge one exhausts memory)."""
+    if padding > side // 2:
+        raise PrunebenchError(f"train config: crop_padding={padding} is more than half the "
+                              f"{side}-pixel side of the {dataset} images; allowed: 0.."
+                              f"{side // 2}")
 
 
 def recipe(dataset: str, arch: str) -> dict[str, Any]:
@@ -172,8 +174,11 @@ class RunConfig:
     dataset: str
     arch: str
     method: str
-    sparsity: float | None
-    seed: int
+    sparsity: float | None = option(
+        dataclasses.MISSING, "fraction of prunable weights removed; None: no budget",
+        bounds=SPARSITY_BOUNDS)
+    seed: int = option(dataclasses.MISSING, "seed of the run (init, data order, augmentation)",
+                       bounds=SEED_BOUNDS)
     variant: str = ""  # "" = the method's settings; else a grids block's named settings
     train: TrainConfig = field(default_factory=TrainConfig)
     method_options: dict[str, Any] = field(default_factory=dict)
@@ -183,12 +188,9 @@ class RunConfig:
     def validate(self) -> None:
         check_dataset(self.dataset)
         check_arch(self.arch)
-        if self.sparsity is not None and not 0 <= self.sparsity < 1:
-            raise PrunebenchError(
-                f"sparsity {self.sparsity} is outside [0, 1): it is the fraction of prunable "
-                "weights removed")
-        if self.seed < 0:
-            raise PrunebenchError(f"seed must be >= 0, got {self.seed}")
+        check_fields(self, "")
+        if self.dataset in IMAGE_SIDES:
+            check_crop_padding(self.train.crop_padding, IMAGE_SIDES[self.dataset], self.dataset)
         if self.variant and not re.fullmatch(VARIANT_PATTERN, self.variant):
             raise PrunebenchError(f"variant {self.variant!r} must match {VARIANT_PATTERN} "
                                   "(it names the run folder)")
@@ -227,14 +229,12 @@ def _apply_train(train: TrainConfig, values: dict[str, Any], where: str) -> None
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML run/workflow config, naming the file on any error."""
+    """Read a YAML run/workflow config with the suite's one loader (plan/yamlfile.py: no
+    duplicate keys, no alias bombs, UTF-8 only), naming the file on any error."""
     p = Path(path)
     if not p.is_file():
         raise PrunebenchError(f"config file {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise PrunebenchError(f"config file {p} is not valid YAML: {e}") from None
+    data = load_yaml(p) or {}
     if not isinstance(data, dict):
         raise PrunebenchError(f"config file {p} must hold a mapping at the top level")
     return data
@@ -297,7 +297,7 @@ def resolve(dataset: str, arch: str, method: str, sparsity: float | None, seed: 
     run = RunConfig(dataset, arch, method, sparsity, seed, variant, train, {})
     for key in ("data_dir", "data_root"):
         if key in file_config:
-            setattr(run, key, str(file_config[key]))
+            setattr(run, key, coerce(file_config[key], "str", f"config {key}"))
     train_overrides = {}
     for key, value in (overrides or {}).items():
         if key.startswith("method."):

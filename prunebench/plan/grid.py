@@ -26,10 +26,13 @@ from prunebench.plan.catalogue import MethodSpec, method_catalogue
 from prunebench.plan.config import (
     ARCHS,
     DATASETS,
+    SEED_BOUNDS,
+    SPARSITY_BOUNDS,
     VARIANT_PATTERN,
     layered_settings,
     resolve,
 )
+from prunebench.plan.values import check_allowed, coerce
 
 
 class ConfigError(PrunebenchError):
@@ -78,12 +81,26 @@ def _check_options(key: str, options: dict[str, Any], spec: MethodSpec) -> None:
     spec.typed_options(options, f"config {key}")
 
 
+def _seeds(key: str, values: list[Any]) -> list[int]:
+    out = []
+    for value in values:
+        try:
+            seed = coerce(value, "int", key)
+            check_allowed(seed, key, bounds=SEED_BOUNDS)
+        except PrunebenchError as e:
+            raise ConfigError(key, str(e).removeprefix(f"{key}: ")) from None
+        out.append(seed)
+    return out
+
+
 def _sparsities(key: str, values: list[Any]) -> list[float]:
     out = []
     for value in values:
-        sparsity = float(value)
-        if not 0 <= sparsity < 1:  # also NaN, which the schema's bounds let through
-            raise ConfigError(key, f"sparsity {sparsity} is outside [0, 1)")
+        try:
+            sparsity = coerce(value, "float", key)  # also NaN, which the schema lets through
+            check_allowed(sparsity, "sparsity", bounds=SPARSITY_BOUNDS)
+        except PrunebenchError as e:
+            raise ConfigError(key, str(e).removeprefix(f"{key}: ")) from None
         if float(paths.budget_text(sparsity)) != sparsity:
             raise ConfigError(key, f"sparsity {sparsity} has more than 6 significant digits; its "
                               f"run folder {paths.sparsity_label(sparsity)} would not identify it")
@@ -205,6 +222,7 @@ def expand(config: dict[str, Any]) -> list[Job]:
         _check_block(key, block, catalogue)
         variant = block.get("variant", "")
         sparsities = _sparsities(f"{key}.sparsities", block.get("sparsities") or [])
+        seeds = _seeds(f"{key}.seeds", block.get("seeds") or [])
         for dataset, arch, method in product(block["datasets"], block["archs"],
                                              block["methods"]):
             if dataset == "imagefolder" and dataset not in (config.get("data_roots") or {}):
@@ -230,8 +248,8 @@ def expand(config: dict[str, Any]) -> list[Job]:
                 train = {k: v for _, values in layers for k, v in values.items()}
                 resolved[setting] = (("data_dir", paths.DATA_DIR), *train.items(),
                                      *((f"method.{k}", v) for k, v in options.items()))
-            for sparsity, seed in product(sparsities if budgeted else [None], block["seeds"]):
-                run = Run(dataset, arch, method, variant, sparsity, int(seed))
+            for sparsity, seed in product(sparsities if budgeted else [None], seeds):
+                run = Run(dataset, arch, method, variant, sparsity, seed)
                 jobs.setdefault(run, Job(run, resolved[setting]))
     out = list(jobs.values())
     if config.get("share_dense_phase", True):

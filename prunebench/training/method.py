@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from prunebench.errors import PrunebenchError
-from prunebench.plan.values import coerce
+from prunebench.plan.values import check_fields, coerce
 from prunebench.plan.values import option as option  # method files import it from here
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -104,6 +104,10 @@ class MethodContext:
     """`evaluate(model, split)`: the engine's own evaluation of `model` on 'val' or 'test'
     (top1, top5 in %, loss; eval mode), for a method whose reported figure needs more than one
     evaluation at extract time (e.g. a mean over sampled masks). Never for training or selection."""
+    recipe: dict[str, Any] = field(default_factory=dict, repr=False)
+    """The run's dataset, arch, seed and every `train_*` setting, as its metrics.json records
+    them: what a finished run whose network this one starts from must share
+    (artifact.read_trained_state)."""
 
 
 @dataclass
@@ -128,14 +132,10 @@ class MethodHparams:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def check_choices(self, where: str) -> None:
-        """Refuse a value outside an option's declared choices, naming it and the allowed ones."""
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices", ())
-            value = getattr(self, f.name)
-            if choices and value not in choices:
-                raise PrunebenchError(f"{where} option {f.name}={value!r}; allowed: "
-                                      f"{', '.join(choices)}")
+    def check_values(self, where: str) -> None:
+        """Refuse a value outside an option's declared choices or range, naming it and what is
+        allowed."""
+        check_fields(self, f"{where} option ")
 
 
 class PruningMethod:
@@ -153,7 +153,7 @@ class PruningMethod:
     paper: ClassVar[str] = ""
 
     def __init__(self, hparams: MethodHparams, ctx: MethodContext) -> None:
-        hparams.check_choices(f"method {self.name}")
+        hparams.check_values(f"method {self.name}")
         self.hp = hparams
         self.ctx = ctx
 

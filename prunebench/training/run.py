@@ -37,12 +37,13 @@ from prunebench.data.prepared import (
     PROVENANCE_KEYS,
     DeviceData,
     PreparedData,
+    check_split,
     load_prepared,
     normalization_stats,
 )
 from prunebench.errors import Preempted, PrunebenchError, TrainingDiverged
 from prunebench.fileio import remove_stale_temps, save_torch, write_csv, write_json
-from prunebench.plan.config import RunConfig
+from prunebench.plan.config import RunConfig, check_crop_padding
 from prunebench.training import gpus
 from prunebench.training.artifact import save_network
 from prunebench.training.masking import budget_count, fold, layer_densities, num_prunable
@@ -150,6 +151,8 @@ def build_method(cfg: RunConfig, data: DeviceData, device: torch.device) -> Prun
             t.crop_padding if augment else 0, t.flip and augment),
         evaluate=lambda model, split: evaluate(
             model, data.eval_batches(split, t.eval_batch_size), t.amp and device.type == "cuda"),
+        recipe={"dataset": cfg.dataset, "arch": cfg.arch, "seed": cfg.seed,
+                **{f"train_{k}": v for k, v in cfg.train.__dict__.items()}},
     )
     method = cls(hp, ctx)
     if method.is_budgeted() and cfg.sparsity is None:
@@ -161,14 +164,29 @@ def build_method(cfg: RunConfig, data: DeviceData, device: torch.device) -> Prun
     return method
 
 
+def check_settings_fit(cfg: RunConfig, prepared: PreparedData) -> None:
+    """The settings that only the prepared data can judge (its image size, its class sizes),
+    checked before the run folder exists."""
+    check_crop_padding(cfg.train.crop_padding, min(prepared.image_shape[1:]), cfg.dataset)
+    check_split(prepared.tensors["train_y"].numpy(), cfg.train.val_fraction,
+                "train config: val_fraction")
+
+
 def check_folder(run_dir: Path, cfg: RunConfig) -> str:
     """'new', 'resume' or 'done'; refuses a folder that holds a different config."""
     config_path = run_dir / paths.CONFIG
-    if not config_path.exists():
-        return "new"
+    finished = (run_dir / paths.METRICS).exists()
     try:
         saved = json.loads(config_path.read_text())
-    except json.JSONDecodeError:
+        if not isinstance(saved, dict):
+            raise ValueError(f"it holds a {type(saved).__name__}")
+    except (OSError, ValueError) as e:  # missing, unreadable, not JSON, not UTF-8
+        if finished:  # a finished result is never replaced, least of all by a guess
+            raise PrunebenchError(
+                f"run folder {run_dir} holds a finished run ({paths.METRICS}) but its "
+                f"{paths.CONFIG} is {'missing' if not config_path.exists() else 'unreadable'} "
+                f"({one_line(e)[:120]}), so nothing says which config it ran; it is never "
+                "overwritten: restore the file, or move the folder away to rerun") from None
         return "new"
     if saved.get("digest") != cfg.digest():
         ours = _flatten(cfg.to_dict())
@@ -177,7 +195,21 @@ def check_folder(run_dir: Path, cfg: RunConfig) -> str:
         raise PrunebenchError(
             f"run folder {run_dir} holds a run with a different config (differs in: "
             f"{', '.join(diff) or 'unknown'}); delete the folder or choose another --out")
-    return "done" if (run_dir / paths.METRICS).exists() else "resume"
+    return "done" if finished else "resume"
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    """A finished run's metrics.json, or a one-line error naming it (it is never rewritten)."""
+    path = run_dir / paths.METRICS
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise PrunebenchError(f"{path} cannot be read ({one_line(e)[:120]}); a finished run's "
+                              "result is never rewritten: restore it, or move the folder away "
+                              "to rerun") from None
+    if not isinstance(metrics, dict):
+        raise PrunebenchError(f"{path} holds a {type(metrics).__name__}, not a run's metrics")
+    return metrics
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -243,19 +275,20 @@ def execute(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Run (or resume, or skip when finished) one config into `run_dir`; return its metrics."""
     state = check_folder(run_dir, cfg)
     if state == "done" and not (run_dir / paths.CHECKPOINT).exists():
-        return json.loads((run_dir / paths.METRICS).read_text())
+        return read_metrics(run_dir)
     wall0 = time.perf_counter()
     with preempt_outside_training():
         # Missing or corrupt data and a missing device stop here, before the folder is touched.
         device = resolve_device(cfg.train.device)
         prepared = load_prepared(cfg.dataset, cfg.data_dir)
+        check_settings_fit(cfg, prepared)
         run_dir.mkdir(parents=True, exist_ok=True)
         with folder_lock(run_dir):
             state = check_folder(run_dir, cfg)  # again: another process may have finished it
             stale = remove_stale_temps(run_dir)
             if state == "done":  # killed after metrics.json was written: finish the cleanup
                 (run_dir / paths.CHECKPOINT).unlink(missing_ok=True)
-                return json.loads((run_dir / paths.METRICS).read_text())
+                return read_metrics(run_dir)
             try:
                 return _train_and_measure(cfg, run_dir, state, stale, device, prepared, wall0)
             except Preempted as e:
@@ -441,8 +474,9 @@ def write(run_dir: Path, cfg: RunConfig, built: Built, measured: Measured,
           prepared: PreparedData) -> None:
     """The network, history and layers, then metrics.json last (its presence means finished:
     a finished run always has its network); the checkpoint goes after."""
-    save_network(run_dir, built.model, cfg.arch, built.data.num_classes, prepared.image_shape,
-                 *input_stats(cfg, prepared))
+    measured.metrics.update(save_network(  # their sha256
+        run_dir, built.model, cfg.arch, built.data.num_classes, prepared.image_shape,
+        *input_stats(cfg, prepared)))
     write_csv(run_dir / paths.HISTORY, built.trainer.state.history)
     write_csv(run_dir / paths.LAYERS, measured.layers)
     write_json(run_dir / paths.METRICS, measured.metrics)
