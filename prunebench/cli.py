@@ -93,7 +93,11 @@ def _published(args: argparse.Namespace) -> Path:
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     from prunebench.data.prepared import prepare
+    from prunebench.plan.config import TrainConfig
+    from prunebench.plan.values import check_setting
 
+    # the training setting's declared range, before anything is read or downloaded
+    check_setting(TrainConfig, "val_fraction", args.val_fraction, "--val-fraction")
     path = prepare(args.dataset, args.data_dir, root=args.root, val_fraction=args.val_fraction,
                    url=args.url, checksum=args.checksum)
     _say(path)

@@ -19,7 +19,6 @@ from prunebench.data.archives import one_line
 from prunebench.data.datasets import RawDataset, SourceArgs, get_source
 from prunebench.errors import PrunebenchError
 from prunebench.fileio import remove_stale_temps, save_torch, sha256_file, write_json
-from prunebench.plan.values import check_allowed
 
 FORMAT_VERSION = 1
 SPLIT_SEED = 0
@@ -68,9 +67,10 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarr
 
 
 def check_split(labels: np.ndarray, fraction: float, where: str) -> None:
-    """Refuse a validation fraction outside [0, 1), one that leaves a class without training
-    images, or one above 0 that holds out no image at all (`stratified_split`'s rounding)."""
-    check_allowed(fraction, where, bounds="[0, 1)")
+    """Refuse a validation fraction outside [0, 1) (the domain of `stratified_split`), one that
+    leaves a class without training images, or one above 0 that holds out no image at all."""
+    if not 0 <= fraction < 1:  # NaN too
+        raise PrunebenchError(f"{where}={fraction} is out of range; allowed: in [0, 1)")
     classes, counts = np.unique(labels, return_counts=True)
     held = [int(round(fraction * int(n))) for n in counts]
     emptied = [str(c) for c, n, h in zip(classes, counts, held, strict=True) if n - h < 1]
@@ -106,7 +106,6 @@ def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
 def prepare(name: str, data_dir: str | Path, root: str = "", val_fraction: float = 0.1,
             url: str = "", checksum: str = "") -> Path:
     """Read dataset `name` from its source and write `<data_dir>/<name>.pt` plus its manifest."""
-    check_allowed(val_fraction, "--val-fraction", bounds="[0, 1)")  # before reading anything
     data_dir = Path(data_dir)
     tensor_path = paths.dataset_tensors(data_dir, name)
     manifest_path = paths.dataset_manifest(data_dir, name)
@@ -114,7 +113,7 @@ def prepare(name: str, data_dir: str | Path, root: str = "", val_fraction: float
     remove_stale_temps(data_dir, [tensor_path.name, manifest_path.name])
     raw: RawDataset = get_source(name)(SourceArgs(root=root, work=data_dir / paths.RAW, url=url,
                                                   checksum=checksum))
-    check_split(raw.train_y, val_fraction, "--val-fraction")
+    check_split(raw.train_y, val_fraction, "val_fraction")
     if name in KNOWN_STATS:
         mean, std = KNOWN_STATS[name]
     elif raw.mean is not None and raw.std is not None:

@@ -26,10 +26,6 @@ ARCHS = ("conv2", "conv4", "conv6", "vgg19", "resnet18")  # built by prunebench/
 # Datasets that norm_stats=aslp applies to: ASLP normalises CIFAR-10 with the CIFAR mean and
 # std (0.2023, 0.1994, 0.2010); its CIFAR-100 runs are not public (the values are inferred).
 ASLP_STATS_DATASETS = ("cifar10", "cifar100")
-# Seeds are what every generator of the run accepts (numpy's legacy and SLURM-array-friendly
-# 32-bit range; torch takes 64 bits).
-SEED_BOUNDS = "[0, 4294967295]"
-SPARSITY_BOUNDS = "[0, 1)"
 # Image side of the datasets whose size is fixed (imagefolder's is known once prepared).
 IMAGE_SIDES = {"digits": 8, "cifar10": 32, "cifar100": 32, "tinyimagenet": 64}
 # A variant names a set of settings of one method; it becomes part of the run folder's name.
@@ -176,9 +172,10 @@ class RunConfig:
     method: str
     sparsity: float | None = option(
         dataclasses.MISSING, "fraction of prunable weights removed; None: no budget",
-        bounds=SPARSITY_BOUNDS)
+        bounds="[0, 1)")
+    # 32 bits: what every generator of the run takes (numpy's legacy seeding; torch takes 64)
     seed: int = option(dataclasses.MISSING, "seed of the run (init, data order, augmentation)",
-                       bounds=SEED_BOUNDS)
+                       bounds="[0, 4294967295]")
     variant: str = ""  # "" = the method's settings; else a grids block's named settings
     train: TrainConfig = field(default_factory=TrainConfig)
     method_options: dict[str, Any] = field(default_factory=dict)

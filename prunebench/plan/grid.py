@@ -26,13 +26,12 @@ from prunebench.plan.catalogue import MethodSpec, method_catalogue
 from prunebench.plan.config import (
     ARCHS,
     DATASETS,
-    SEED_BOUNDS,
-    SPARSITY_BOUNDS,
     VARIANT_PATTERN,
+    RunConfig,
     layered_settings,
     resolve,
 )
-from prunebench.plan.values import check_allowed, coerce
+from prunebench.plan.values import check_setting, coerce
 
 
 class ConfigError(PrunebenchError):
@@ -86,7 +85,7 @@ def _seeds(key: str, values: list[Any]) -> list[int]:
     for value in values:
         try:
             seed = coerce(value, "int", key)
-            check_allowed(seed, key, bounds=SEED_BOUNDS)
+            check_setting(RunConfig, "seed", seed, key)
         except PrunebenchError as e:
             raise ConfigError(key, str(e).removeprefix(f"{key}: ")) from None
         out.append(seed)
@@ -98,7 +97,7 @@ def _sparsities(key: str, values: list[Any]) -> list[float]:
     for value in values:
         try:
             sparsity = coerce(value, "float", key)  # also NaN, which the schema lets through
-            check_allowed(sparsity, "sparsity", bounds=SPARSITY_BOUNDS)
+            check_setting(RunConfig, "sparsity", sparsity, "sparsity")
         except PrunebenchError as e:
             raise ConfigError(key, str(e).removeprefix(f"{key}: ")) from None
         if float(paths.budget_text(sparsity)) != sparsity:

@@ -135,6 +135,13 @@ def check_fields(obj: Any, where: str) -> None:
                       f.metadata.get("bounds", ""))
 
 
+def check_setting(owner: type, name: str, value: Any, where: str) -> None:
+    """`value` inside the declared choices and range of field `name` of dataclass `owner`
+    (a setting checked outside its dataclass, e.g. `prepare --val-fraction`)."""
+    f = {f.name: f for f in dataclasses.fields(owner)}[name]
+    check_allowed(value, where, f.metadata.get("choices", ()), f.metadata.get("bounds", ""))
+
+
 def allowed_text(bounds: str) -> str:
     """How a range reads in a message or in `list --options` ("in [0, 1)", ">= 1")."""
     i = interval(bounds)
