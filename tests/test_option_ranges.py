@@ -104,7 +104,7 @@ def test_prepare_checks_the_validation_fraction(fraction: str, tmp_path: Path,
     """0.9999 empties digits' classes; 0.001 holds out nothing (< 0.5 image per class)."""
     data = tmp_path / "data"
     cli_refuses(capsys, ["prepare", "--dataset", "digits", "--data-dir", str(data),
-                         "--val-fraction", fraction], "--val-fraction=")
+                         "--val-fraction", fraction], "fraction=")
     assert not list(data.glob("digits.*"))
     FIGURES["out-of-range values refused"] += 1
 
