@@ -54,6 +54,7 @@ from prunebench.training.frozen import (
 )
 from prunebench.training.masking import attach, prunable_layers, weight_transform
 from prunebench.training.method import (
+    MethodContext,
     MethodHparams,
     OptimGroup,
     Phase,

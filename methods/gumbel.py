@@ -89,6 +89,7 @@ from prunebench.training.masking import (
     weight_transform,
 )
 from prunebench.training.method import (
+    MethodContext,
     MethodHparams,
     OptimGroup,
     Phase,
