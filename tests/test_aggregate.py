@@ -228,8 +228,9 @@ def test_rerun_includes_new_runs(grid: Path, tmp_path: Path) -> None:
 
 
 def test_missing_or_empty_runs_folder(tmp_path: Path) -> None:
-    with pytest.raises(PrunebenchError, match="does not exist"):
+    with pytest.raises(PrunebenchError, match="does not exist") as e:
         summarize_runs(tmp_path / "nope")
+    assert str(e.value).endswith(f"(python -m prunebench run ... --out {tmp_path / 'nope'})")
     (tmp_path / "empty").mkdir()
     with pytest.raises(PrunebenchError, match="no run folders"):
         summarize_runs(tmp_path / "empty")

@@ -55,6 +55,23 @@ def test_random_hits_exact_budget(digits_dir: Path, tmp_path: Path,
     assert m["macs_effective"] < 0.2 * m["macs_dense"]
 
 
+@pytest.mark.parametrize("quiet", [["-q", "run"], ["run", "--quiet"]])
+def test_quiet_run_prints_nothing_but_logs_everything(
+        quiet: list[str], digits_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """--quiet (before or after the subcommand): no closing line, no per-epoch lines on the
+    terminal; log.txt keeps them. Without it, both are printed."""
+    args = ["--dataset", "digits", "--arch", "conv2", "--method", "dense", "epochs=1",
+            f"data_dir={digits_dir}"]
+    loud = prunebench(capsys, "run", *args, "--out", str(tmp_path / "loud"))
+    assert loud.returncode == 0 and '"test_top1"' in loud.stdout and "done:" in loud.stderr
+    res = prunebench(capsys, *quiet, *args, "--out", str(tmp_path / "quiet"))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "" and res.stderr == ""
+    log = (tmp_path / "quiet/digits/conv2/dense/snone/seed0/log.txt").read_text()
+    assert "done:" in log and "epoch" in log
+
+
 def test_print_run_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     res = prunebench(capsys, "run", "--dataset", "digits", "--arch", "conv4", "--method", "random",
                      "--sparsity", "0.95", "--seed", "2", "--out", str(tmp_path),

@@ -2,12 +2,14 @@
 `list --options METHOD` (a method's options with defaults and the help of their fields)."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import re
 
 import pytest
 
-from prunebench import __version__, provenance
-from prunebench.cli import main
+from prunebench import __version__, paths, provenance
+from prunebench.cli import build_parser, main
 from prunebench.training.registry import get_method
 
 
@@ -48,3 +50,45 @@ def test_list_options_of_unknown_method(capsys: pytest.CaptureFixture[str]) -> N
         main(["list", "--options", "nope"])
     assert e.value.code == 2
     assert "unknown method 'nope'; registered methods: " in capsys.readouterr().err
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+def test_every_subcommand_has_a_description_and_every_option_help() -> None:
+    for name, sub in _subparsers().items():
+        assert sub.description and len(sub.description) > 40, name
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+
+
+def test_one_config_flag_everywhere_with_a_hidden_alias(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """--configfile on run, report and coverage (as Snakemake names it); --config is accepted
+    and means the same, but --help does not show it."""
+    subs = _subparsers()
+    for name in ("run", "report", "coverage"):
+        text = subs[name].format_help()
+        assert "--configfile YAML" in text and "--config " not in text, name
+        assert subs[name].parse_args(_required(name) + ["--config", "x.yaml"]).configfile == (
+            "x.yaml")
+        assert subs[name].parse_args(_required(name) + ["--configfile", "y.yaml"]).configfile \
+            == "y.yaml"
+    assert not [n for n, s in subs.items() if n not in ("run", "report", "coverage")
+                and "--config" in s.format_help()]
+
+
+def _required(name: str) -> list[str]:
+    return (["--dataset", "digits", "--arch", "conv4", "--method", "dense"] if name == "run"
+            else [])
+
+
+def test_help_lists_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for code in paths.EXIT_CODES:
+        assert re.search(rf"^ +{code}  \S", out, re.M), code

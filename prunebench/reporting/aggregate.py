@@ -237,7 +237,7 @@ def summarize_runs(runs_root: str | Path) -> pd.DataFrame:
     runs_root = Path(runs_root)
     if not runs_root.is_dir():
         raise PrunebenchError(f"runs folder {runs_root} does not exist; train some runs first "
-                              "(python -m prunebench run ... --out {runs_root})")
+                              f"(python -m prunebench run ... --out {runs_root})")
     dirs = find_run_dirs(runs_root)
     if not dirs:
         raise PrunebenchError(f"no run folders (config.json, metrics.json or failed.json) under "
