@@ -108,6 +108,7 @@ def _check_synflow(cfg: RunConfig) -> None:
     assert (t.schedule, t.drop_epochs(), t.lr_drop_rate) == ("multistep", (60, 120), 0.1)
     assert (t.lr, t.weight_decay, t.weight_decay_scope) == (0.1, 1e-4, "all")
     assert (t.batch_size, t.epochs, t.val_fraction, t.selection) == (128, 160, 0.0, "final")
+    assert t.test_each_epoch is True  # which epoch SynFlow's arrays hold is not recorded
     assert "inferred" in t.protocol_note and "not in the repository" in t.protocol_note
     if cfg.method == "snip":
         o = cfg.method_options

@@ -43,12 +43,14 @@ class TrainConfig:
     lr: float = option(0.1, "learning rate of the weights", bounds="(0, inf)")
     momentum: float = option(0.9, "SGD momentum (Adam beta1) of the weights",
                              bounds="[0, 1)")
-    nesterov: bool = option(False, "Nesterov momentum for the weights' SGD (SynFlow: on)")
+    nesterov: bool = option(False, "Nesterov momentum for the network's SGD (SynFlow: on; a "
+                            "method's own tensors keep their own settings)")
     weight_decay: float = option(5e-4, "L2 weight decay (on the tensors of weight_decay_scope)",
                                  bounds="[0, inf)")
     weight_decay_scope: str = option(
-        "weights", "tensors that decay: weights (Conv/Linear weights only) or all (every "
-        "trained parameter, biases and norms too: SynFlow)", ("weights", "all"))
+        "weights", "network tensors that decay: weights (Conv/Linear weights only) or all "
+        "(biases and norms too: SynFlow); a method's own tensors keep their own settings",
+        ("weights", "all"))
     schedule: str = option("cosine", "lr schedule, stepped per optimiser step over each phase; "
                            "step: x0.1 at 50 % and 75 %; multistep: lr_drop_epochs",
                            ("cosine", "step", "multistep", "constant"))
