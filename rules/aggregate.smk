@@ -23,7 +23,7 @@ rule aggregate_runs:
     retries: 0
     localrule: True
     conda:
-        "../environment.yml"
+        "../envs/workflow.yaml"
     resources:
         mem_mb=4000,
         runtime=30,

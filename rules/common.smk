@@ -48,6 +48,13 @@ def engine_checkout():
 ENGINE_CHECKOUT = engine_checkout()
 if ENGINE_CHECKOUT:
     sys.path.insert(0, ENGINE_CHECKOUT)  # this process plans with the checkout's engine
+elif "CONDA" in {m.name for m in workflow.deployment_settings.deployment_method}:
+    raise WorkflowError(
+        "this workflow's folder holds no prunebench/ (a deployed copy), so its jobs run the "
+        "installed prunebench, which the rules' conda environment (envs/workflow.yaml) lacks: "
+        "run it without --use-conda / --sdm conda, in the environment prunebench is installed "
+        "in, or from a checkout of prunebench (docs/notes/workflow.md)"
+    )
 try:
     from prunebench import paths
     from prunebench.errors import PrunebenchError
@@ -116,11 +123,13 @@ def runs_root(wildcards):
 
 def workflow_file(path):
     """A file of the workflow itself (config/, report/), found beside the Snakefile wherever
-    snakemake runs (`--directory`), not in the working folder; from Snakemake's source cache
-    when the workflow is read from a remote copy (a snakedeploy module)."""
+    snakemake runs (`--directory`), not in the working folder. A workflow read from a remote
+    copy (a snakedeploy module) takes the deployment's copy (`config/` beside the deployment's
+    workflow/ folder), else the one in Snakemake's source cache."""
     if WORKFLOW_DIR:
         return os.path.join(WORKFLOW_DIR, path)
-    return workflow.source_path(f"../{path}")
+    deployed = os.path.normpath(os.path.join(workflow.basedir, "..", path))
+    return deployed if os.path.isfile(deployed) else workflow.source_path(f"../{path}")
 
 
 # The config file the report describes: config/config.yaml, or the (last) --configfile,

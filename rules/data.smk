@@ -12,7 +12,7 @@ rule prepare_dataset:
     # which compute nodes often lack.
     localrule: True
     conda:
-        "../environment.yml"
+        "../envs/workflow.yaml"
     resources:
         mem_mb=16000,
         runtime=120,

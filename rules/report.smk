@@ -18,7 +18,7 @@ rule plot_figures:
     retries: 0
     localrule: True
     conda:
-        "../environment.yml"
+        "../envs/workflow.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
@@ -48,7 +48,7 @@ rule build_report:
     retries: 0
     localrule: True
     conda:
-        "../environment.yml"
+        "../envs/workflow.yaml"
     resources:
         mem_mb=4000,
         runtime=30,

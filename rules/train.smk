@@ -10,7 +10,7 @@ rule check_options:
     retries: 0
     localrule: True
     conda:
-        "../environment.yml"
+        "../envs/workflow.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
@@ -43,7 +43,7 @@ rule train_run:
     benchmark:
         RUN_BENCHMARK
     conda:
-        "../environment.yml"
+        "../envs/workflow.yaml"
     threads: run_threads
     resources:
         gpu=run_resource("gpu"),

@@ -1,11 +1,13 @@
-"""environment.yml (conda users, the rules' `conda:` env) and requirements.txt (pip users) must
-pin the same packages at the same versions; the pins resolve on every Python the pinned torch
-supports. The package itself (wheel, metadata, ranges): tests/test_packaging.py."""
+"""environment.yml (conda users), envs/workflow.yaml (the rules' `conda:` env) and
+requirements.txt (pip users) must pin the same packages at the same versions; the pins resolve on
+every Python the pinned torch supports. The package itself (wheel, metadata, ranges):
+tests/test_packaging.py."""
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -16,8 +18,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 PIN = re.compile(r"^([A-Za-z0-9_.\-\[\]]+)\s*==\s*([^\s;#]+)$")
-# environment.yml's last pip line: prunebench itself, from the folder conda runs in.
-SELF_INSTALL = "-e ${PWD}"
+# environment.yml's last pip line: prunebench itself, from the environment file's folder (conda
+# runs pip there), so from the checkout wherever conda is started; never ${PWD}.
+SELF_INSTALL = "-e ."
 # Dependencies PyPI has only as a source archive (snakemake's connection_pool): built into a
 # wheel first, since a resolve for another Python accepts wheels only.
 SDIST_ONLY = ["connection_pool==0.0.3"]
@@ -37,28 +40,36 @@ def _pins(lines: list[str], where: str) -> dict[str, str]:
     return pins
 
 
-def _environment() -> dict:
-    return yaml.safe_load((REPO / "environment.yml").read_text())
+def _environment(name: str = "environment.yml") -> dict:
+    return yaml.safe_load((REPO / name).read_text())
 
 
-def test_environment_pins_equal_requirements() -> None:
+@pytest.mark.parametrize("name", ["environment.yml", "envs/workflow.yaml"])
+def test_environment_pins_equal_requirements(name: str) -> None:
+    """environment.yml also installs prunebench (last); the rules' envs/workflow.yaml does not
+    (each job runs the checkout's engine, rules/common.smk)."""
     required = _pins((REPO / "requirements.txt").read_text().splitlines(), "requirements.txt")
-    deps = _environment()["dependencies"]
+    deps = _environment(name)["dependencies"]
     pip_sections = [d["pip"] for d in deps if isinstance(d, dict) and "pip" in d]
-    assert len(pip_sections) == 1, "environment.yml needs exactly one pip: section"
-    assert pip_sections[0][-1] == SELF_INSTALL, "environment.yml must install prunebench last"
-    from_env = _pins(pip_sections[0][:-1], "environment.yml pip:")
+    assert len(pip_sections) == 1, f"{name} needs exactly one pip: section"
+    pins = pip_sections[0]
+    if name == "environment.yml":
+        assert pins[-1] == SELF_INSTALL, "environment.yml must install prunebench last"
+        pins = pins[:-1]
+    from_env = _pins(pins, f"{name} pip:")
     missing = sorted(set(required) - set(from_env))
     extra = sorted(set(from_env) - set(required))
     assert not missing and not extra, (
-        f"environment.yml lacks {missing} and has extra {extra} compared with requirements.txt")
+        f"{name} lacks {missing} and has extra {extra} compared with requirements.txt")
     differ = {n: (required[n], from_env[n]) for n in required if required[n] != from_env[n]}
-    assert not differ, f"versions differ (requirements.txt, environment.yml): {differ}"
+    assert not differ, f"versions differ (requirements.txt, {name}): {differ}"
 
 
-def test_environment_python_and_channels() -> None:
-    env = _environment()
-    assert env["name"] == "prunebench"
+@pytest.mark.parametrize("name", ["environment.yml", "envs/workflow.yaml"])
+def test_environment_python_and_channels(name: str) -> None:
+    env = _environment(name)
+    assert env["name"] == {"environment.yml": "prunebench",
+                           "envs/workflow.yaml": "prunebench-workflow"}[name]
     assert env["channels"] == ["conda-forge"]
     conda_deps = [d for d in env["dependencies"] if isinstance(d, str)]
     assert "pip" in conda_deps
@@ -94,19 +105,30 @@ def test_requirements_resolve_on_newer_python(tmp_path: Path, python: str) -> No
         assert resolved.get(name) == version, (name, resolved.get(name))
 
 
-def test_environment_installs_prunebench_from_a_copy_of_the_file(tmp_path: Path) -> None:
-    """Snakemake's --use-conda creates the environment from its copy of environment.yml under
-    .snakemake/conda/, and conda runs pip there on a requirements file of the pip: lines; pip
-    expands ${PWD}, which is the workflow's folder, so prunebench comes from the repository."""
-    copy = tmp_path / ".snakemake" / "conda"
-    copy.mkdir(parents=True)
-    requirements = copy / "condaenv.requirements.txt"
-    requirements.write_text(SELF_INSTALL + "\n")
+def test_environment_installs_prunebench_from_its_own_folder(tmp_path: Path) -> None:
+    """`conda env create -f <checkout>/environment.yml` runs pip in the environment file's folder
+    on a requirements file of the pip: lines written there, so `-e .` installs the checkout
+    holding the file, from whatever folder conda is started (not the current folder: ${PWD})."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE", "environment.yml"):
+        shutil.copy2(REPO / name, checkout / name)
+    for package in ("prunebench", "methods", "baselines"):
+        shutil.copytree(REPO / package, checkout / package, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    deps = _environment()["dependencies"]
+    (pip_lines,) = [d["pip"] for d in deps if isinstance(d, dict) and "pip" in d]
+    requirements = checkout / "condaenv.requirements.txt"
+    requirements.write_text(pip_lines[-1] + "\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PWD": str(elsewhere),  # a copy without git: no version to read
+           "SETUPTOOLS_SCM_PRETEND_VERSION_FOR_PRUNEBENCH": "0.0.0"}
     out = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps",
-                          "--report", str(tmp_path / "report.json"), "-r", str(requirements)],
-                         cwd=copy, env={**os.environ, "PWD": str(REPO)}, capture_output=True,
-                         text=True, timeout=300)
+                          "--no-build-isolation", "--report", str(tmp_path / "report.json"),
+                          "-r", str(requirements)], cwd=checkout, env=env,
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     (item,) = json.loads((tmp_path / "report.json").read_text())["install"]
     assert item["metadata"]["name"] == "prunebench"
-    assert item["download_info"]["url"] == REPO.as_uri()
+    assert item["download_info"]["url"] == checkout.as_uri()

@@ -282,15 +282,17 @@ def test_terminated_job_is_resubmitted_and_resumes(slurm: dict[str, str],
 
 
 def test_gpu_model_constraint_and_gres_come_from_the_workflow_config(tmp_path: Path) -> None:
-    """resources.train and train_overrides hand the plugin's gpu_model, constraint and gres to
-    train_run (unset ones stay unset); a gres GPU request also makes the run use device=cuda."""
+    """resources.train and train_overrides hand the plugin's gpu_model, constraint, gres,
+    slurm_partition, slurm_account and qos to train_run, per run (unset ones stay unset: the
+    cluster's default partition); a gres GPU request also makes the run use device=cuda."""
     (tmp_path / "config").mkdir()
-    config = _tiny_config(["dense", "random"])
+    config = _tiny_config(["dense", "random", "magnitude"])
     config["train"].pop("device")
-    config["resources"]["train"].update(gpu=1, constraint="a100|h100")
+    config["resources"]["train"].update(gpu=1, constraint="a100|h100", slurm_account="lab")
     config["resources"]["train_overrides"] = [
-        {"methods": ["dense"], "gpu_model": "a100"},
-        {"methods": ["random"], "gpu": 0, "gres": "gpu:h100:1"}]
+        {"methods": ["dense"], "gpu_model": "a100", "slurm_partition": "gpu", "qos": "long"},
+        {"methods": ["random"], "gpu": 0, "gres": "gpu:h100:1"},
+        {"methods": ["magnitude"], "gpu": 0, "slurm_partition": "cpu"}]
     configfile = str(tmp_path / _write_config(tmp_path, config))
     out = subprocess.run(
         [SNAKEMAKE, "aggregate_runs", "-n", "-p", "--forceall", "--workflow-profile", "none",
@@ -300,7 +302,23 @@ def test_gpu_model_constraint_and_gres_come_from_the_workflow_config(tmp_path: P
     jobs = out.stdout.split("\nrule ")
     dense = next(j for j in jobs if j.startswith("train_run") and "/dense/" in j)
     random = next(j for j in jobs if j.startswith("train_run") and "/random/" in j)
+    magnitude = next(j for j in jobs if j.startswith("train_run") and "/magnitude/" in j)
     assert "gpu=1" in dense and "gpu_model=a100" in dense and "constraint=a100|h100" in dense
-    assert "gres" not in dense
+    assert "slurm_partition=gpu" in dense and "qos=long" in dense and "gres" not in dense
     assert "gres=gpu:h100:1" in random and "gpu=0" in random and "gpu_model" not in random
-    assert "device=cuda" in dense and "device=cuda" in random
+    assert "slurm_partition" not in random and "qos" not in random
+    assert "slurm_partition=cpu" in magnitude and "gpu=0" in magnitude
+    assert all("slurm_account=lab" in job for job in (dense, random, magnitude))
+    assert "device=cuda" in dense and "device=cuda" in random and "device=cuda" not in magnitude
+
+
+def test_the_profile_sends_no_run_to_a_partition_of_its_own() -> None:
+    """A run's partition comes from the workflow config only: the SLURM profile sets none for
+    train_run (it used to send every run, CPU-only ones included, to one partition) and no
+    default a job would never see."""
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    assert "slurm_partition" not in profile["set-resources"]["train_run"]
+    assert "slurm_partition" not in profile.get("default-resources", {})
+    for name in ("default", "slurm"):
+        assert yaml.safe_load((REPO / f"profiles/{name}/config.yaml").read_text())[
+            "show-failed-logs"] is True

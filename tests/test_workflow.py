@@ -27,7 +27,7 @@ BIN = Path(sys.executable).parent
 SNAKEMAKE = str(BIN / "snakemake")
 # What a copy of the workflow needs to run (everything else in the repository is not read).
 WORKFLOW_FILES = ("Snakefile", "rules", "config", "profiles", "prunebench", "methods",
-                  "baselines", "report", "environment.yml")
+                  "baselines", "report", "envs", "environment.yml")
 
 
 def _env() -> dict[str, str]:

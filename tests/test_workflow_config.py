@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 WORKFLOW_FILES = ("Snakefile", "rules", "config", "profiles", "prunebench", "methods",
-                  "baselines", "report", "environment.yml")
+                  "baselines", "report", "envs", "environment.yml")
 
 
 @pytest.fixture(scope="module")
