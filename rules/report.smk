@@ -58,5 +58,5 @@ rule build_report:
     shell:
         prunebench(
             "report --results {params.results:q} --published {input.published:q}"
-            " --config {input.config:q} --out {params.out:q} > {log:q} 2>&1"
+            " --configfile {input.config:q} --out {params.out:q} > {log:q} 2>&1"
         )

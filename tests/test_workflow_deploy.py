@@ -16,7 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_packaging import _metadata, fresh_venv, wheel  # noqa: F401 - wheel is a fixture
 from test_workflow import NEW_METHOD, REPO, SNAKEMAKE, _copy_workflow, _env, _tiny_config
+
+# The workflow's own files, without the engine (prunebench/, methods/, baselines/).
+WORKFLOW_ONLY = ("Snakefile", "rules", "config", "profiles", "report", "envs")
 
 # A prunebench that must never run: first on the PYTHONPATH the workflow is started with, as an
 # older install or another checkout would be. The jobs must run the checkout's engine instead.
@@ -29,6 +33,17 @@ def _decoy_env(tmp: Path) -> dict[str, str]:
     (decoy / "prunebench" / "__init__.py").write_text("")
     (decoy / "prunebench" / "__main__.py").write_text(DECOY)
     return {**_env(), "PYTHONPATH": str(decoy)}
+
+
+def _workflow_only(dest: Path) -> Path:
+    """A copy of the workflow's files alone, as a deployment has them."""
+    dest.mkdir(parents=True)
+    for name in WORKFLOW_ONLY:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO / name, dest / name)
+    return dest
 
 
 def _elsewhere(workdir: Path, *args: str, env: dict[str, str], timeout: int = 900
@@ -201,11 +216,7 @@ def test_a_deployed_copy_refuses_conda_without_the_engine(tmp_path: Path) -> Non
     """The workflow's files without prunebench/ beside them (a deployed copy) plan and run with
     the installed engine, which the rules' conda environment lacks: `--use-conda` stops before
     any job, saying why; without it the copy's jobs run the installed engine (no PYTHONPATH)."""
-    copy = tmp_path / "deployed"
-    copy.mkdir()
-    for name in ("rules", "config", "profiles", "report", "envs"):
-        shutil.copytree(REPO / name, copy / name)
-    shutil.copy2(REPO / "Snakefile", copy / "Snakefile")
+    copy = _workflow_only(tmp_path / "deployed")
     args = [SNAKEMAKE, "-n", "-p", "--cores", "1", "aggregate_runs"]
     refused = subprocess.run([*args, "--use-conda"], cwd=copy, env=_env(), capture_output=True,
                              text=True, timeout=300)
@@ -215,3 +226,36 @@ def test_a_deployed_copy_refuses_conda_without_the_engine(tmp_path: Path) -> Non
                            timeout=300)
     assert plain.returncode == 0, plain.stderr[-3000:]
     assert " python -m prunebench run " in plain.stdout and "PYTHONPATH=" not in plain.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_runs_with_the_engine_installed_from_the_wheel(wheel: Path, tmp_path: Path) -> None:  # noqa: F811
+    """The workflow's files without the engine, run from another folder by a virtualenv holding
+    the wheel (its dependencies from this environment): the installed engine plans and runs
+    every job (no PYTHONPATH in the commands), to the PDF, and the runs record its version."""
+    if shutil.which("latexmk") is None:
+        pytest.skip("latexmk is not installed (make test installs it as root on Debian)")
+    bin_dir = fresh_venv(tmp_path / "venv")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(OMP_NUM_THREADS="1", PATH=f"{bin_dir}{os.pathsep}{env['PATH']}")
+    python = str(bin_dir / "python")
+    install = subprocess.run([python, "-m", "pip", "install", "--no-index", "--quiet",
+                              str(wheel)], env=env, capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-3000:]
+    workflow = _workflow_only(tmp_path / "workflow")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    configfile = tmp_path / "tiny.yaml"
+    configfile.write_text(yaml.safe_dump(_tiny_config(["dense", "random"])))
+    out = subprocess.run([python, "-m", "snakemake", "-s", str(workflow / "Snakefile"), "-d",
+                          str(workdir), "--cores", "2", "--configfile", str(configfile)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-6000:]
+    assert "python -m prunebench run " in log and "PYTHONPATH=" not in log, log[-3000:]
+    assert (workdir / "results/report/report.pdf").read_bytes().startswith(b"%PDF")
+    version = _metadata(wheel)["Version"]
+    for metrics in (workdir / "results/runs").rglob("metrics.json"):
+        recorded = json.loads(metrics.read_text())
+        assert recorded["prunebench_version"] == version and recorded["git_commit"] == ""
