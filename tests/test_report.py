@@ -26,6 +26,7 @@ from prunebench.reporting.papers import PAPERS, PROPOSED
 from prunebench.reporting.published import compare_published, load_published
 from prunebench.reporting.report import build_report, latex_escape
 from prunebench.reporting.statistics import paired_differences
+from prunebench.reporting.style import looks, results_looks
 
 REPARAM_90 = (84.0, 86.0)  # seeds 0, 1: mean 85.00, std 1.41; published 85.57
 NASTY = r"loss & 100% _nan_ #1 {x} ~ ^ \ $ <>"
@@ -97,8 +98,8 @@ def test_figures_written_with_manifest(results: Path) -> None:
 def test_published_points_are_overlaid(results: Path) -> None:
     runs, settings = load_summary(results)
     published = load_published(results / "published.csv")
-    palette = {m: (0.1, 0.2, 0.3) for m in set(runs["method"]) | set(published["method"])}
-    fig, caption = accuracy_vs_sparsity(runs, settings, published, "cifar10", "conv4", palette)
+    styles = results_looks(runs, published)
+    fig, caption = accuracy_vs_sparsity(runs, settings, published, "cifar10", "conv4", styles)
     ax = fig.axes[0]
     points = {(round(float(x), 4), round(float(y), 2)) for c in ax.collections
               if isinstance(c, PathCollection) for x, y in c.get_offsets()}
@@ -306,7 +307,7 @@ def test_variants_are_separate_labelled_rows(papers: Path) -> None:
     assert gumbel["n"].tolist() == [3, 3]
     tex = _papers_tex(papers)
     table = tex[tex.index(r"\section{Results}"):tex.index(r"\section{Published versus")]
-    assert r"gumbel (sc-aug)$^\dagger$ & 77.00 $\pm$ 1.00" in table
+    assert r"\vkey{0072B2}gumbel (sc-aug)$^\dagger$ & 77.00 $\pm$ 1.00" in table  # as drawn
     assert r"gumbel (sc-aug-rescale)$^\dagger$ & 78.00 $\pm$ 1.00" in table
     fig = [f for f in _manifest(papers)["figures"]
            if f["kind"] == "accuracy_vs_sparsity" and f["arch"] == "conv2"]
@@ -354,7 +355,7 @@ def test_uncovered_published_rows_are_listed(papers: Path) -> None:
                   tex.index(r"\section{Does the difference hold")]
     assert "6 of the 17 published rows have no number of ours" in section
     assert section.count("not reproduced: no finished runs of that setting") == 3
-    assert r"cifar10 & conv4 & reparam & 0.97 & dupont2021\_reparam" in section
+    assert r"cifar10 & conv4 & \mkey{D55E00}reparam & 0.97 & dupont2021\_reparam" in section
     assert section.count("ambiguous: 2 published rows") == 2
     assert "no finished run here (published rows in\nparentheses): tinyimagenet / conv4 (1)." \
         in section  # a dataset we did not run: counted, not itemised
@@ -386,7 +387,7 @@ def test_paired_interval_matches_hand_computation(papers: Path) -> None:
     tex = _papers_tex(papers)
     assert (f"[{row['ci_low_pct']:+.2f}, {row['ci_high_pct']:+.2f}] & not resolved"
             in tex)
-    assert r"gumbel (sc-aug) & edgepopup (sc-aug) at 0.5 & 3 &" in tex
+    assert r"gumbel (sc-aug) & \vkey{88CCEE}edgepopup (sc-aug) at 0.5 & 3 &" in tex
 
 
 def test_paired_interval_uses_shared_seeds_only(papers: Path) -> None:
@@ -421,9 +422,10 @@ def test_paper_sections_render(papers: Path) -> None:
         assert latex_escape(title) in section
     assert "figures/paper_dupont2021_reparam_curves_cifar10_conv4.pdf" in section
     assert "figures/paper_dupont2022_gumbel_bars_cifar10.pdf" in section
-    assert r"conv2 & gumbel (sc-rescale) & signed-constant; smart rescale & 43.4 & " \
+    assert r"conv2 & \vkey{0072B2}gumbel (sc-rescale) & signed-constant; smart rescale & 43.4 & " \
            r"43.0 $\pm$ 1.0 (3) &" in section
-    assert "conv2 & edgepopup & signed-constant & 40.9 & not reproduced &" in section
+    assert r"conv2 & \mkey{88CCEE}edgepopup & signed-constant & 40.9 & not reproduced &" \
+        in section
 
 
 def test_paper_curves_overlay_published_values(papers: Path) -> None:
@@ -447,7 +449,7 @@ def test_macs_figure_written(papers: Path) -> None:
         assert (papers / "figures" / entry["pdf"]).read_bytes()[:4] == b"%PDF"
     _, settings = load_summary(papers)
     fig, caption = accuracy_vs_macs(settings, "cifar10", "conv4",
-                                    dict.fromkeys(["dense", *PAPER_TOP1[0.9]], "black"))
+                                    looks((m, "") for m in ["dense", *PAPER_TOP1[0.9]]))
     ax = fig.axes[0]
     assert ax.get_xscale() == "log"
     flat = [tuple(line.get_ydata()) for line in ax.lines if len(set(line.get_ydata())) == 1]

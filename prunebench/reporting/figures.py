@@ -5,13 +5,14 @@ Per dataset/arch: test accuracy vs sparsity (mean +- std over seeds, published p
 test accuracy vs effective MACs, training curves (history.csv) and per-layer density of the
 extracted networks (layers.csv). Once: reproduced vs published accuracy, where settings match.
 Per paper (papers.PAPER_FIGURES): its published figures and tables redrawn from the reproduced
-runs.
+runs. Every method is drawn in its fixed look (style.py).
 """
 from __future__ import annotations
 
 import json
 import textwrap
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator  # noqa: E402
 
 from prunebench import paths  # noqa: E402
@@ -42,16 +44,10 @@ from prunebench.reporting.published import (  # noqa: E402
     load_published,
     match_published,
 )
+from prunebench.reporting.style import Look, results_looks  # noqa: E402
 
 FORMATS = ("pdf", "png")
 PNG_DPI = 150
-
-
-def _palette(labels: list[str]) -> dict[str, Any]:
-    """One colour per method label, the same in every figure of a results set."""
-    name = "colorblind" if len(labels) <= 10 else "husl"
-    colors = sns.color_palette(name, n_colors=max(len(labels), 1))
-    return dict(zip(labels, colors, strict=False))
 
 
 def _save(fig: plt.Figure, out_dir: Path, name: str) -> list[str]:
@@ -107,71 +103,122 @@ def _sparsity_axis(ax: plt.Axes, ticks: list[float], extent: list[float]) -> Non
     ax.set_xlabel("sparsity (fraction of prunable weights removed; log scale of density)")
 
 
+def _look(looks: dict[str, Look], label: str) -> Look:
+    """The look of `label`; black for a label the results set did not list."""
+    return looks.get(label) or Look(label, "", "#000000", "o")
+
+
+def _line(ax: plt.Axes, x: Any, mean: Any, std: Any, look: Look) -> None:
+    """A method's mean as a line in its look, its ± std as a light band of its colour."""
+    ax.plot(x, mean, **look.line_kwargs())
+    lo, hi = np.asarray(mean, float) - np.asarray(std, float), np.asarray(mean, float) + \
+        np.asarray(std, float)
+    ax.fill_between(x, lo, hi, color=look.color, alpha=0.15, linewidth=0, gid=look.label,
+                    zorder=look.zorder - 1)
+
+
+def _point(ax: plt.Axes, x: float, y: float, xerr: float, yerr: float, look: Look) -> None:
+    """One setting as its method's marker with error bars, every artist tagged with its label."""
+    container = ax.errorbar(x, y, xerr=xerr, yerr=yerr, capsize=3,
+                            **{**look.line_kwargs(), "linestyle": "none"})
+    for artist in container.get_children():
+        artist.set_gid(look.label)
+
+
+def _handle(look: Look, **changes: Any) -> Line2D:
+    """A legend entry drawn as the method is drawn."""
+    kwargs = {k: v for k, v in look.line_kwargs().items() if k not in ("gid", "zorder")}
+    return Line2D([], [], label=look.label, **{**kwargs, **changes})
+
+
+def _legend_outside(owner: plt.Axes | plt.Figure, handles: list[Any]) -> None:
+    """The legend right of the plot, never over the data."""
+    if isinstance(owner, plt.Figure):
+        owner.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                     frameon=False)
+    else:
+        owner.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5),
+                     frameon=False)
+
+
+def _in_order(looks: dict[str, Look], labels: Any) -> list[str]:
+    """`labels` in legend order (proposed, baselines, controls), unknown ones last."""
+    present = set(labels)
+    return [lab for lab in looks if lab in present] + sorted(present - set(looks))
+
+
+def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(label=[method_label(m, v) for m, v in zip(frame["method"],
+                                                                  frame["variant"], strict=True)])
+
+
 def accuracy_vs_sparsity(runs: pd.DataFrame, settings: pd.DataFrame, published: pd.DataFrame,
-                         dataset: str, arch: str, palette: dict[str, Any]
+                         dataset: str, arch: str, looks: dict[str, Look]
                          ) -> tuple[plt.Figure, str]:
-    """Mean +- std test top-1 over seeds per method, published points overlaid."""
+    """Mean ± std test top-1 over seeds per method, published points overlaid."""
     ok = runs[(runs["status"] == "ok") & (runs["dataset"] == dataset) & (runs["arch"] == arch)]
-    ok = ok.assign(label=[method_label(m, v) for m, v in zip(ok["method"], ok["variant"],
-                                                            strict=True)],
-                   density=1 - ok["sparsity_target"])
-    st = settings[(settings["dataset"] == dataset) & (settings["arch"] == arch)]
-    pub = published[(published["dataset"] == dataset) & (published["arch"] == arch)]
-    pub = pub.assign(label=[method_label(m, v) for m, v in zip(pub["method"], pub["variant"],
-                                                              strict=True)])
+    st = _labelled(settings[(settings["dataset"] == dataset) & (settings["arch"] == arch)])
+    done = st[st["n"] > 0]
+    pub = _labelled(published[(published["dataset"] == dataset) & (published["arch"] == arch)])
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    budgeted = ok[ok["sparsity_target"].notna()]
-    if len(budgeted):
-        sns.lineplot(data=budgeted, x="density", y="test_top1_pct", hue="label", palette=palette,
-                     errorbar="sd", marker="o", ax=ax, legend=False, err_kws={"alpha": 0.2})
-    free = st[st["sparsity_target"].isna() & (st["n"] > 0)]
+    budgeted = done[done["sparsity_target"].notna()]
+    for label, group in budgeted.groupby("label", sort=False):
+        group = group.sort_values("sparsity_target")
+        _line(ax, 1 - group["sparsity_target"], group["test_top1_pct_mean"],
+              group["test_top1_pct_std"].fillna(0), _look(looks, label))
+    free = done[done["sparsity_target"].isna()]
     for row in free.itertuples():
-        label = method_label(row.method, row.variant)
-        ax.errorbar(1 - row.sparsity_achieved_mean, row.test_top1_pct_mean,
-                    xerr=_nan0(row.sparsity_achieved_std), yerr=_nan0(row.test_top1_pct_std),
-                    fmt="D", color=palette[label], capsize=3, markersize=6)
-    ticks = list(ok["sparsity_target"].dropna()) + list(pub["sparsity"].dropna())
+        look = _look(looks, row.label)
+        _point(ax, 1 - row.sparsity_achieved_mean, row.test_top1_pct_mean,
+               _nan0(row.sparsity_achieved_std), _nan0(row.test_top1_pct_std), look)
+        if row.method == "dense":
+            ax.axhline(row.test_top1_pct_mean, color=look.color, linestyle=look.linestyle,
+                       linewidth=look.linewidth, gid=look.label, zorder=1)
+    ticks = list(budgeted["sparsity_target"]) + list(pub["sparsity"].dropna())
     if (ok["sparsity_achieved"] == 0).any():
         ticks.append(0.0)
     extent = list(ok["sparsity_achieved"].dropna())
     placed_at_ours = off_axis = 0
     for row in pub.itertuples():
-        color = palette.get(row.label, "black")
+        look = _look(looks, row.label)
+        star = {"marker": "*", "s": 150, "color": look.color, "edgecolors": "black",
+                "linewidths": 0.6, "zorder": 5, "gid": look.label}
         if not pd.isna(row.sparsity):
-            ax.scatter(1 - row.sparsity, row.accuracy, marker="*", s=140, color=color,
-                       edgecolors="black", linewidths=0.6, zorder=5)
+            ax.scatter(1 - row.sparsity, row.accuracy, **star)
             continue
         ours = free[(free["method"] == row.method) & (free["variant"] == row.variant)]
         if len(ours):
-            ax.scatter(1 - ours["sparsity_achieved_mean"].mean(), row.accuracy, marker="*",
-                       s=140, color=color, edgecolors="black", linewidths=0.6, zorder=5)
+            ax.scatter(1 - ours["sparsity_achieved_mean"].mean(), row.accuracy, **star)
             placed_at_ours += 1
         else:
-            ax.axhline(row.accuracy, color=color, linestyle=":", linewidth=1.2)
+            ax.axhline(row.accuracy, color=look.color, linestyle=":", linewidth=1.2,
+                       gid=look.label)
             off_axis += 1
     _sparsity_axis(ax, ticks, extent)
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.set_title(f"{dataset} / {arch}")
-    labels = sorted(set(ok["label"]) | set(pub["label"]))
-    handles = [Line2D([], [], color=palette.get(lab, "black"), marker="o", label=lab)
-               for lab in labels]
-    handles += [Line2D([], [], color="black", marker="o", label="ours, budget: mean ± std"),
-                Line2D([], [], color="black", marker="D", linestyle="",
-                       label="ours, no budget: mean ± std (x and y)")]
+    handles = [_handle(_look(looks, lab)) for lab in _in_order(looks, [*done["label"],
+                                                                        *pub["label"]])]
+    handles.append(Line2D([], [], color="black", marker="+", markersize=10, linestyle="none",
+                          label="no budget: at its achieved sparsity\n(error bars in x and y)"))
     if len(pub):
         handles.append(Line2D([], [], color="white", marker="*", markersize=11, linestyle="",
                               markeredgecolor="black", label="published"))
     if off_axis:
         handles.append(Line2D([], [], color="black", linestyle=":",
                               label="published, sparsity not reported"))
-    ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _legend_outside(ax, handles)
     n_seeds = sorted(set(ok["seed"].dropna().astype(int)))
     failed = st[st["n_failed"] > 0]
     caption = (f"Test top-1 accuracy against sparsity on {dataset} with {arch}: lines and bands "
                f"are the mean ± standard deviation over seeds ({len(n_seeds)} seed(s): "
-               f"{', '.join(map(str, n_seeds))}) of the finished runs; diamonds are methods "
-               "without a budget, placed at their achieved sparsity (error bars: std in both "
-               "axes). ")
+               f"{', '.join(map(str, n_seeds))}) of the finished runs, one colour and marker "
+               "per method (a variant: its method's colour, its own dashes and marker fill); "
+               "methods without a budget are single points at their achieved sparsity (error "
+               "bars: std in both axes)")
+    caption += ("; the dashed black line is the dense runs' accuracy. " if (free["method"] ==
+                                                                           "dense").any()
+                else ". ")
     if len(pub):
         caption += f"Stars are the {len(pub)} published result(s) for this dataset and arch"
         if placed_at_ours:
@@ -193,143 +240,194 @@ def _nan0(v: float) -> float:
     return 0.0 if pd.isna(v) else float(v)
 
 
-def reproduced_vs_published(matched: pd.DataFrame, palette: dict[str, Any]
+def _panels(n: int, wrap: int, width: float, height: float, **kwargs: Any
+            ) -> tuple[plt.Figure, list[plt.Axes]]:
+    """`n` panels in rows of `wrap`; the unused cells of the last row are hidden."""
+    cols = max(1, min(wrap, n))
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False,
+                             **kwargs)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def reproduced_vs_published(matched: pd.DataFrame, looks: dict[str, Look]
                             ) -> tuple[plt.Figure, str]:
-    """Our mean accuracy (± std) against the published one, where settings match."""
-    fig, ax = plt.subplots(figsize=(6, 5))
-    data = matched.assign(**{"dataset / arch": matched["dataset"] + " / " + matched["arch"],
-                             "method": [method_label(m, v) for m, v in
-                                        zip(matched["method"], matched["variant"], strict=True)]})
-    sns.scatterplot(data=data, x="published_top1_pct", y="ours_top1_pct_mean", hue="method",
-                    style="dataset / arch", palette=palette, s=70, ax=ax, zorder=3)
-    ax.errorbar(data["published_top1_pct"], data["ours_top1_pct_mean"],
-                yerr=data["ours_top1_pct_std"].fillna(0), fmt="none", ecolor="grey",
-                capsize=2, zorder=2)
-    std = data["ours_top1_pct_std"].fillna(0)
-    lo = float(np.nanmin([data["published_top1_pct"].min(),
-                          (data["ours_top1_pct_mean"] - std).min()]))
-    hi = float(np.nanmax([data["published_top1_pct"].max(),
-                          (data["ours_top1_pct_mean"] + std).max()]))
-    pad = max(2.0, 0.05 * (hi - lo))
-    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="black", linestyle="--",
-            linewidth=1, label="y = x")
-    ax.set_xlim(lo - pad, hi + pad)
-    ax.set_ylim(lo - pad, hi + pad)
-    ax.set_xlabel("published test top-1 (%)")
-    ax.set_ylabel("reproduced test top-1 (%), mean ± std over seeds")
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    """Our mean accuracy (± std) against the published one where settings match, one panel per
+    dataset/architecture."""
+    data = _labelled(matched)
+    pairs = sorted(set(zip(data["dataset"], data["arch"], strict=True)))
+    fig, axes = _panels(len(pairs), 3, 3.4, 3.2)
+    for ax, (dataset, arch) in zip(axes, pairs, strict=True):
+        sel = data[(data["dataset"] == dataset) & (data["arch"] == arch)]
+        for label in _in_order(looks, sel["label"]):
+            group = sel[sel["label"] == label]
+            for row in group.itertuples():
+                _point(ax, row.published_top1_pct, row.ours_top1_pct_mean, 0.0,
+                       _nan0(row.ours_top1_pct_std), _look(looks, label))
+        std = sel["ours_top1_pct_std"].fillna(0)
+        lo = float(np.nanmin([sel["published_top1_pct"].min(),
+                              (sel["ours_top1_pct_mean"] - std).min()]))
+        hi = float(np.nanmax([sel["published_top1_pct"].max(),
+                              (sel["ours_top1_pct_mean"] + std).max()]))
+        pad = max(2.0, 0.05 * (hi - lo))
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", linestyle="--",
+                linewidth=1, zorder=0)
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.set_title(f"{dataset} / {arch}")
+        ax.set_xlabel("published top-1 (%)")
+        ax.set_ylabel("reproduced top-1 (%)")
+    handles = [_handle(_look(looks, lab), linestyle="none") for lab in
+               _in_order(looks, data["label"])]
+    handles.append(Line2D([], [], color="grey", linestyle="--", label="y = x"))
+    _legend_outside(fig, handles)
+    fig.tight_layout()
     caption = (f"Reproduced against published test top-1 accuracy for the {len(matched)} "
                "published result(s) whose dataset, architecture, method, sparsity and variant "
                "match exactly one setting with finished runs (published results without a "
                "reported sparsity are matched to our runs of that method and variant without a "
-               "budget). Points above the dashed line beat the published number.")
+               "budget), one panel per dataset and architecture; error bars are the std over "
+               "seeds. Points above the dashed line beat the published number.")
     return fig, caption
 
 
-def training_curves(history: pd.DataFrame, dataset: str, arch: str) -> tuple[plt.Figure, str]:
-    """Train and validation top-1 per epoch, mean ± std over seeds, one panel per method."""
-    value_cols = [c for c in ("train_top1", "val_top1") if c in history]
-    long = history.melt(id_vars=["epoch", "label", "budget", "seed"], value_vars=value_cols,
-                        var_name="metric", value_name="top1").dropna(subset=["top1"])
-    budgets = sorted(long["budget"].unique(), key=_budget_order)
-    labels = sorted(long["label"].unique())
-    grid = sns.relplot(data=long, x="epoch", y="top1", hue="budget", hue_order=budgets,
-                       style="metric", col="label", col_order=labels,
-                       col_wrap=min(3, len(labels)), kind="line", errorbar="sd", height=2.4,
-                       aspect=1.3, palette="viridis", facet_kws={"sharey": True})
-    grid.set_titles("{col_name}")
-    grid.set_axis_labels("epoch", "top-1 (%)")
-    for ax in grid.axes.flat:
+BUDGET_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">")
+
+
+def shade(color: str, i: int, n: int) -> tuple[float, float, float]:
+    """The i-th of n shades of `color`: the colour itself, then darker (mixed with black)."""
+    r, g, b = matplotlib.colors.to_rgb(color)
+    t = 0.0 if n <= 1 else 0.6 * i / (n - 1)
+    return (r * (1 - t), g * (1 - t), b * (1 - t))
+
+
+def training_curves(history: pd.DataFrame, dataset: str, arch: str, looks: dict[str, Look]
+                    ) -> tuple[plt.Figure, str]:
+    """Train and validation top-1 per epoch, mean ± std over seeds, one panel per method in the
+    method's colour (darker: higher sparsity)."""
+    budgets = sorted(history["budget"].unique(), key=_budget_order)
+    labels = _in_order(looks, history["label"].unique())
+    fig, axes = _panels(len(labels), 3, 3.1, 2.5, sharey=True)
+    metrics = [(c, ls) for c, ls in (("train_top1", "-"), ("val_top1", "--")) if c in history]
+    for ax, label in zip(axes, labels, strict=True):
+        look = _look(looks, label)
+        runs = history[history["label"] == label]
+        present = [b for b in budgets if b in set(runs["budget"])]
+        for i, budget in enumerate(present):
+            color = shade(look.color, i, len(present))
+            for column, linestyle in metrics:
+                stats = runs[runs["budget"] == budget].groupby("epoch")[column].agg(
+                    ["mean", "std"]).dropna(subset=["mean"])
+                if stats.empty:
+                    continue
+                ax.plot(stats.index, stats["mean"], color=color, linestyle=linestyle,
+                        linewidth=1.3, marker=BUDGET_MARKERS[budgets.index(budget)
+                                                             % len(BUDGET_MARKERS)],
+                        markersize=4, markevery=max(1, len(stats) // 6), gid=label)
+                ax.fill_between(stats.index, stats["mean"] - stats["std"].fillna(0),
+                                stats["mean"] + stats["std"].fillna(0), color=color,
+                                alpha=0.12, linewidth=0, gid=label)
+        ax.set_title(label, fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("top-1 (%)")
+    handles = [Line2D([], [], color="black", linestyle=ls, label=name) for (c, ls), name in
+               zip(metrics, ("training batches", "validation"), strict=False)]
+    handles += [Line2D([], [], color=shade("#999999", i, len(budgets)),
+                       marker=BUDGET_MARKERS[i % len(BUDGET_MARKERS)], label=budget)
+                for i, budget in enumerate(budgets)]
+    _legend_outside(fig, handles)
+    fig.tight_layout()
     seeds = sorted(set(history["seed"].dropna().astype(int)))
     caption = (f"Training curves on {dataset} with {arch}: top-1 accuracy on the training "
-               "batches (as trained, with augmentation and the training-time mask) and on the "
-               "held-out validation split, per epoch, mean ± std over seeds "
-               f"({', '.join(map(str, seeds))}); one panel per method, colour = budget. "
-               "Epochs count every phase (e.g. dense pre-training then fine-tuning).")
-    return grid.figure, caption
+               "batches (solid: as trained, with augmentation and the training-time mask) and "
+               "on the held-out validation split (dashed), per epoch, mean ± std over seeds "
+               f"({', '.join(map(str, seeds))}); one panel per method, in the method's colour, "
+               "darker and with its own marker for a higher budget. Epochs count every phase "
+               "(e.g. dense pre-training then fine-tuning).")
+    return fig, caption
 
 
 def _budget_order(label: str) -> tuple[int, float]:
     return (0, 0.0) if label == NO_BUDGET else (1, float(label.split()[-1]))
 
 
-def layer_density(layers: pd.DataFrame, dataset: str, arch: str, palette: dict[str, Any]
+def layer_density(layers: pd.DataFrame, dataset: str, arch: str, looks: dict[str, Look]
                   ) -> tuple[plt.Figure, str]:
     """Per-layer density of the extracted networks, mean ± std over seeds."""
     order = (layers.groupby("layer")["row_index"].min().sort_values().index.tolist())
     layers = layers.assign(layer_pos=layers["layer"].map({n: i for i, n in enumerate(order)}))
     budgets = sorted(layers["budget"].unique(), key=_budget_order)
-    labels = sorted(layers["label"].unique())
-    grid = sns.relplot(data=layers, x="layer_pos", y="density", hue="label", hue_order=labels,
-                       col="budget", col_order=budgets,
-                       col_wrap=min(2 if len(order) > 12 else 3, len(budgets)),
-                       kind="line", marker="o", errorbar="sd", height=2.8,
-                       aspect=max(1.2, 0.3 * len(order) / 2.8), palette=palette)
-    grid.set_titles("{col_name}")
-    grid.set_axis_labels("layer", "density (fraction kept)")
-    if grid.legend is not None:
-        grid.legend.set_title("method")
-    for ax in grid.axes.flat:
+    width = max(3.4, 0.3 * len(order))
+    fig, axes = _panels(len(budgets), 2 if len(order) > 12 else 3, width, 2.9, sharey=True)
+    for ax, budget in zip(axes, budgets, strict=True):
+        sel = layers[layers["budget"] == budget]
+        for label in _in_order(looks, sel["label"]):
+            stats = sel[sel["label"] == label].groupby("layer_pos")["density"].agg(
+                ["mean", "std"])
+            _line(ax, stats.index, stats["mean"], stats["std"].fillna(0), _look(looks, label))
+        ax.set_title(budget, fontsize=9)
         ax.set_xticks(range(len(order)))
         ax.set_xticklabels(order, rotation=90, fontsize=7)
         ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("density (fraction kept)")
+    _legend_outside(fig, [_handle(_look(looks, lab)) for lab in
+                          _in_order(looks, layers["label"])])
+    fig.tight_layout()
     caption = (f"Per-layer density (fraction of each prunable layer's weights kept) of the "
                f"extracted networks on {dataset} with {arch}, mean ± std over seeds; one panel "
-               "per budget, layers in forward order. A point at 0 is a collapsed layer. Dense "
-               "runs (density 1 everywhere) are left out.")
-    return grid.figure, caption
+               "per budget, layers in forward order, one colour and marker per method. A point "
+               "at 0 is a collapsed layer. Dense runs (density 1 everywhere) are left out.")
+    return fig, caption
 
 
-def accuracy_vs_macs(settings: pd.DataFrame, dataset: str, arch: str, palette: dict[str, Any]
+def accuracy_vs_macs(settings: pd.DataFrame, dataset: str, arch: str, looks: dict[str, Look]
                      ) -> tuple[plt.Figure, str]:
     """Mean ± std test top-1 against effective MACs per inference (log x), dense as reference."""
-    st = settings[(settings["dataset"] == dataset) & (settings["arch"] == arch)
-                  & (settings["n"] > 0)]
-    st = st.assign(label=[method_label(m, v) for m, v in zip(st["method"], st["variant"],
-                                                            strict=True)])
+    st = _labelled(settings[(settings["dataset"] == dataset) & (settings["arch"] == arch)
+                            & (settings["n"] > 0)])
     dense = st[st["sparsity_target"].isna() & (st["sparsity_achieved_mean"] == 0)]
     pruned = st.drop(index=dense.index)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, group in pruned.groupby("label", sort=True):
-        group = group.sort_values("macs_effective_mean")
+    for label in _in_order(looks, pruned["label"]):
+        look = _look(looks, label)
+        group = pruned[pruned["label"] == label].sort_values("macs_effective_mean")
         budgeted = group[group["sparsity_target"].notna()]
         if len(budgeted) > 1:
             ax.plot(budgeted["macs_effective_mean"], budgeted["test_top1_pct_mean"],
-                    color=palette[label], linewidth=1.2)
+                    **{**look.line_kwargs(), "marker": ""})
         for row in group.itertuples():
-            ax.errorbar(row.macs_effective_mean, row.test_top1_pct_mean,
-                        xerr=_nan0(row.macs_effective_std), yerr=_nan0(row.test_top1_pct_std),
-                        fmt="o" if row.budgeted else "D", color=palette[label], capsize=3,
-                        markersize=5)
+            _point(ax, row.macs_effective_mean, row.test_top1_pct_mean,
+                   _nan0(row.macs_effective_std), _nan0(row.test_top1_pct_std), look)
     macs_dense = float(st["macs_dense_mean"].max())
     if not pd.isna(macs_dense):
         ax.axvline(macs_dense, color="grey", linestyle=":", linewidth=1)
     for row in dense.itertuples():
-        ax.axhline(row.test_top1_pct_mean, color=palette[row.label], linestyle="--",
-                   linewidth=1)
-        ax.errorbar(row.macs_effective_mean, row.test_top1_pct_mean,
-                    yerr=_nan0(row.test_top1_pct_std), fmt="s", color=palette[row.label],
-                    capsize=3, markersize=6)
+        look = _look(looks, row.label)
+        ax.axhline(row.test_top1_pct_mean, color=look.color, linestyle=look.linestyle,
+                   linewidth=look.linewidth, gid=look.label)
+        _point(ax, row.macs_effective_mean, row.test_top1_pct_mean, 0.0,
+               _nan0(row.test_top1_pct_std), look)
         if not pd.isna(row.test_top1_pct_std):
             ax.axhspan(row.test_top1_pct_mean - row.test_top1_pct_std,
                        row.test_top1_pct_mean + row.test_top1_pct_std,
-                       color=palette[row.label], alpha=0.12)
+                       color=look.color, alpha=0.08, gid=look.label)
     ax.set_xscale("log")
     ax.set_xlabel("effective multiply-accumulates per image (log scale)")
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.set_title(f"{dataset} / {arch}")
-    handles = [Line2D([], [], color=palette[lab], marker="o", label=lab)
-               for lab in sorted(pruned["label"].unique())]
-    handles += [Line2D([], [], color=palette[lab], linestyle="--", marker="s",
-                       label=f"{lab} (reference)")
-                for lab in sorted(dense["label"].unique())]
+    handles = [_handle(_look(looks, lab)) for lab in _in_order(looks, st["label"])]
     handles.append(Line2D([], [], color="grey", linestyle=":", label="dense network's MACs"))
-    ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _legend_outside(ax, handles)
     caption = (f"Test top-1 accuracy against effective multiply-accumulates per image on "
                f"{dataset} with {arch} (log scale; counted on the extracted network, a pruned "
-               "weight costing nothing), mean ± std over seeds in both axes; circles have a "
-               "budget, diamonds do not. The dotted vertical line is the dense network's MACs")
+               "weight costing nothing), mean ± std over seeds in both axes, one colour and "
+               "marker per method; a method's budgets are joined by a line. The dotted "
+               "vertical line is the dense network's MACs")
     caption += (" and the dashed line (band: ± std) the accuracy of the unpruned runs."
                 if len(dense) else "; no unpruned run was made for an accuracy reference.")
     return fig, caption
@@ -351,36 +449,34 @@ def _ours_note(rows: pd.DataFrame) -> str:
 
 
 def paper_curves(rows: pd.DataFrame, paper: str, dataset: str, arch: str,
-                 palette: dict[str, Any]) -> tuple[plt.Figure, str]:
-    """A paper's accuracy-vs-pruning-rate curves: ours (mean ± std) solid, published dashed."""
+                 looks: dict[str, Look]) -> tuple[plt.Figure, str]:
+    """A paper's accuracy-vs-pruning-rate curves: ours (mean ± std) in each method's look,
+    published as stars on a dotted line of the same colour."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label in dict.fromkeys(rows["label"]):
+    labels = _in_order(looks, rows["label"])
+    for label in labels:
         group = rows[rows["label"] == label].sort_values("sparsity")
-        color = palette.get(label, "black")
-        x = 1 - group["sparsity"]
-        ax.plot(x, group["published_top1_pct"], color=color, linestyle="--", marker="*",
-                markersize=10, markeredgecolor="black", markeredgewidth=0.5)
+        look = _look(looks, label)
+        ax.plot(1 - group["sparsity"], group["published_top1_pct"], color=look.color,
+                linestyle=":", linewidth=1.2, marker="*", markersize=11, markeredgecolor="black",
+                markeredgewidth=0.5, gid=label, zorder=5)
         ours = group[group["n"] > 0]
         if len(ours):
-            mean, std = ours["ours_top1_pct_mean"], ours["ours_top1_pct_std"].fillna(0)
-            ax.plot(1 - ours["sparsity"], mean, color=color, marker="o")
-            ax.fill_between(1 - ours["sparsity"], mean - std, mean + std, color=color,
-                            alpha=0.2)
+            _line(ax, 1 - ours["sparsity"], ours["ours_top1_pct_mean"],
+                  ours["ours_top1_pct_std"].fillna(0), look)
     rates = list(rows["sparsity"].dropna())
     _sparsity_axis(ax, rates, rates)
     ax.set_xlabel("pruning rate (fraction of prunable weights removed; log scale of density)")
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.set_title(f"{dataset} / {arch}")
-    handles = [Line2D([], [], color=palette.get(lab, "black"), marker="o", label=lab)
-               for lab in dict.fromkeys(rows["label"])]
-    handles += [Line2D([], [], color="black", marker="o", label="reproduced: mean ± std"),
-                Line2D([], [], color="black", marker="*", linestyle="--", markersize=10,
-                       label="published")]
-    ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    handles = [_handle(_look(looks, lab)) for lab in labels]
+    handles += [Line2D([], [], color="black", linestyle=":", marker="*", markersize=10,
+                       markerfacecolor="white", label="published")]
+    _legend_outside(ax, handles)
     caption = (f"{paper}: test top-1 accuracy against pruning rate on {dataset} with {arch}, "
-               f"redrawn for {', '.join(dict.fromkeys(rows['label']))}. Solid lines and bands "
-               "are our runs (mean ± std over seeds), dashed lines with stars the published "
-               "values." + _ours_note(rows))
+               f"redrawn for {', '.join(labels)}. Lines in each method's colour, marker and "
+               "dashes, with bands, are our runs (mean ± std over seeds); stars on a dotted line "
+               "of the same colour are the published values." + _ours_note(rows))
     return fig, caption
 
 
@@ -388,10 +484,10 @@ def _row_name(row: pd.Series) -> str:
     return textwrap.fill(f"{row['label']}: {row['setting']}", 48)
 
 
-def paper_bars(rows: pd.DataFrame, paper: str, dataset: str, palette: dict[str, Any]
+def paper_bars(rows: pd.DataFrame, paper: str, dataset: str, looks: dict[str, Look]
                ) -> tuple[plt.Figure, str]:
-    """A paper's bar chart: one bar per published setting (ours, mean ± std), one panel per
-    architecture, the published value as a star on each bar."""
+    """A paper's bar chart: one bar per published setting (ours, mean ± std) in its method's
+    colour and its variant's hatch, one panel per architecture, the published value a star."""
     archs = list(dict.fromkeys(rows["arch"]))
     names = list(dict.fromkeys(_row_name(r) for _, r in rows.iterrows()))
     fig, axes = plt.subplots(1, len(archs), figsize=(3.2 * len(archs) + 3.5,
@@ -400,10 +496,11 @@ def paper_bars(rows: pd.DataFrame, paper: str, dataset: str, palette: dict[str, 
     for ax, arch in zip(axes[0], archs, strict=True):
         for _, row in rows[rows["arch"] == arch].iterrows():
             y = names.index(_row_name(row))
-            color = palette.get(row["label"], "grey")
+            look = _look(looks, row["label"])
             if row["n"] > 0:
                 ax.barh(y, row["ours_top1_pct_mean"], xerr=_nan0(row["ours_top1_pct_std"]),
-                        color=color, capsize=3, height=0.7)
+                        color=look.color, hatch=look.hatch, edgecolor="black", linewidth=0.5,
+                        capsize=3, height=0.7, gid=look.label)
             else:
                 ax.text(0.5, y, "not reproduced", va="center", fontsize=7, color="grey")
             ax.scatter(row["published_top1_pct"], y, marker="*", s=120, color="white",
@@ -414,13 +511,18 @@ def paper_bars(rows: pd.DataFrame, paper: str, dataset: str, palette: dict[str, 
     axes[0][0].set_yticks(range(len(names)))
     axes[0][0].set_yticklabels(names, fontsize=7)
     axes[0][0].invert_yaxis()
-    handles = [Line2D([], [], color="white", marker="*", markersize=11, linestyle="",
-                      markeredgecolor="black", label="published"),
-               Line2D([], [], color="grey", linewidth=6, label="reproduced: mean ± std")]
-    axes[0][-1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    handles: list[Any] = [Patch(facecolor=look.color, hatch=look.hatch, edgecolor="black",
+                                linewidth=0.5, label=look.label)
+                          for look in (_look(looks, lab) for lab in
+                                       _in_order(looks, rows["label"]))]
+    handles.append(Line2D([], [], color="white", marker="*", markersize=11, linestyle="",
+                          markeredgecolor="black", label="published"))
+    axes[0][-1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1),
+                       frameon=False)
     caption = (f"{paper}: the published {dataset} chart redrawn, one bar per published setting "
-               "(method, variant: the paper's setting) and architecture. Bars are our runs "
-               "(mean ± std over seeds), stars the published values." + _ours_note(rows))
+               "(method, variant: the paper's setting) and architecture, in the method's colour "
+               "(a variant hatched). Bars are our runs (mean ± std over seeds), stars the "
+               "published values." + _ours_note(rows))
     return fig, caption
 
 
@@ -448,7 +550,7 @@ def paper_table(rows: pd.DataFrame, paper: str, dataset: str) -> tuple[plt.Figur
     return fig, caption
 
 
-def paper_figures(compared: pd.DataFrame, palette: dict[str, Any]
+def paper_figures(compared: pd.DataFrame, looks: dict[str, Look]
                   ) -> list[tuple[dict[str, str], Callable[[], tuple[plt.Figure, str]] | str]]:
     """Every paper figure to draw, as (manifest keys, drawing function), or (keys, reason) for
     one with no finished run to draw."""
@@ -467,10 +569,10 @@ def paper_figures(compared: pd.DataFrame, palette: dict[str, Any]
                                   f"for {' / '.join(key)}"))
             elif spec.kind == "curves":
                 out.append((keys, lambda g=group, p=paper, k=key: paper_curves(
-                    g, p, k[0], k[1], palette)))
+                    g, p, k[0], k[1], looks)))
             elif spec.kind == "bars":
                 out.append((keys, lambda g=group, p=paper, k=key: paper_bars(
-                    g, p, k[0], palette)))
+                    g, p, k[0], looks)))
             else:
                 out.append((keys, lambda g=group, p=paper, k=key: paper_table(g, p, k[0])))
     return out
@@ -497,32 +599,31 @@ def _slug(*parts: str) -> str:
                     for p in parts)
 
 
-def build_figures(results: str | Path, published_path: str | Path, out_dir: str | Path
-                  ) -> dict[str, Any]:
-    """Draw every figure the results allow into `out_dir`; write and return the manifest."""
-    results, out_dir = Path(results), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+@dataclass(frozen=True)
+class FigurePlan:
+    """One figure the results allow: its manifest kind, file name and keys, and how to draw it."""
+
+    kind: str
+    name: str
+    keys: dict[str, str]
+    draw: Callable[[], tuple[plt.Figure, str]]
+
+
+def plan_figures(results: str | Path, published_path: str | Path
+                 ) -> tuple[list[FigurePlan], list[dict[str, str]], pd.DataFrame]:
+    """Every figure the results allow (drawn only when asked), the figures skipped and why, and
+    the runs they were planned from."""
+    results = Path(results)
     runs, settings = load_summary(results)
     published = load_published(published_path)
     ok = runs[runs["status"] == "ok"].copy()
-    labels = sorted({method_label(m, v) for m, v in zip(
-        [*runs["method"], *published["method"]], [*runs["variant"], *published["variant"]],
-        strict=True)})
-    palette = _palette(labels)
-    sns.set_theme(style="whitegrid", context="paper")
-    figures: list[dict[str, Any]] = []
+    styles = results_looks(runs, published)
+    plans: list[FigurePlan] = []
     skipped: list[dict[str, str]] = []
 
     def add(kind: str, name: str, draw: Callable[[], tuple[plt.Figure, str]],
             **keys: str) -> None:
-        fig, caption = draw()
-        width_in = float(fig.get_size_inches()[0])
-        files = _save(fig, out_dir, name)
-        scope = ok[[all(r.get(k) == keys[k] for k in ("dataset", "arch") if k in keys)
-                    for _, r in ok.iterrows()]]
-        figures.append({"kind": kind, "name": name, **keys, "files": files,
-                        "pdf": f"{name}.pdf", "png": f"{name}.png", "width_in": width_in,
-                        "caption": caption + local_data_note(scope)})
+        plans.append(FigurePlan(kind, name, keys, draw))
 
     pairs = runs[["dataset", "arch"]].drop_duplicates().sort_values(["dataset", "arch"])
     for dataset, arch in pairs.itertuples(index=False):
@@ -533,13 +634,12 @@ def build_figures(results: str | Path, published_path: str | Path, out_dir: str 
             continue
         add("accuracy_vs_sparsity", _slug("accuracy_vs_sparsity", dataset, arch),
             lambda d=dataset, a=arch: accuracy_vs_sparsity(runs, settings, published, d, a,
-                                                           palette),
+                                                           styles),
             dataset=dataset, arch=arch)
         add("accuracy_vs_macs", _slug("accuracy_vs_macs", dataset, arch),
-            lambda d=dataset, a=arch: accuracy_vs_macs(settings, d, a, palette),
+            lambda d=dataset, a=arch: accuracy_vs_macs(settings, d, a, styles),
             dataset=dataset, arch=arch)
-        tagged = sel.assign(label=[method_label(m, v) for m, v in
-                                   zip(sel["method"], sel["variant"], strict=True)])
+        tagged = _labelled(sel)
         history = _read_run_csv(tagged, results, paths.HISTORY)
         if history.empty or "epoch" not in history:
             skipped.append({"kind": "training_curves", "dataset": dataset, "arch": arch,
@@ -547,7 +647,7 @@ def build_figures(results: str | Path, published_path: str | Path, out_dir: str 
         else:
             history = _tag(history, tagged)
             add("training_curves", _slug("training_curves", dataset, arch),
-                lambda h=history, d=dataset, a=arch: training_curves(h, d, a),
+                lambda h=history, d=dataset, a=arch: training_curves(h, d, a, styles),
                 dataset=dataset, arch=arch)
         pruned = tagged[pd.to_numeric(tagged["sparsity_achieved"], errors="coerce") > 0]
         layers = _read_run_csv(pruned, results, paths.LAYERS)
@@ -557,7 +657,7 @@ def build_figures(results: str | Path, published_path: str | Path, out_dir: str 
         else:
             layers = _tag(layers, tagged)
             add("layer_density", _slug("layer_density", dataset, arch),
-                lambda lay=layers, d=dataset, a=arch: layer_density(lay, d, a, palette),
+                lambda lay=layers, d=dataset, a=arch: layer_density(lay, d, a, styles),
                 dataset=dataset, arch=arch)
     matched = match_published(settings, published)
     if matched.empty:
@@ -567,14 +667,35 @@ def build_figures(results: str | Path, published_path: str | Path, out_dir: str 
             "counterpart")})
     else:
         add("reproduced_vs_published", "reproduced_vs_published",
-            lambda: reproduced_vs_published(matched, palette))
-    for keys, draw in paper_figures(compare_published(settings, published), palette):
+            lambda: reproduced_vs_published(matched, styles))
+    for keys, draw in paper_figures(compare_published(settings, published), styles):
         keys = dict(keys)
         kind, name = keys.pop("kind"), keys.pop("name")
         if isinstance(draw, str):
             skipped.append({"kind": kind, **keys, "reason": draw})
         else:
             add(kind, name, draw, **keys)
+    return plans, skipped, runs
+
+
+def build_figures(results: str | Path, published_path: str | Path, out_dir: str | Path
+                  ) -> dict[str, Any]:
+    """Draw every figure the results allow into `out_dir`; write and return the manifest."""
+    results, out_dir = Path(results), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sns.set_theme(style="whitegrid", context="paper")
+    plans, skipped, runs = plan_figures(results, published_path)
+    ok = runs[runs["status"] == "ok"]
+    figures: list[dict[str, Any]] = []
+    for plan in plans:
+        fig, caption = plan.draw()
+        width_in = float(fig.get_size_inches()[0])
+        files = _save(fig, out_dir, plan.name)
+        scope = ok[[all(r.get(k) == plan.keys[k] for k in ("dataset", "arch") if k in plan.keys)
+                    for _, r in ok.iterrows()]]
+        figures.append({"kind": plan.kind, "name": plan.name, **plan.keys, "files": files,
+                        "pdf": f"{plan.name}.pdf", "png": f"{plan.name}.png",
+                        "width_in": width_in, "caption": caption + local_data_note(scope)})
     manifest = {"figures": figures, "skipped": skipped,
                 "inputs": {"results": str(results), "published": str(published_path),
                            "runs_ok": int(len(ok)), "runs_total": int(len(runs))}}

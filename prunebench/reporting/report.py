@@ -36,6 +36,7 @@ from prunebench.reporting.papers import (
 )
 from prunebench.reporting.published import MATCHED, compare_published, load_published
 from prunebench.reporting.statistics import paired_differences
+from prunebench.reporting.style import Look, results_looks
 
 TEMPLATE = "report.tex.j2"
 TEXT_WIDTH_IN = 6.7  # A4 with 2 cm margins: a figure this wide (before cropping) fills the line
@@ -103,6 +104,16 @@ def path_text(text: str) -> Markup:
     return Markup(r"\texttt{" + latex_escape(text).replace("/", r"/\allowbreak{}") + "}")
 
 
+def colour_key(styles: dict[str, Look], method: str, variant: str = "") -> Markup:
+    """The method's colour as in the figures, a square before its name in every table: filled
+    for the method's own settings, outlined for a variant (macros of the template)."""
+    look = styles.get(method_label(method, variant))
+    if look is None:
+        return Markup("")
+    macro = r"\vkey" if variant else r"\mkey"
+    return Markup(f"{macro}{{{look.color.lstrip('#').upper()}}}")
+
+
 def _sorted_budgets(values: pd.Series) -> list[float]:
     budgets = sorted({float(v) for v in values.dropna()})
     return ([float("nan")] if values.isna().any() else []) + budgets
@@ -129,7 +140,7 @@ def _cell(row: pd.Series | None) -> Markup | None:
     return Markup(text + r" {\scriptsize(" + count + ")}")
 
 
-def results_tables(settings: pd.DataFrame) -> list[dict[str, Any]]:
+def results_tables(settings: pd.DataFrame, styles: dict[str, Look]) -> list[dict[str, Any]]:
     """Per dataset/arch: rows = method, columns = budget, cells = test top-1 mean ± std (n)."""
     tables = []
     for (dataset, arch), group in settings.groupby(["dataset", "arch"], sort=True):
@@ -142,13 +153,14 @@ def results_tables(settings: pd.DataFrame) -> list[dict[str, Any]]:
                 cells.append(_cell(hit.iloc[0] if len(hit) else None))
             local = any(_local(o) for o in mgroup["data_origin"])
             rows.append({"method": method_label(method, variant), "cells": cells,
+                         "key": colour_key(styles, method, variant),
                          "local": LOCAL_MARK if local else ""})
         tables.append({"dataset": dataset, "arch": arch, "rows": rows,
                        "budgets": [budget_label(b) for b in budgets]})
     return tables
 
 
-def setting_rows(settings: pd.DataFrame) -> list[dict[str, Any]]:
+def setting_rows(settings: pd.DataFrame, styles: dict[str, Look]) -> list[dict[str, Any]]:
     """Every row of summary_by_setting.csv, formatted."""
     rows = []
     for _, r in settings.iterrows():
@@ -156,6 +168,7 @@ def setting_rows(settings: pd.DataFrame) -> list[dict[str, Any]]:
         rows.append({
             "dataset": r["dataset"], "arch": r["arch"],
             "method": method_label(r["method"], r["variant"]),
+            "key": colour_key(styles, r["method"], r["variant"]),
             "local": LOCAL_MARK if _local(r["data_origin"]) else "",
             "target": budget_text(r["sparsity_target"], NO_BUDGET),
             "n": int(r["n"]), "n_failed": int(r["n_failed"]),
@@ -188,12 +201,13 @@ def local_note(settings: pd.DataFrame) -> str:
             "the dataset's published rows")
 
 
-def comparison_rows(matched: pd.DataFrame) -> list[dict[str, Any]]:
+def comparison_rows(matched: pd.DataFrame, styles: dict[str, Look]) -> list[dict[str, Any]]:
     rows = []
     for _, r in matched.iterrows():
         rows.append({
             "dataset": r["dataset"], "arch": r["arch"],
             "method": method_label(r["method"], r["variant"]),
+            "key": colour_key(styles, r["method"], r["variant"]),
             "local": LOCAL_MARK if _local(r["data_origin"]) else "",
             "sparsity": budget_text(r["sparsity"], "n.r."),
             "achieved": num(r["ours_sparsity_achieved_mean"], 3),
@@ -216,14 +230,15 @@ def _plain(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def recipe_rows(runs: pd.DataFrame) -> list[dict[str, Any]]:
+def recipe_rows(runs: pd.DataFrame, styles: dict[str, Look]) -> list[dict[str, Any]]:
     """Training recipe per dataset/arch/method, as recorded in the runs."""
     cols = ["train_epochs", "train_batch_size", "train_optimizer", "train_lr",
             "train_weight_decay", "train_schedule", "train_selection"]
     rows = []
     for (dataset, arch, method, variant), g in runs.groupby(
             ["dataset", "arch", "method", "variant"], sort=True):
-        row = {"dataset": dataset, "arch": arch, "method": method_label(method, variant)}
+        row = {"dataset": dataset, "arch": arch, "method": method_label(method, variant),
+               "key": colour_key(styles, method, variant)}
         row.update({c.removeprefix("train_"): _unique(g[c]) if c in g else "--" for c in cols})
         hp = [c for c in g.columns if c.startswith("hp_") and g[c].notna().any()]
         row["options"] = ", ".join(f"{c.removeprefix('hp_')}={_unique(g[c])}" for c in hp) or "--"
@@ -321,7 +336,7 @@ def _figures(results: Path, out_dir: Path) -> tuple[list[dict[str, Any]], list[d
     return figures, notes
 
 
-def uncovered_rows(compared: pd.DataFrame, settings: pd.DataFrame
+def uncovered_rows(compared: pd.DataFrame, settings: pd.DataFrame, styles: dict[str, Look]
                    ) -> tuple[list[dict[str, Any]], list[str]]:
     """Published rows not compared with a number of ours, and why: one by one where we have
     finished runs of that dataset and arch, else counted per dataset/arch (e.g. a digits-only
@@ -334,6 +349,7 @@ def uncovered_rows(compared: pd.DataFrame, settings: pd.DataFrame
     for _, r in missing[here].iterrows():
         rows.append({"dataset": r["dataset"], "arch": r["arch"],
                      "method": method_label(r["method"], r["variant"]),
+                     "key": colour_key(styles, r["method"], r["variant"]),
                      "sparsity": budget_text(r["sparsity"], "n.r."),
                      "source": r["source"], "published": num(r["published_top1_pct"]),
                      "why": f"{r['match']}: {r['match_reason']}"})
@@ -348,7 +364,7 @@ def _at_budget(r: pd.Series) -> str:
     return f" at {budget_text(r['baseline_sparsity_target'], NO_BUDGET)}"
 
 
-def paired_rows(pairs: pd.DataFrame) -> list[dict[str, Any]]:
+def paired_rows(pairs: pd.DataFrame, styles: dict[str, Look]) -> list[dict[str, Any]]:
     """The paired-difference table: proposed method vs best baseline, by seed."""
     rows = []
     for _, r in pairs.iterrows():
@@ -357,6 +373,10 @@ def paired_rows(pairs: pd.DataFrame) -> list[dict[str, Any]]:
         rows.append({"dataset": r["dataset"], "arch": r["arch"],
                      "budget": budget_text(r["sparsity_target"], NO_BUDGET),
                      "method": method_label(r["method"], r["variant"]),
+                     "key": colour_key(styles, r["method"], r["variant"]),
+                     "baseline_key": (colour_key(styles, r["baseline_method"],
+                                                 r["baseline_variant"])
+                                      if r["baseline_method"] else ""),
                      "baseline": (method_label(r["baseline_method"], r["baseline_variant"])
                                   + _at_budget(r) if r["baseline_method"] else None),
                      "n": int(r["n"]), "mean": signed(r["mean_difference_pct"]),
@@ -376,9 +396,10 @@ def data_rows(runs: pd.DataFrame) -> list[dict[str, Any]]:
              "runs": int(r["runs"])} for _, r in counts.iterrows()]
 
 
-def _paper_table_row(r: pd.Series) -> dict[str, Any]:
+def _paper_table_row(r: pd.Series, styles: dict[str, Look]) -> dict[str, Any]:
     ours = mean_std(r["ours_top1_pct_mean"], r["ours_top1_pct_std"], 1)
     return {"arch": r["arch"], "method": method_label(r["method"], r["variant"]),
+            "key": colour_key(styles, r["method"], r["variant"]),
             "local": LOCAL_MARK if _local(r["data_origin"]) else "", "setting": r["setting"],
             "published": num(r["published_top1_pct"], 1),
             "ours": Markup(f"{ours} ({int(r['n'])})") if r["n"] > 0 else "not reproduced",
@@ -386,7 +407,7 @@ def _paper_table_row(r: pd.Series) -> dict[str, Any]:
 
 
 def paper_sections(compared: pd.DataFrame, figures: list[dict[str, Any]],
-                   notes: list[dict[str, str]]) -> list[dict[str, Any]]:
+                   notes: list[dict[str, str]], styles: dict[str, Look]) -> list[dict[str, Any]]:
     """One section per reproduced paper: its redrawn figures, skipped ones and its tables."""
     sections = []
     for source, title in PAPERS.items():
@@ -401,7 +422,8 @@ def paper_sections(compared: pd.DataFrame, figures: list[dict[str, Any]],
                 if not (group["n"] > 0).any():
                     continue  # listed among the skipped figures as not reproduced
                 tables.append({"dataset": dataset,
-                               "rows": [_paper_table_row(r) for _, r in group.iterrows()]})
+                               "rows": [_paper_table_row(r, styles)
+                                        for _, r in group.iterrows()]})
         sections.append({"source": source, "title": title, "tables": tables,
                          "n_published": int((compared["source"] == source).sum()),
                          "figures": [f for f in figures if f["source"] == source
@@ -426,7 +448,8 @@ def build_context(results: Path, published_path: Path, config_path: Path | None,
     compared = compare_published(settings, published)
     matched = compared[compared["match"] == MATCHED]
     figures, figure_notes = _figures(results, out_dir)
-    uncovered, uncovered_elsewhere = uncovered_rows(compared, settings)
+    styles = results_looks(runs, published)
+    uncovered, uncovered_elsewhere = uncovered_rows(compared, settings, styles)
     not_ok = runs[runs["status"] != "ok"]
     status_counts = runs["status"].value_counts()
     config_text = None
@@ -442,7 +465,8 @@ def build_context(results: Path, published_path: Path, config_path: Path | None,
     methods = []
     for method, g in runs.groupby("method", sort=True):
         paper = g["paper"].dropna() if "paper" in g else pd.Series(dtype=str)
-        methods.append({"name": method, "paper": paper.iloc[0] if len(paper) else "--"})
+        methods.append({"name": method, "paper": paper.iloc[0] if len(paper) else "--",
+                        "key": colour_key(styles, method)})
     return {
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "results_dir": str(results),
@@ -455,20 +479,20 @@ def build_context(results: Path, published_path: Path, config_path: Path | None,
         "budgets": [budget_text(b, NO_BUDGET)
                     for b in _sorted_budgets(runs["sparsity_target"])],
         "seeds": seeds,
-        "recipe": recipe_rows(runs),
+        "recipe": recipe_rows(runs, styles),
         "environment": environment_rows(runs),
-        "results_tables": results_tables(settings),
-        "settings": setting_rows(settings),
-        "comparison": comparison_rows(matched),
+        "results_tables": results_tables(settings, styles),
+        "settings": setting_rows(settings, styles),
+        "comparison": comparison_rows(matched, styles),
         "uncovered": uncovered,
         "uncovered_elsewhere": uncovered_elsewhere,
         "n_uncovered": int((compared["match"] != MATCHED).sum()),
         "local_note": local_note(settings),
         "local_mark": LOCAL_MARK,
         "data_sources": data_rows(runs),
-        "paired": paired_rows(paired_differences(runs, settings, PROPOSED)),
+        "paired": paired_rows(paired_differences(runs, settings, PROPOSED), styles),
         "proposed": list(PROPOSED),
-        "papers": paper_sections(compared, figures, figure_notes),
+        "papers": paper_sections(compared, figures, figure_notes, styles),
         "published_total": len(published),
         "published_matched": len(matched),
         "published_path": str(published_path),
