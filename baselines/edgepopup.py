@@ -28,8 +28,11 @@ Deviations and decisions:
 - The reference code's `prune_rate` means the kept fraction in the top-k but the removed fraction
   in `scale_fan`; here `density` = 1 - sparsity is the kept fraction everywhere, and option
   `scale_fan` divides the constant by sqrt(density) (std sqrt(2 / (fan_in * density))).
-- Biases (if any) and BatchNorm affine parameters stay at their initial values (the paper uses
-  non-affine BatchNorm); running statistics update as usual. `frozen_bias` adds ASLP's random,
+- Biases (if any) stay at their initial values; normalisation affine parameters are set to
+  (1, 0) and layer scales to 1 (training/frozen.py; the paper uses non-affine BatchNorm, and the
+  suite's own networks start there anyway), and stay frozen; running statistics update as usual.
+  `keep_weights` (an extension, off) keeps the network's own weights and norms and no signed
+  constant, e.g. those loaded by the run's `init_from`. `frozen_bias` adds ASLP's random,
   never-trained biases; `signed_constant_scope=conv` leaves Linear layers Kaiming normal, as
   ASLP does (its Linear layers are re-initialised after the signed constant is set).
 - ASLP's signed constant is sign(w) * std of the Kaiming draw; here it is the exact
@@ -45,8 +48,10 @@ import torch
 from torch import nn
 
 from prunebench.training.frozen import (
+    KEEP_WEIGHTS_HELP,
     add_frozen_biases,
     in_scope,
+    reset_norm_affine,
 )
 from prunebench.training.masking import (
     attach,
@@ -74,6 +79,8 @@ class EdgePopupHparams(MethodHparams):
         "all", "all | conv (ASLP: Linear layers stay Kaiming normal)", choices=('all', 'conv'))
     frozen_bias: bool = option(
         False, "ASLP layer_modules.py: random never-trained bias in every layer")
+    keep_weights: bool = option(
+        False, "extension: " + KEEP_WEIGHTS_HELP + " (no signed constant)")
     lr_schedule: str = option(
         "run",
         "run: the run's schedule (paper: cosine); ASLP: constant",
@@ -140,12 +147,17 @@ class EdgePopup(PruningMethod):
     frozen_weights = True
     paper = "Ramanujan et al., What's hidden in a randomly weighted neural network?, CVPR 2020"
 
+    def redraws_weights(self) -> bool:
+        return self.hp.signed_constant and not self.hp.keep_weights
+
     def prepare(self, model: nn.Module) -> None:
         layers = prunable_layers(model)
         density = 1.0 - self.ctx.sparsity
         numels = [layer.weight.numel() for _, layer in layers]
         counts = layer_budgets(numels, budget_count(sum(numels), self.ctx.sparsity))
-        if self.hp.signed_constant:
+        if not self.hp.keep_weights:
+            reset_norm_affine(model)
+        if self.hp.signed_constant and not self.hp.keep_weights:
             for _, layer in layers:
                 if in_scope(layer, self.hp.signed_constant_scope):
                     signed_kaiming_constant(layer.weight, density if self.hp.scale_fan else 1.0)

@@ -37,6 +37,9 @@ Deviations and decisions:
   averages 10 test passes that each sample a mask per batch of 256; here each of the 10 passes
   uses one mask for the whole test set: the same expected accuracy, a different spread.
 - The sample count in DWR carries the straight-through gradient, as in the reference code.
+- Normalisation affine (1, 0) and layer scales 1, frozen (training/frozen.py); `keep_weights`
+  (an extension, off) keeps the network's own weights and norms instead, e.g. those loaded by
+  the run's `init_from`.
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ import torch
 from torch import nn
 
 from prunebench.training.frozen import (
+    KEEP_WEIGHTS_HELP,
     add_frozen_biases,
     reinitialise,
     reset_norm_affine,
@@ -79,6 +83,7 @@ class SupermaskHparams(MethodHparams):
         "all", "all | conv (ASLP: Linear layers stay Kaiming normal)", choices=('all', 'conv'))
     frozen_bias: bool = option(
         False, "ASLP layer_modules.py: random never-trained bias in every layer")
+    keep_weights: bool = option(False, "extension: " + KEEP_WEIGHTS_HELP)
     lr_schedule: str = option(
         "constant",
         "reference code --decay_schedule -1; 'run': the run's schedule",
@@ -145,11 +150,15 @@ class Supermask(PruningMethod):
         super().__init__(hparams, ctx)
         self._sampling_in_eval = False
 
+    def redraws_weights(self) -> bool:
+        return not self.hp.keep_weights
+
     def prepare(self, model: nn.Module) -> None:
         hp = self.hp
-        reinitialise(model, "signed_constant" if hp.signed_constant else "kaiming_normal",
-                     self.ctx.seed, hp.signed_constant_scope)
-        reset_norm_affine(model)
+        if not hp.keep_weights:
+            reinitialise(model, "signed_constant" if hp.signed_constant else "kaiming_normal",
+                         self.ctx.seed, hp.signed_constant_scope)
+            reset_norm_affine(model)
         if hp.frozen_bias:
             add_frozen_biases(model, self.ctx.seed)
         attach(model, lambda _name, layer: BernoulliMask(layer.weight, self.hp.logit_init,

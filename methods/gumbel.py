@@ -38,8 +38,12 @@ Decisions where the paper is silent, and deviations:
   applies it everywhere as METHODS.md states.
 - `frozen_bias=true` gives every layer ASLP's random bias, uniform(+-1/sqrt(fan_in)), never
   trained (`layer_modules.py`); off by default, as the suite's networks have no bias.
-- Normalisation layers get affine (1, 0) in `prepare`; the engine freezes them and the biases
-  (they are in no optimiser group). ASLP's conv nets have no normalisation layer.
+- Normalisation layers get affine (1, 0) and layer scales 1 in `prepare` (training/frozen.py);
+  the engine freezes them and the biases (they are in no optimiser group). ASLP's conv nets have
+  no normalisation layer.
+- Extension (`keep_weights`, off by default): no re-draw and no reset; the mask is learned over
+  the network's own weights, e.g. a trained network loaded with the run's `init_from` (the
+  engine refuses `init_from` without it, as the re-draw would discard the loaded weights).
 - Validation during training uses the deterministic mask m >= 0 (the mask that is finally
   tested) by default; `val_mask=sampled` draws a fresh mask at every validation forward pass,
   as ASLP does (`strategies/ASLP/layer_functions.py` samples in every forward), so early stopping
@@ -76,6 +80,7 @@ import torch
 from torch import nn
 
 from prunebench.training.frozen import (
+    KEEP_WEIGHTS_HELP,
     add_frozen_biases,
     reinitialise,
     reset_norm_affine,
@@ -109,6 +114,7 @@ class GumbelHparams(MethodHparams):
         "all", "all | conv (ASLP: Linear layers stay Kaiming normal)", choices=('all', 'conv'))
     frozen_bias: bool = option(
         False, "ASLP layer_modules.py: random never-trained bias in every layer")
+    keep_weights: bool = option(False, "extension: " + KEEP_WEIGHTS_HELP)
     tau: float = option(1.0, "paper: Gumbel-Softmax temperature 1", bounds="(0, inf)")
     logit_init: float = option(0.0, "paper: m = 0, keep probability 1/2", bounds="(-inf, inf)")
     logit_lr: float = option(50.0, "paper: SGD lr 50 for the logits", bounds="(0, inf)")
@@ -193,10 +199,14 @@ class Gumbel(PruningMethod):
     def _masks(self, model: nn.Module) -> list[GumbelMask]:
         return [weight_transform(layer) for _, layer in prunable_layers(model)]
 
+    def redraws_weights(self) -> bool:
+        return not self.hp.keep_weights
+
     def prepare(self, model: nn.Module) -> None:
         hp = self.hp
-        reinitialise(model, hp.init, self.ctx.seed, hp.signed_constant_scope)
-        reset_norm_affine(model)
+        if not hp.keep_weights:
+            reinitialise(model, hp.init, self.ctx.seed, hp.signed_constant_scope)
+            reset_norm_affine(model)
         if hp.frozen_bias:
             add_frozen_biases(model, self.ctx.seed)
         attach(model, lambda _name, layer: GumbelMask(layer.weight, hp.tau, hp.logit_init))

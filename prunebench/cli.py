@@ -99,7 +99,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     # the training setting's declared range, before anything is read or downloaded
     check_setting(TrainConfig, "val_fraction", args.val_fraction, "--val-fraction")
     path = prepare(args.dataset, args.data_dir, root=args.root, val_fraction=args.val_fraction,
-                   url=args.url, checksum=args.checksum)
+                   url=args.url, checksum=args.checksum, image_size=args.image_size,
+                   resize=args.resize)
     _say(path)
 
 
@@ -135,11 +136,15 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    from prunebench.training.models import ARCHS
+    from prunebench.training.models import ARCHS, timm_model_names
     from prunebench.training.registry import get_method, list_methods
 
     if args.options:
         print_options(args.options)
+        return
+    if args.timm:
+        names = timm_model_names(args.timm)
+        print("\n".join(names) if names else f"no timm model matches {args.timm!r}")
         return
     print("methods:")
     for name in list_methods():
@@ -147,6 +152,9 @@ def cmd_list(args: argparse.Namespace) -> None:
         kind = "budgeted" if cls.budgeted else "no budget"
         print(f"  {name:15s} {kind:10s} {cls.paper}")
     print("archs:    " + ", ".join(ARCHS))
+    print("          and any timm model as timm/<name>, e.g. timm/convnext_atto, "
+          "timm/vit_tiny_patch16_224,\n          timm/efficientnet_b0, timm/resnet50 "
+          "(`list --timm 'convnext*'` lists timm's names)")
     print("datasets: " + ", ".join(DATASETS))
 
 
@@ -306,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
         "refused as ambiguous."))
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="training images held out for validation, class-stratified")
+    p.add_argument("--image-size", type=int, default=0, metavar="N", help=(
+        "imagefolder: resize every image to NxN (images of any sizes); 0 keeps them as they are "
+        "(then all must share one size)"))
+    p.add_argument("--resize", default="center_crop", choices=("center_crop", "stretch"),
+                   help="with --image-size: center_crop scales the shorter side to N and cuts "
+                   "the central square; stretch scales both sides to N")
     p.add_argument("--url", default="", help="download from this mirror instead")
     p.add_argument("--checksum", default="", help="expected checksum of a mirror's archive")
     p.set_defaults(func=cmd_prepare)
@@ -316,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "run is skipped, an interrupted one resumes.", quiet)
     p.add_argument("--dataset", required=True, type=DATASET, metavar="NAME", help=dataset_help)
     p.add_argument("--arch", required=True, type=ARCH, metavar="NAME",
-                   help=f"the architecture: {', '.join(ARCHS)} (`prunebench list` shows all)")
+                   help=f"the architecture: {', '.join(ARCHS)}, or any timm model as "
+                   "timm/<name> (`prunebench list` shows all)")
     p.add_argument("--method", required=True, type=METHOD, metavar="NAME",
                    help="a registered pruning method (`prunebench list` shows them, "
                    "`prunebench list --options NAME` its options)")
@@ -358,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--options", default=None, type=OPTIONS_OF, metavar="METHOD",
                    help="print METHOD's options with their defaults and help instead "
                    "(`train`: the training settings)")
+    p.add_argument("--timm", default="", metavar="PATTERN",
+                   help="print timm's model names matching PATTERN (e.g. 'vit_*') as archs "
+                   "(timm/<name>) instead")
     p.set_defaults(func=cmd_list)
 
     p = _subcommand(sub, "aggregate", "run folders -> summary.csv and summary_by_setting.csv",

@@ -94,6 +94,17 @@ def method_folder(method: str, variant: str = "") -> str:
     return f"{method}@{variant}" if variant else method
 
 
+def arch_folder(arch: str) -> str:
+    """An arch's folder name: `timm/convnext_atto` -> `timm-convnext_atto` (one path level;
+    timm names have no `-`), the papers' networks as they are."""
+    return arch.replace("/", "-", 1)
+
+
+def arch_from_folder(folder: str) -> str:
+    """The arch an arch folder names (the inverse of `arch_folder`)."""
+    return folder.replace("-", "/", 1) if folder.startswith("timm-") else folder
+
+
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 _RUN_ID = re.compile(rf"(?P<dataset>{_NAME})/(?P<arch>{_NAME})/(?P<method>{_NAME})"
                      rf"(?:@(?P<variant>{_NAME}))?/s(?P<sparsity>none|[0-9.e+-]+)"
@@ -114,9 +125,10 @@ class Run:
 
     @property
     def run_id(self) -> str:
-        """`{dataset}/{arch}/{method}[@{variant}]/s{sparsity}/seed{seed}`: the folder below the
-        runs root (the workflow's `{run}` wildcard)."""
-        return (f"{self.dataset}/{self.arch}/{method_folder(self.method, self.variant)}/"
+        """`{dataset}/{arch}/{method}[@{variant}]/s{sparsity}/seed{seed}` (arch as `arch_folder`
+        spells it): the folder below the runs root (the workflow's `{run}` wildcard)."""
+        return (f"{self.dataset}/{arch_folder(self.arch)}/"
+                f"{method_folder(self.method, self.variant)}/"
                 f"{sparsity_label(self.sparsity)}/seed{self.seed}")
 
     @property
@@ -139,8 +151,8 @@ class Run:
         if match is None:
             raise ValueError(f"{text!r} is not a run folder below the runs root: expected "
                              "<dataset>/<arch>/<method>[@<variant>]/s<sparsity|none>/seed<n>")
-        return cls(match["dataset"], match["arch"], match["method"], match["variant"] or "",
-                   sparsity, int(match["seed"]))
+        return cls(match["dataset"], arch_from_folder(match["arch"]), match["method"],
+                   match["variant"] or "", sparsity, int(match["seed"]))
 
 
 def run_dir(out_root: str | Path, dataset: str, arch: str, method: str,

@@ -183,6 +183,16 @@ def prepare_root_args(wildcards):
     return ["--root", root] if root else []
 
 
+def prepare_option_args(wildcards):
+    """data_options.<dataset> as `prepare` flags (`--image-size N --resize MODE`)."""
+    options = config.get("data_options", {}).get(wildcards.dataset, {})
+    return [
+        arg
+        for key, value in sorted(options.items())
+        for arg in (f"--{key.replace('_', '-')}", str(value))
+    ]
+
+
 # ---- check_options and train_run ----------------------------------------------------------
 
 

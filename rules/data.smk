@@ -19,8 +19,9 @@ rule prepare_dataset:
     params:
         data_dir=output_folder,
         root=prepare_root_args,
+        options=prepare_option_args,
     shell:
         prunebench(
             "prepare --dataset {wildcards.dataset:q} --data-dir {params.data_dir:q}"
-            " {params.root:q} > {log:q} 2>&1"
+            " {params.root:q} {params.options:q} > {log:q} 2>&1"
         )

@@ -34,6 +34,37 @@ def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+# timm's tiny test models, run by the registry-wide tests beside the papers' networks.
+TIMM_TEST_ARCHS = ("timm/test_resnet", "timm/test_convnext", "timm/test_efficientnet",
+                   "timm/test_vit")
+SMALL_IMAGE_SIZE = 32  # the smallest input every timm test model takes (ConvNeXt's strides)
+
+
+@pytest.fixture(scope="session")
+def small_images_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder holding `imagefolder`: 16 training and 4 test images per class of the
+    digits as 8x8 PNG files, prepared at 32x32 (the imagefolder resize), for the timm models."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from prunebench.data.prepared import prepare
+
+    bunch = load_digits()
+    tree = tmp_path_factory.mktemp("digit-images")
+    for label in range(10):
+        images = bunch.images[bunch.target == label]
+        for k, image in enumerate(images[:20]):
+            split = "train" if k < 16 else "test"
+            folder = tree / split / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            pixels = np.clip(image * 16.0, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, mode="L").save(folder / f"{k}.png")
+    data = tmp_path_factory.mktemp("small-data")
+    prepare("imagefolder", data, root=str(tree), image_size=SMALL_IMAGE_SIZE)
+    return data
+
+
 def cli_env() -> dict[str, str]:
     """Environment for `python -m prunebench` subprocesses: the repo importable, few threads."""
     env = dict(os.environ)

@@ -1,6 +1,7 @@
-"""Every method runs end to end on every architecture of the paper grid, not only conv4: the
-run finishes, keeps exactly K weights when budgeted, leaves no prunable layer empty at half
-sparsity, and tests a finite accuracy. One short epoch each on digits."""
+"""Every method runs end to end on every architecture of the paper grid, not only conv4, and on
+timm's tiny test models: the run finishes, keeps exactly K weights when budgeted, leaves no
+prunable layer empty at half sparsity, and tests a finite accuracy. One short epoch each on
+digits (timm's models: the digits as 32x32 images, the imagefolder dataset)."""
 from __future__ import annotations
 
 import csv
@@ -9,6 +10,7 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import TIMM_TEST_ARCHS
 
 from prunebench.plan.config import resolve
 from prunebench.training.masking import budget_count
@@ -28,17 +30,20 @@ def test_resnet18_starts_with_every_batchnorm_scale_at_one() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", [a for a in ARCHS if a != "conv4"])
+@pytest.mark.parametrize("arch", [*(a for a in ARCHS if a != "conv4"), *TIMM_TEST_ARCHS])
 @pytest.mark.parametrize("method", list_methods())
-def test_method_runs_on_every_architecture(method: str, arch: str, digits_dir, tmp_path) -> None:
+def test_method_runs_on_every_architecture(method: str, arch: str, request, tmp_path) -> None:
     cls = get_method(method)
     budgeted = cls(cls.hparams_cls(), None).is_budgeted()
     sparsity = 0.5 if budgeted else None
-    overrides = {"data_dir": str(digits_dir), "device": "cpu", "epochs": "1",
+    timm_arch = arch in TIMM_TEST_ARCHS
+    data_dir = request.getfixturevalue("small_images_dir" if timm_arch else "digits_dir")
+    overrides = {"data_dir": str(data_dir), "device": "cpu", "epochs": "1",
                  "batch_size": "256"}
     if method == "magnitude_ft":
         overrides["method.ft_epochs"] = "1"
-    metrics = execute(resolve("digits", arch, method, sparsity, 0, overrides=overrides),
+    dataset = "imagefolder" if timm_arch else "digits"
+    metrics = execute(resolve(dataset, arch, method, sparsity, 0, overrides=overrides),
                       tmp_path / "run")
     assert math.isfinite(metrics["test_top1"])
     if budgeted:

@@ -688,3 +688,39 @@ def test_channel_stats_match_float_computation() -> None:
     mean, std = channel_stats(x)
     assert np.allclose(mean, xf.mean(axis=(0, 2, 3)), atol=1e-12)
     assert np.allclose(std, xf.std(axis=(0, 2, 3)), atol=1e-12)
+
+
+# -- imagefolder at any image size -----------------------------------------------------------------
+
+def test_imagefolder_resizes_images_of_any_size(tmp_path: Path) -> None:
+    """image_size: images of several sizes and aspect ratios become one NxN tensor; center_crop
+    keeps the middle of a wide image, stretch squeezes all of it; the manifest, the statistics
+    (from the training images as prepared) and every run record it."""
+    tree = make_tree(tmp_path / "tree", n=2, size=8)
+    wide = Image.new("RGB", (40, 10), (255, 0, 0))  # red edges, a green middle
+    wide.paste((0, 255, 0), (10, 0, 30, 10))
+    wide.save(tree / "train" / "cat" / "0.png")
+    Image.new("RGB", (5, 30), (0, 0, 255)).save(tree / "test" / "dog" / "0.png")
+    crop = load_prepared("imagefolder", prepare("imagefolder", tmp_path / "c", root=str(tree),
+                                                 image_size=6).parent)
+    stretch = load_prepared("imagefolder", prepare("imagefolder", tmp_path / "s", root=str(tree),
+                                                    image_size=6, resize="stretch").parent)
+    for data in (crop, stretch):
+        assert tuple(data.tensors["train_x"].shape) == (4, 3, 6, 6)
+        assert tuple(data.tensors["test_x"].shape) == (4, 3, 6, 6)
+    middle = crop.tensors["train_x"][0]
+    assert (middle[1] == 255).all() and (middle[0] == 0).all()  # only the green middle
+    squeezed = stretch.tensors["train_x"][0]
+    assert squeezed[0, :, 0].float().mean() > 200  # the red left edge survives
+    assert crop.manifest["data_resize"] == "center_crop to 6x6"
+    assert stretch.manifest["data_resize"] == "stretch to 6x6"
+    x = crop.tensors["train_x"].double() / 255
+    assert crop.manifest["mean"] == pytest.approx(x.mean(dim=(0, 2, 3)).tolist())
+
+
+def test_image_size_is_refused_where_it_does_not_apply(tmp_path: Path) -> None:
+    with pytest.raises(PrunebenchError, match="image_size applies to imagefolder"):
+        prepare("cifar10", tmp_path, image_size=48)
+    tree = make_tree(tmp_path / "tree")
+    with pytest.raises(PrunebenchError, match="resize one of center_crop, stretch"):
+        prepare("imagefolder", tmp_path / "d", root=str(tree), image_size=6, resize="fit")

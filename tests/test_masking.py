@@ -10,6 +10,7 @@ from prunebench.training.masking import (
     apply_global_topk,
     attach_fixed_masks,
     budget_count,
+    exclude_layers,
     fold,
     global_topk_masks,
     layer_budgets,
@@ -87,3 +88,40 @@ def test_fold_leaves_plain_weights_with_zeros() -> None:
 def test_budget_count_rounds() -> None:
     assert budget_count(457_792, 0.9) == 45_779
     assert budget_count(10, 0.0) == 10
+
+
+@pytest.mark.parametrize(("arch", "which", "excluded"), [
+    ("timm/test_vit", "first_last", ["patch_embed.proj", "head"]),
+    ("timm/test_convnext", "first", ["stem.0"]),
+    ("timm/test_efficientnet", "last", ["classifier"]),
+    ("conv4", "first_last", ["features.0", "classifier.5"]),
+])
+def test_excluded_layers_stay_dense_and_out_of_the_budget(arch: str, which: str,
+                                                          excluded: list[str]) -> None:
+    """`exclude_layers` takes the first and/or last Conv2d/Linear the input passes through out
+    of the prunable set for everything that prunes: masks, the budget, the density table."""
+    torch.manual_seed(0)
+    model = create_model(arch, 10, 3, 32)
+    n_all = num_prunable(model)
+    assert exclude_layers(model, which, (3, 32, 32)) == excluded
+    names = [n for n, _ in prunable_layers(model)]
+    assert not set(excluded) & set(names)
+    layers = dict(model.named_modules())
+    assert num_prunable(model) == n_all - sum(layers[n].weight.numel() for n in excluded)
+    attach_fixed_masks(model)
+    scores = [stored_weight(m).abs() for _, m in prunable_layers(model)]
+    k = budget_count(num_prunable(model), 0.9)
+    apply_global_topk(model, scores, k)
+    fold(model)
+    rows = {r["layer"]: r for r in layer_densities(model)}
+    assert set(rows) == set(names) | set(excluded)
+    assert all(rows[n]["density"] == 1.0 and rows[n]["prunable"] is False for n in excluded)
+    assert sum(r["nonzero"] for r in rows.values() if r["prunable"]) == k
+
+
+def test_nothing_is_excluded_by_default() -> None:
+    model = create_model("timm/test_vit", 10, 3, 32)
+    before = [n for n, _ in prunable_layers(model)]
+    assert exclude_layers(model, "none", (3, 32, 32)) == []
+    assert [n for n, _ in prunable_layers(model)] == before
+    assert all(r["prunable"] for r in layer_densities(model))

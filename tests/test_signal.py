@@ -1,6 +1,7 @@
 """Every method on every architecture starts with a live network: after `prepare`, each
 prunable layer gets a non-zero training signal on a real batch, and no residual branch or VGG
-block is dead (perturbing its weights changes the output).
+block is dead (perturbing its weights changes the output). The architectures are the papers'
+five and timm's tiny test models (ResNet, ConvNeXt, EfficientNet, ViT) on 32x32 images.
 
 Pins the resnet18 BatchNorm fix (METHODS.md, reference-code facts): with timm's zero-initialised
 last BN scale, SNIP's saliency and the frozen-weight methods' gradients are exactly 0 for every
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TIMM_TEST_ARCHS
 from torch import nn
 
 from prunebench.data.prepared import DeviceData, load_prepared
@@ -29,10 +31,21 @@ def data(digits_dir) -> DeviceData:
     return DeviceData(load_prepared("digits", digits_dir), CPU, 0.1)
 
 
+@pytest.fixture(scope="module")
+def small_data(small_images_dir) -> DeviceData:
+    return DeviceData(load_prepared("imagefolder", small_images_dir), CPU, 0.1)
+
+
+def data_for(arch: str, request: pytest.FixtureRequest) -> DeviceData:
+    """digits (8x8) for the papers' networks, the 32x32 digit images for timm's."""
+    return request.getfixturevalue("small_data" if arch in TIMM_TEST_ARCHS else "data")
+
+
 def prepared(method: str, arch: str, data: DeviceData, sparsity: float = 0.5):
     """A model of `arch` with `method` prepared on it, as the engine does before training."""
     torch.manual_seed(0)
-    model = create_model(arch, 10, 1, 8)
+    x, _ = next(data.eval_batches("test", 1))
+    model = create_model(arch, 10, x.shape[1], x.shape[2])
     cls = get_method(method)
     budgeted = cls(cls.hparams_cls(), None).is_budgeted()
 
@@ -68,10 +81,11 @@ def dead_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
     return [name for name, w in weights.items() if w.grad is None or not bool(w.grad.any())]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [*ARCHS, *TIMM_TEST_ARCHS])
 @pytest.mark.parametrize("method", list_methods())
 def test_every_layer_gets_a_training_signal_and_no_block_is_dead(method: str, arch: str,
-                                                                   data) -> None:
+                                                                   request) -> None:
+    data = data_for(arch, request)
     model, m = prepared(method, arch, data)
     phase = m.phases()[0]
     trainable = {id(p) for g in m.param_groups(model, phase) for p in g.params}
@@ -84,7 +98,7 @@ def test_every_layer_gets_a_training_signal_and_no_block_is_dead(method: str, ar
     (loss if reg is None else loss + reg).backward()
     silent = [name for name, layer in prunable_layers(model) if layer_signal(layer) == 0.0]
     assert not silent, f"{method} on {arch}: no gradient reaches {silent}"
-    if arch in ("vgg19", "resnet18"):  # blocks and residual branches
+    if arch in ("vgg19", "resnet18", *TIMM_TEST_ARCHS):  # blocks and residual branches
         dead = dead_layers(model, x)
         assert not dead, f"{method} on {arch}: perturbing {dead} leaves the output unchanged"
 
@@ -93,3 +107,18 @@ def test_snip_saliency_is_nonzero_in_every_resnet_block(data) -> None:
     _, m = prepared("snip", "resnet18", data, sparsity=0.9)
     zero = [i for i, s in enumerate(m.scores) if float(s.sum()) == 0.0]
     assert not zero, f"snip saliency is exactly 0 in prunable layers {zero}"
+
+
+FROZEN = [m for m in list_methods() if get_method(m).frozen_weights]
+
+
+@pytest.mark.parametrize("method", FROZEN)
+def test_frozen_weight_methods_fix_norms_and_layer_scales(method: str, small_data) -> None:
+    """As on the papers' networks, a frozen network's norms stay at affine (1, 0); ConvNeXt's
+    layer scales (1e-6 at init, which would silence every frozen residual branch) go to 1."""
+    model, _ = prepared(method, "timm/test_convnext", small_data)
+    gammas = [p for n, p in model.named_parameters() if n.endswith("gamma")]
+    norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    assert len(gammas) == 9 and all(bool((g == 1).all()) for g in gammas)
+    assert norms and all(bool((m.weight == 1).all()) and bool((m.bias == 0).all())
+                         for m in norms)

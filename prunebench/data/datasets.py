@@ -20,6 +20,10 @@ from prunebench.errors import PrunebenchError
 from prunebench.fileio import sha256_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# How `image_size` is reached (imagefolder): center_crop scales the shorter side to the size and
+# cuts the central square (torchvision's Resize(size) + CenterCrop(size)); stretch scales both
+# sides to it, changing the aspect ratio.
+RESIZE_MODES = ("center_crop", "stretch")
 READ_THREADS = 8  # most image decoding threads (fewer when fewer CPUs are allotted)
 READ_CHUNK = 512  # images per thread-pool task
 
@@ -40,16 +44,44 @@ class RawDataset:
     source: str = ""
     source_sha256: str = ""
     origin: str = ""
+    resize: str = ""  # how the images were resized ("center_crop to 48x48"), "" as read
 
 
 @dataclass
 class SourceArgs:
-    """Where a source reads from (`root`: user-given path) and may write scratch files (`work`)."""
+    """Where a source reads from (`root`: user-given path) and may write scratch files (`work`);
+    `image_size` > 0 resizes every image to image_size x image_size (`resize`: RESIZE_MODES)."""
 
     root: str
     work: Path
     url: str = ""
     checksum: str = ""
+    image_size: int = 0
+    resize: str = "center_crop"
+
+
+@dataclass(frozen=True)
+class Resize:
+    """Every image to `size` x `size`, by `how` (one of RESIZE_MODES)."""
+
+    size: int
+    how: str
+
+    def apply(self, img: Any) -> Any:
+        """A PIL image resized (bilinear, antialiased) and, for center_crop, cropped."""
+        from PIL import Image
+
+        if self.how == "stretch":
+            return img.resize((self.size, self.size), Image.Resampling.BILINEAR)
+        w, h = img.size
+        scale = self.size / min(w, h)
+        rw, rh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
+        img = img.resize((rw, rh), Image.Resampling.BILINEAR)
+        left, top = int(round((rw - self.size) / 2)), int(round((rh - self.size) / 2))
+        return img.crop((left, top, left + self.size, top + self.size))
+
+    def describe(self) -> str:
+        return f"{self.how} to {self.size}x{self.size}"
 
 
 Source = Callable[[SourceArgs], RawDataset]
@@ -89,9 +121,10 @@ def digits(args: SourceArgs) -> RawDataset:
 
 
 def _read_image(item: Path | str, mode: str | None,
-                load: Callable[[Any], bytes] | None = None) -> np.ndarray:
-    """One image as uint8 (C, H, W): converted to `mode`, else kept if grayscale or RGB.
-    `item` is a path, or a name that `load` turns into the file's bytes."""
+                load: Callable[[Any], bytes] | None = None,
+                resize: Resize | None = None) -> np.ndarray:
+    """One image as uint8 (C, H, W): converted to `mode`, else kept if grayscale or RGB, and
+    resized if asked. `item` is a path, or a name that `load` turns into the file's bytes."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -101,6 +134,8 @@ def _read_image(item: Path | str, mode: str | None,
                 img = img.convert(mode)
             elif mode is None and img.mode not in ("L", "RGB"):
                 img = img.convert("RGB")
+            if resize is not None:
+                img = resize.apply(img)
             arr = np.asarray(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise PrunebenchError(f"image {item} cannot be read: {one_line(e)}") from None
@@ -119,22 +154,23 @@ def read_threads() -> int:
 
 
 def read_images(items: Sequence[Any], mode: str | None = None,
-                load: Callable[[Any], bytes] | None = None) -> np.ndarray:
+                load: Callable[[Any], bytes] | None = None,
+                resize: Resize | None = None) -> np.ndarray:
     """Decode images (paths, or names that `load` turns into bytes) into one uint8 (N, C, H, W)
-    array; every image must have the same shape.
+    array; every image must have the same shape (after `resize`, if given).
 
     Decoding runs in a thread pool (Pillow and zlib release the GIL while decoding); an error
     names the first bad image in `items` order.
     """
     if not items:
         raise PrunebenchError("no images to read")
-    first = _read_image(items[0], mode, load)
+    first = _read_image(items[0], mode, load, resize)
     out = np.empty((len(items), *first.shape), dtype=np.uint8)
     out[0] = first
 
     def work(lo: int, hi: int) -> None:
         for i in range(lo, hi):
-            arr = _read_image(items[i], mode, load)
+            arr = _read_image(items[i], mode, load, resize)
             if arr.shape != first.shape:
                 raise PrunebenchError(
                     f"image {items[i]} is {'x'.join(map(str, arr.shape))} (CxHxW) but "
@@ -192,7 +228,8 @@ def _labelled(where: str, classes: list[str], per_class: dict[str, list[Any]]
 
 
 def read_class_tree(split_dir: Path, classes: list[str] | None = None,
-                    mode: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+                    mode: str | None = None, resize: Resize | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read `split_dir/<class>/*.jpg|png` into arrays (converted to `mode` if given); every image
     must have the same shape."""
     if not split_dir.is_dir():
@@ -202,7 +239,7 @@ def read_class_tree(split_dir: Path, classes: list[str] | None = None,
     per_class = {c: [p for p in (split_dir / c).iterdir()
                      if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()] for c in classes}
     files, labels = _labelled(str(split_dir), classes, per_class)
-    return read_images(files, mode), labels, classes
+    return read_images(files, mode, resize=resize), labels, classes
 
 
 def tree_sha256(folder: Path) -> str:
@@ -223,10 +260,11 @@ def tree_base(folder: Path) -> Path | None:
     return None
 
 
-def read_folder_tree(root: Path, mode: str | None = None) -> RawDataset:
+def read_folder_tree(root: Path, mode: str | None = None,
+                     resize: Resize | None = None) -> RawDataset:
     """`root/{train,test}/<class>/*` read into arrays; test must have the training classes."""
-    tr_x, tr_y, classes = read_class_tree(root / "train", mode=mode)
-    te_x, te_y, _ = read_class_tree(root / "test", classes, mode)
+    tr_x, tr_y, classes = read_class_tree(root / "train", mode=mode, resize=resize)
+    te_x, te_y, _ = read_class_tree(root / "test", classes, mode, resize)
     return _raw(str(root), tr_x, tr_y, te_x, te_y, classes)
 
 
@@ -238,7 +276,8 @@ def archive_tree_base(dirs: set[str]) -> str | None:
 
 
 def read_archive_tree(archive: Path, mode: str | None = None,
-                      read: tuple[dict[str, bytes], set[str]] | None = None) -> RawDataset:
+                      read: tuple[dict[str, bytes], set[str]] | None = None,
+                      resize: Resize | None = None) -> RawDataset:
     """An image-tree archive read in memory (nothing unpacked): its train/ and test/ trees at
     the top or one folder down. `read`: the archive's (files, folders) if already read."""
     files, dirs = read or read_files(archive,
@@ -261,7 +300,7 @@ def read_archive_tree(archive: Path, mode: str | None = None,
         classes = _check_classes(where, found, classes)
         items, labels = _labelled(where, classes, per_split[split])
         try:
-            out[split] = read_images(items, mode, load=files.__getitem__), labels
+            out[split] = read_images(items, mode, load=files.__getitem__, resize=resize), labels
         except PrunebenchError as e:
             raise PrunebenchError(f"{e} (in archive {archive})") from None
     assert classes is not None
@@ -270,20 +309,23 @@ def read_archive_tree(archive: Path, mode: str | None = None,
 
 @register_source("imagefolder")
 def imagefolder(args: SourceArgs) -> RawDataset:
-    """Any `root/{train,test}/<class>/*` tree, or a .tar/.tar.gz/.zip archive holding one."""
+    """Any `root/{train,test}/<class>/*` tree, or a .tar/.tar.gz/.zip archive holding one; with
+    `image_size`, images of any sizes, each resized to image_size x image_size."""
     if not args.root:
         raise PrunebenchError("dataset imagefolder needs data_root: a folder or archive holding "
                               "train/<class>/* and test/<class>/*")
     root = Path(args.root)
     if not root.exists():
         raise PrunebenchError(f"imagefolder data_root {root} does not exist")
+    resize = Resize(args.image_size, args.resize) if args.image_size else None
     if root.is_file():
-        raw = read_archive_tree(root)
+        raw = read_archive_tree(root, resize=resize)
         raw.source, raw.source_sha256 = f"local archive {root.name}", sha256_file(root)
     else:
-        raw = read_folder_tree(root)
+        raw = read_folder_tree(root, resize=resize)
         raw.source, raw.source_sha256 = f"local folder {root.name}", tree_sha256(root)
     raw.origin = "local"
+    raw.resize = resize.describe() if resize else ""
     return raw
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from prunebench import paths
 from prunebench.data import downloads  # noqa: F401 - registers the downloaded datasets' sources
 from prunebench.data.archives import one_line
-from prunebench.data.datasets import RawDataset, SourceArgs, get_source
+from prunebench.data.datasets import RESIZE_MODES, RawDataset, SourceArgs, get_source
 from prunebench.errors import PrunebenchError
 from prunebench.fileio import remove_stale_temps, save_torch, sha256_file, write_json
 
@@ -24,8 +24,10 @@ FORMAT_VERSION = 1
 SPLIT_SEED = 0
 # Where the data came from, in the manifest and copied into every run's metrics.json:
 # data_source (human text), data_source_sha256 (of the archive, or of a folder's listing and
-# content: datasets.tree_sha256) and data_origin ("official" | "local").
-PROVENANCE_KEYS = ("data_source", "data_source_sha256", "data_origin")
+# content: datasets.tree_sha256), data_origin ("official" | "local") and data_resize (how the
+# images were resized, e.g. "center_crop to 48x48"; "" as read).
+PROVENANCE_KEYS = ("data_source", "data_source_sha256", "data_origin", "data_resize")
+RESIZED_SOURCES = ("imagefolder",)  # the sources that take image_size
 
 # Published normalisation statistics (METHODS.md); other datasets use their training images.
 KNOWN_STATS = {
@@ -104,15 +106,25 @@ def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def prepare(name: str, data_dir: str | Path, root: str = "", val_fraction: float = 0.1,
-            url: str = "", checksum: str = "") -> Path:
-    """Read dataset `name` from its source and write `<data_dir>/<name>.pt` plus its manifest."""
+            url: str = "", checksum: str = "", image_size: int = 0,
+            resize: str = "center_crop") -> Path:
+    """Read dataset `name` from its source and write `<data_dir>/<name>.pt` plus its manifest;
+    `image_size` > 0 (imagefolder) resizes every image to image_size x image_size by `resize`.
+    Without published statistics, the normalisation mean/std are the training images'."""
+    if image_size and name not in RESIZED_SOURCES:
+        raise PrunebenchError(f"image_size applies to {', '.join(RESIZED_SOURCES)}; {name} "
+                              "keeps its official image size")
+    if image_size < 0 or resize not in RESIZE_MODES:
+        raise PrunebenchError(f"image_size={image_size} resize={resize!r}: image_size must be "
+                              f">= 1 (0: as read) and resize one of {', '.join(RESIZE_MODES)}")
     data_dir = Path(data_dir)
     tensor_path = paths.dataset_tensors(data_dir, name)
     manifest_path = paths.dataset_manifest(data_dir, name)
     # what a prepare killed while writing left behind (the tensor file may be gigabytes)
     remove_stale_temps(data_dir, [tensor_path.name, manifest_path.name])
     raw: RawDataset = get_source(name)(SourceArgs(root=root, work=data_dir / paths.RAW, url=url,
-                                                  checksum=checksum))
+                                                  checksum=checksum, image_size=image_size,
+                                                  resize=resize))
     check_split(raw.train_y, val_fraction, "val_fraction")
     if name in KNOWN_STATS:
         mean, std = KNOWN_STATS[name]
@@ -135,6 +147,7 @@ def prepare(name: str, data_dir: str | Path, root: str = "", val_fraction: float
         "data_source": raw.source,
         "data_source_sha256": raw.source_sha256,
         "data_origin": raw.origin,
+        "data_resize": raw.resize,
         "sha256": sha256_file(tensor_path),
         "classes": raw.classes,
         "num_classes": len(raw.classes),

@@ -28,8 +28,27 @@ ARCHS = ("conv2", "conv4", "conv6", "vgg19", "resnet18")  # built by prunebench/
 ASLP_STATS_DATASETS = ("cifar10", "cifar100")
 # Image side of the datasets whose size is fixed (imagefolder's is known once prepared).
 IMAGE_SIDES = {"digits": 8, "cifar10": 32, "cifar100": 32, "tinyimagenet": 64}
+# Any timm model is an arch spelled `timm/<name>` (optionally `timm/<name>.<pretrained tag>`):
+# the prefix keeps timm's names apart from the papers' networks (timm has its own resnet18).
+TIMM_ARCH_PREFIX = "timm/"
+TIMM_NAME_PATTERN = r"[a-z0-9_]+(\.[a-z0-9_]+)?"
+ARCH_HELP = (f"{', '.join(ARCHS)}, or any timm model as timm/<name> (e.g. timm/convnext_atto, "
+             "timm/vit_tiny_patch16_224, timm/efficientnet_b0, timm/resnet50)")
 # A variant names a set of settings of one method; it becomes part of the run folder's name.
 VARIANT_PATTERN = r"[a-z0-9][a-z0-9_-]*"
+
+
+def arch_problem(arch: str) -> str | None:
+    """Why `arch` is not an architecture name (torch-free: a timm name is checked for its
+    spelling only; whether timm has it is checked when the model is built); None if it is."""
+    if arch in ARCHS:
+        return None
+    if arch.startswith(TIMM_ARCH_PREFIX):
+        if re.fullmatch(TIMM_NAME_PATTERN, arch[len(TIMM_ARCH_PREFIX):]):
+            return None
+        return (f"arch {arch!r} is not a timm model name: timm/ must be followed by a name of "
+                "lower-case letters, digits and _ (and optionally .<pretrained tag>)")
+    return f"unknown arch {arch!r}; allowed: {ARCH_HELP}"
 
 
 @dataclass
@@ -88,6 +107,16 @@ class TrainConfig:
     device: str = option("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     protocol_note: str = option("", "free text recorded with the run: which parts of a "
                                 "reference protocol it follows are inferred, and why")
+    exclude_layers: str = option(
+        "none", "prunable layers left dense: the first and/or last Conv2d/Linear the input "
+        "passes through", ("none", "first", "last", "first_last"))
+    init_from: str = option(
+        "", "a .safetensors state_dict loaded into the network before the method starts (a "
+        "run's network.safetensors or your checkpoint); '' = the architecture's random init")
+    init_adapt: str = option(
+        "none", "none: the file must match the network key for key; timm: timm's pretrained "
+        "weights of this timm/ model, adapted by timm (classifier dropped when the class count "
+        "differs, input channels and position embeddings adapted)", ("none", "timm"))
 
     def drop_epochs(self) -> tuple[int, ...]:
         """`lr_drop_epochs` as epoch numbers (empty when unset); an error names a bad value."""
@@ -117,6 +146,11 @@ class TrainConfig:
              "schedule=multistep"),
             (re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device) is not None,
              "device must be auto, cpu, cuda or cuda:N"),
+            (not self.init_from or self.init_from.endswith(".safetensors"),
+             f"init_from={self.init_from!r} must be a .safetensors file (a state_dict of "
+             "tensors; pickled checkpoints are never loaded)"),
+            (self.init_adapt == "none" or self.init_from,
+             "init_adapt=timm adapts the weights of init_from: give init_from too"),
         ]
         for ok, message in checks:
             if not ok:
@@ -160,8 +194,9 @@ def check_dataset(name: str) -> str:
 def check_arch(name: str) -> str:
     """`name` if it is an architecture the engine builds, else an error listing them (one
     check for the CLI's --arch and every run's config)."""
-    if name not in ARCHS:
-        raise PrunebenchError(f"unknown arch {name!r}; allowed: {', '.join(ARCHS)}")
+    problem = arch_problem(name)
+    if problem:
+        raise PrunebenchError(problem)
     return name
 
 
@@ -190,6 +225,10 @@ class RunConfig:
         check_fields(self, "")
         if self.dataset in IMAGE_SIDES:
             check_crop_padding(self.train.crop_padding, IMAGE_SIDES[self.dataset], self.dataset)
+        if self.train.init_adapt == "timm" and not self.arch.startswith(TIMM_ARCH_PREFIX):
+            raise PrunebenchError(f"init_adapt=timm needs a timm/ arch; {self.arch} is one of the "
+                                  "papers' networks, which have no timm pretrained weights: use "
+                                  "init_adapt=none")
         if self.variant and not re.fullmatch(VARIANT_PATTERN, self.variant):
             raise PrunebenchError(f"variant {self.variant!r} must match {VARIANT_PATTERN} "
                                   "(it names the run folder)")

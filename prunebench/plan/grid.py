@@ -24,10 +24,10 @@ from prunebench.errors import PrunebenchError
 from prunebench.paths import Run
 from prunebench.plan.catalogue import MethodSpec, method_catalogue
 from prunebench.plan.config import (
-    ARCHS,
     DATASETS,
     VARIANT_PATTERN,
     RunConfig,
+    arch_problem,
     layered_settings,
     resolve,
 )
@@ -76,6 +76,13 @@ def _check_names(key: str, values: list[str], allowed: Any, kind: str) -> None:
                               f"unknown {kind} {value!r}; allowed: {', '.join(allowed)}")
 
 
+def _check_archs(key: str, values: list[str]) -> None:
+    for i, value in enumerate(values):
+        problem = arch_problem(value)
+        if problem:
+            raise ConfigError(f"{key}[{i}]", problem)
+
+
 def _check_options(key: str, options: dict[str, Any], spec: MethodSpec) -> None:
     spec.typed_options(options, f"config {key}")
 
@@ -109,7 +116,7 @@ def _sparsities(key: str, values: list[Any]) -> list[float]:
 
 def _check_block(key: str, block: dict[str, Any], catalogue: dict[str, MethodSpec]) -> None:
     _check_names(f"{key}.datasets", block.get("datasets") or [], DATASETS, "dataset")
-    _check_names(f"{key}.archs", block.get("archs") or [], ARCHS, "arch")
+    _check_archs(f"{key}.archs", block.get("archs") or [])
     _check_names(f"{key}.methods", block.get("methods") or [], list(catalogue), "method")
     variant = block.get("variant", "")
     if variant and not re.fullmatch(VARIANT_PATTERN, variant):
@@ -137,10 +144,15 @@ def check_config(config: dict[str, Any], catalogue: dict[str, MethodSpec]) -> No
         if dataset not in DATASETS:
             raise ConfigError(f"data_roots.{dataset}",
                               f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
+    for dataset in config.get("data_options") or {}:
+        if dataset != "imagefolder":
+            raise ConfigError(f"data_options.{dataset}", "prepare options (image_size, resize) "
+                              "apply to imagefolder only; the other datasets keep their "
+                              "official image size")
     overrides = (config.get("resources") or {}).get("train_overrides") or []
     for i, entry in enumerate(overrides):
-        for axis, allowed in (("datasets", DATASETS), ("archs", ARCHS),
-                              ("methods", list(catalogue))):
+        _check_archs(f"resources.train_overrides[{i}].archs", entry.get("archs", []))
+        for axis, allowed in (("datasets", DATASETS), ("methods", list(catalogue))):
             _check_names(f"resources.train_overrides[{i}].{axis}", entry.get(axis, []),
                          allowed, axis[:-1])
 

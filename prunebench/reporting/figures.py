@@ -355,9 +355,38 @@ def _budget_order(label: str) -> tuple[int, float]:
     return (0, 0.0) if label == NO_BUDGET else (1, float(label.split()[-1]))
 
 
+# More prunable layers than this (timm models: a ViT-B has 74) are drawn one point per block.
+MAX_LAYERS_DRAWN = 30
+
+
+def layer_block(name: str) -> str:
+    """The block a layer belongs to: its name up to its last numeric part (`blocks.3.attn.qkv`
+    -> `blocks.3`, `stages.1.blocks.0.mlp.fc1` -> `stages.1.blocks.0`); others stay whole."""
+    parts = name.split(".")
+    numeric = [i for i, part in enumerate(parts) if part.isdigit()]
+    return ".".join(parts[:numeric[-1] + 1]) if numeric else name
+
+
+def by_block(layers: pd.DataFrame) -> pd.DataFrame:
+    """One row per run and block: density = kept / total weights of the block's layers."""
+    grouped = layers.assign(layer=layers["layer"].map(layer_block))
+    keys = ["run_id", "label", "budget", "layer"]
+    out = grouped.groupby(keys, sort=False).agg(nonzero=("nonzero", "sum"),
+                                                numel=("numel", "sum"),
+                                                row_index=("row_index", "min")).reset_index()
+    return out.assign(density=out["nonzero"] / out["numel"])
+
+
 def layer_density(layers: pd.DataFrame, dataset: str, arch: str, looks: dict[str, Look]
                   ) -> tuple[plt.Figure, str]:
-    """Per-layer density of the extracted networks, mean ± std over seeds."""
+    """Per-layer density of the extracted networks, mean ± std over seeds; one point per block
+    when there are more than MAX_LAYERS_DRAWN prunable layers."""
+    if "prunable" in layers:  # layers left dense by exclude_layers are not drawn
+        layers = layers[layers["prunable"].astype(str).str.lower() != "false"]
+    n_layers = layers["layer"].nunique()
+    grouped = n_layers > MAX_LAYERS_DRAWN
+    if grouped:
+        layers = by_block(layers)
     order = (layers.groupby("layer")["row_index"].min().sort_values().index.tolist())
     layers = layers.assign(layer_pos=layers["layer"].map({n: i for i, n in enumerate(order)}))
     budgets = sorted(layers["budget"].unique(), key=_budget_order)
@@ -373,15 +402,18 @@ def layer_density(layers: pd.DataFrame, dataset: str, arch: str, looks: dict[str
         ax.set_xticks(range(len(order)))
         ax.set_xticklabels(order, rotation=90, fontsize=7)
         ax.set_ylim(-0.03, 1.03)
-        ax.set_xlabel("layer")
+        ax.set_xlabel("block" if grouped else "layer")
         ax.set_ylabel("density (fraction kept)")
     _legend_outside(fig, [_handle(_look(looks, lab)) for lab in
                           _in_order(looks, layers["label"])])
     fig.tight_layout()
+    unit = (f"block (the {n_layers} prunable layers grouped into {len(order)} blocks by name, "
+            "each point the kept fraction of its block's weights)" if grouped else "layer")
     caption = (f"Per-layer density (fraction of each prunable layer's weights kept) of the "
                f"extracted networks on {dataset} with {arch}, mean ± std over seeds; one panel "
-               "per budget, layers in forward order, one colour and marker per method. A point "
-               "at 0 is a collapsed layer. Dense runs (density 1 everywhere) are left out.")
+               f"per budget, one point per {unit}, in forward order, one colour and marker per "
+               "method. A point at 0 is a collapsed layer. Dense runs (density 1 everywhere) "
+               "and layers left dense (exclude_layers) are left out.")
     return fig, caption
 
 

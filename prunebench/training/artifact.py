@@ -26,8 +26,9 @@ from torch import nn
 
 from prunebench import fileio, paths
 from prunebench.errors import PrunebenchError
+from prunebench.plan.config import ARCH_HELP, arch_problem
 from prunebench.training.masking import prunable_layers
-from prunebench.training.models import ARCHS, TIMM_PREFIX, create_model
+from prunebench.training.models import create_model, timm_name
 
 FORMAT = "prunebench-network/1"
 # What a header may ask the loader to build, checked before any allocation.
@@ -81,7 +82,7 @@ def save_network(run_dir: Path, model: nn.Module, arch: str, num_classes: int,
     metadata = {
         "format": FORMAT,
         "arch": arch,
-        "timm_model": TIMM_PREFIX + arch,
+        "timm_model": timm_name(arch),
         "num_classes": str(num_classes),
         "image_shape": json.dumps(list(image_shape)),
         "mean": json.dumps([float(m) for m in mean]),
@@ -143,8 +144,8 @@ def _header(metadata: dict[str, str], path: Path) -> tuple[str, int, list[int], 
     if metadata.get("format") != FORMAT:
         raise refuse(f"format {str(metadata.get('format'))[:40]!r}, expected {FORMAT!r}")
     arch = metadata.get("arch", "")
-    if arch not in ARCHS:
-        raise refuse(f"arch {arch[:40]!r} is not one of {', '.join(ARCHS)}")
+    if not isinstance(arch, str) or len(arch) > 200 or arch_problem(arch):
+        raise refuse(f"arch {str(arch)[:40]!r} is not one of {ARCH_HELP}")
     try:
         num_classes = int(metadata["num_classes"])
         shape, mean, std = (json.loads(metadata[k]) for k in ("image_shape", "mean", "std"))

@@ -1,7 +1,10 @@
 """Prunable-set selection, exact top-K masks, weight parametrizations and density accounting.
 
 Every method sees the same prunable set: the `weight` of every Conv2d and Linear (first and last
-layer included), never biases or normalisation parameters. A method changes how a layer's
+layer included unless the run's `exclude_layers` leaves them dense), never biases or
+normalisation parameters. Grouped and depthwise convolutions, attention projections (timm's
+qkv/proj Linear), patch embeddings and classifier heads are Conv2d/Linear like any other. A
+method changes how a layer's
 effective weight is computed by attaching a parametrization (torch.nn.utils.parametrize);
 `fold` bakes the final effective weights into plain tensors so no mask arithmetic is left at
 inference.
@@ -15,11 +18,53 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
+# Attribute of a model naming the Conv2d/Linear layers left out of the prunable set.
+EXCLUDED = "prunebench_excluded"
+EXCLUDE_CHOICES = {"none": (), "first": ("first",), "last": ("last",),
+                   "first_last": ("first", "last")}
+
+
+def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every Conv2d and Linear, in registration order, excluded ones too."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every Conv2d and Linear, in registration order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+    """(name, module) of every Conv2d and Linear the run prunes, in registration order."""
+    excluded = getattr(model, EXCLUDED, ())
+    return [(n, m) for n, m in weight_layers(model) if n not in excluded]
+
+
+@torch.no_grad()
+def forward_order(model: nn.Module, input_shape: tuple[int, int, int]) -> list[str]:
+    """Names of the Conv2d/Linear layers in the order one eval-mode forward pass of a zero
+    image of `input_shape` (C, H, W) first calls them."""
+    order: list[str] = []
+    hooks = [layer.register_forward_hook(lambda *_a, name=name: order.append(name))
+             for name, layer in weight_layers(model)]
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return list(dict.fromkeys(order))
+
+
+def exclude_layers(model: nn.Module, which: str, input_shape: tuple[int, int, int]
+                   ) -> list[str]:
+    """Leave the first and/or last Conv2d/Linear the input passes through (`which`: none,
+    first, last, first_last) dense: out of `prunable_layers`, for every method. Their names."""
+    if which not in EXCLUDE_CHOICES:
+        raise ValueError(f"exclude_layers={which!r}; allowed: {', '.join(EXCLUDE_CHOICES)}")
+    ends = EXCLUDE_CHOICES[which]
+    order = forward_order(model, input_shape) if ends else []
+    names = list(dict.fromkeys(([order[0]] if "first" in ends else [])
+                               + ([order[-1]] if "last" in ends else [])))
+    setattr(model, EXCLUDED, tuple(names))
+    return names
 
 
 def stored_weight(layer: nn.Module) -> torch.Tensor:
@@ -146,10 +191,12 @@ def fold(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def layer_densities(model: nn.Module) -> list[dict[str, float | int | str]]:
-    """Per prunable layer: name, shape, size, non-zero count and density of its effective weight."""
+def layer_densities(model: nn.Module) -> list[dict[str, float | int | str | bool]]:
+    """Per Conv2d/Linear layer: name, shape, size, non-zero count and density of its effective
+    weight, and whether it is prunable (False: left dense by `exclude_layers`)."""
     rows = []
-    for name, layer in prunable_layers(model):
+    prunable = {name for name, _ in prunable_layers(model)}
+    for name, layer in weight_layers(model):
         w = layer.weight
         nonzero = int(torch.count_nonzero(w))
         rows.append({
@@ -159,5 +206,6 @@ def layer_densities(model: nn.Module) -> list[dict[str, float | int | str]]:
             "numel": w.numel(),
             "nonzero": nonzero,
             "density": nonzero / w.numel(),
+            "prunable": name in prunable,
         })
     return rows

@@ -162,6 +162,11 @@ class PruningMethod:
         switch it on)."""
         return self.budgeted or bool(self.budget_option and getattr(self.hp, self.budget_option))
 
+    def redraws_weights(self) -> bool:
+        """Whether `prepare` replaces the network's weights by its own random ones (a
+        frozen-weight method's init), which would discard a run's `init_from` weights."""
+        return False
+
     def prepare(self, model: nn.Module) -> None:
         """Before training: attach parametrizations, score at init, re-initialise weights."""
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from prunebench.training.masking import prunable_layers
+from prunebench.training.masking import weight_layers
 
 
 @torch.no_grad()
@@ -54,16 +54,16 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 @torch.no_grad()
 def layer_macs(model: nn.Module, input_shape: tuple[int, int, int], device: torch.device
                ) -> dict[str, int]:
-    """Multiply-accumulates of every Conv2d/Linear for one input of `input_shape` (C, H, W)."""
+    """Multiply-accumulates of every Conv2d/Linear (prunable or left dense) for one input of
+    `input_shape` (C, H, W): weights times the output positions each is applied at (a grouped
+    convolution's weight holds only its in_channels / groups, a Linear over tokens counts each
+    token). Other operations (attention's products, norms, pooling) are not counted."""
     macs: dict[str, int] = {}
     hooks = []
-    for name, layer in prunable_layers(model):
+    for name, layer in weight_layers(model):
         def hook(mod, _inp, out, name=name):
-            w = mod.weight
-            if isinstance(mod, nn.Conv2d):
-                macs[name] = int(out.shape[2] * out.shape[3] * w.numel())
-            else:
-                macs[name] = int(w.numel())
+            positions = out[0].numel() // out.shape[1 if isinstance(mod, nn.Conv2d) else -1]
+            macs[name] = macs.get(name, 0) + int(positions * mod.weight.numel())
         hooks.append(layer.register_forward_hook(hook))
     was_training = model.training
     model.eval()

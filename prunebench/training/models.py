@@ -1,4 +1,5 @@
-"""The suite's architectures, registered in timm's registry as `pb_<arch>`.
+"""The suite's architectures: the papers' five, registered in timm's registry as `pb_<arch>`
+(never shadowing timm's own resnet18 or vgg19), and any timm model, spelled `timm/<name>`.
 
 conv2/conv4/conv6 follow the Lottery Ticket conv nets (Frankle & Carbin 2019): 3x3 convs, no
 bias, ReLU, 2x2 max-pool after each pair, FC 256-256-classes. vgg19 is the CIFAR VGG with
@@ -6,18 +7,30 @@ BatchNorm and global average pooling. resnet18 is timm's ResNet-18 with the CIFA
 (3x3 stride-1 conv, no max-pool, initialised like timm's other convs) and every BatchNorm scale
 at 1. Every net accepts any input size and channel count; pools use
 ceil_mode so 8x8 `digits` images survive four halvings.
+
+A timm model is built with the dataset's classes and channels, its image size where the model
+takes `img_size` (ViTs), and every residual block's last normalisation scale at 1 where it takes
+`zero_init_last` (timm's ResNets zero it; like resnet18 above, so SNIP's saliency and the
+frozen-weight methods' signal reach every block). Pretrained timm weights come only from a file
+the user gives (`init_from`, `init_adapt=timm`): nothing is downloaded.
 """
 from __future__ import annotations
 
+import difflib
+
 import timm
+import torch
 from timm.models import register_model
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
+from prunebench.data.archives import one_line
 from prunebench.errors import PrunebenchError
-from prunebench.plan.config import ARCHS
+from prunebench.plan.config import ARCHS, TIMM_ARCH_PREFIX, arch_problem
 
 TIMM_PREFIX = "pb_"
+# Keyword arguments a timm model gets when its constructor takes them (see the docstring).
+TIMM_OPTIONAL_KWARGS = ("img_size", "zero_init_last")
 
 
 def _pooled(size: int, pools: int) -> int:
@@ -131,9 +144,85 @@ def pb_resnet18(pretrained: bool = False, num_classes: int = 10, in_chans: int =
     return model
 
 
-def create_model(arch: str, num_classes: int, in_chans: int, img_size: int) -> nn.Module:
-    """Build `arch` through timm's registry, with a clear error for unknown names."""
-    if arch not in ARCHS:
-        raise PrunebenchError(f"unknown arch {arch!r}; allowed: {', '.join(ARCHS)}")
-    return timm.create_model(TIMM_PREFIX + arch, num_classes=num_classes, in_chans=in_chans,
-                             img_size=img_size)
+def timm_name(arch: str) -> str:
+    """The name timm's registry builds `arch` under: `pb_conv4`, or what follows `timm/`."""
+    return arch[len(TIMM_ARCH_PREFIX):] if arch.startswith(TIMM_ARCH_PREFIX) else TIMM_PREFIX + arch
+
+
+def create_model(arch: str, num_classes: int, in_chans: int, img_size: int,
+                 pretrained: dict[str, torch.Tensor] | None = None,
+                 pretrained_from: str = "") -> nn.Module:
+    """Build `arch` for `num_classes` classes and `in_chans` x `img_size` x `img_size` images,
+    with a clear error for unknown names and inputs the model cannot take. `pretrained`: timm's
+    pretrained state_dict of this timm model (read from the file `pretrained_from`), adapted
+    by timm's own checkpoint filter; its classifier is replaced when the class count differs."""
+    problem = arch_problem(arch)
+    if problem:
+        raise PrunebenchError(problem)
+    if arch in ARCHS:
+        return timm.create_model(TIMM_PREFIX + arch, num_classes=num_classes, in_chans=in_chans,
+                                 img_size=img_size)
+    model = _create_timm(arch, num_classes, in_chans, img_size, pretrained, pretrained_from)
+    _check_input(model, arch, (in_chans, img_size, img_size))
+    return model
+
+
+def _create_timm(arch: str, num_classes: int, in_chans: int, img_size: int,
+                 pretrained: dict[str, torch.Tensor] | None, pretrained_from: str) -> nn.Module:
+    name = timm_name(arch)
+    if not timm.is_model(name):
+        base = name.split(".")[0]
+        close = difflib.get_close_matches(base, timm.list_models(), n=3)
+        raise PrunebenchError(
+            f"arch {arch}: timm {timm.__version__} has no model {name!r}"
+            + (f" (close: {', '.join(TIMM_ARCH_PREFIX + c for c in close)})" if close else "")
+            + "; `prunebench list --timm PATTERN` lists timm's model names")
+    kwargs: dict = {"num_classes": num_classes, "in_chans": in_chans}
+    if pretrained is not None:
+        # timm loads the given state_dict strictly (never a download: no url, file or hub id)
+        # with the pretrained head; the dataset's classifier replaces it below.
+        cfg = timm.models.get_pretrained_cfg(name)
+        kwargs.update(pretrained=True, num_classes=cfg.num_classes if cfg else num_classes,
+                      pretrained_cfg_overlay={"state_dict": pretrained, "source": "", "url": "",
+                                              "file": None, "hf_hub_id": None})
+    optional = {"img_size": img_size, "zero_init_last": False}
+    while True:
+        try:
+            model = timm.create_model(name, **kwargs, **optional)
+            break
+        except Exception as e:  # noqa: BLE001 - timm's filters raise anything on a bad file
+            refused = [k for k in optional if f"unexpected keyword argument '{k}'" in str(e)]
+            if isinstance(e, TypeError) and refused:
+                del optional[refused[0]]
+                continue
+            if pretrained is None:
+                raise
+            raise PrunebenchError(
+                f"init_from={pretrained_from} (init_adapt=timm) does not fit timm model {name} "
+                f"({in_chans} channels, image size {img_size}): {type(e).__name__}: "
+                f"{one_line(e)[:1500]}") from None
+    if pretrained is not None and kwargs["num_classes"] != num_classes:
+        model.reset_classifier(num_classes)
+    return model
+
+
+@torch.no_grad()
+def _check_input(model: nn.Module, arch: str, shape: tuple[int, int, int]) -> None:
+    """One eval-mode forward of a zero image: a model that cannot take the dataset's images
+    (too small for its strides, not a multiple of its patch size) says so before training."""
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, *shape))
+    except (RuntimeError, AssertionError, ValueError) as e:
+        raise PrunebenchError(
+            f"arch {arch} cannot take {'x'.join(map(str, shape))} (CxHxW) images: "
+            f"{one_line(e)[:300]}; prepare the dataset at another image size (imagefolder: "
+            "--image-size) or choose another model") from None
+    finally:
+        model.train(was_training)
+
+
+def timm_model_names(pattern: str = "*") -> list[str]:
+    """timm's model names matching a shell-style pattern, as `timm/<name>` archs."""
+    return [TIMM_ARCH_PREFIX + n for n in timm.list_models(pattern)]

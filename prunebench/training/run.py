@@ -49,7 +49,13 @@ from prunebench.training.artifact import save_network
 from prunebench.training.masking import budget_count, fold, layer_densities, num_prunable
 from prunebench.training.method import MethodContext, PruningMethod, TrainSettings
 from prunebench.training.metrics import count_params, evaluate, layer_macs
-from prunebench.training.models import create_model
+from prunebench.training.network import (
+    InitialWeights,
+    build_network,
+    read_initial_weights,
+    refuse_discarded_start,
+    start_record,
+)
 from prunebench.training.registry import get_method
 from prunebench.training.train import (
     PREEMPT_SIGNALS,
@@ -336,22 +342,25 @@ class Built:
     model: nn.Module
     method: PruningMethod
     trainer: Trainer
+    initial: InitialWeights | None  # the init_from weights the model started from
 
 
 def build(cfg: RunConfig, data: DeviceData, device: torch.device, prepared: PreparedData,
-          ckpt_path: Path, log: Callable[[str], None]) -> Built:
-    """A fresh model (seeded), its method (prepared) and a trainer saving to `ckpt_path`."""
-    c, h, _ = prepared.image_shape
+          ckpt_path: Path, log: Callable[[str], None], initial: InitialWeights | None) -> Built:
+    """A fresh model (seeded; `initial`'s weights, if any), its method (prepared) and a trainer
+    saving to `ckpt_path`."""
     digest = cfg.digest()
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.arch, data.num_classes, c, h).to(device)
+    model = build_network(cfg.arch, data.num_classes, prepared.image_shape, initial,
+                          cfg.train.exclude_layers).to(device)
     if data.channels_last:
         model = model.to(memory_format=torch.channels_last)
     method = build_method(cfg, data, device)
+    refuse_discarded_start(method, initial, cfg.arch)
     method.prepare(model)
     trainer = Trainer(model, method, data, cfg.train, cfg.seed, device, log=log,
                       save=lambda ckpt: save_torch(ckpt_path, {**ckpt, "config_digest": digest}))
-    return Built(data, model, method, trainer)
+    return Built(data, model, method, trainer, initial)
 
 
 def input_stats(cfg: RunConfig, prepared: PreparedData) -> tuple[list[float], list[float]]:
@@ -368,7 +377,10 @@ def build_or_resume(cfg: RunConfig, run_dir: Path, state: str, device: torch.dev
     data = DeviceData(prepared, device, cfg.train.val_fraction, channels_last,
                       stats=input_stats(cfg, prepared), train_images=cfg.train.train_images)
     ckpt_path = run_dir / paths.CHECKPOINT
-    built = build(cfg, data, device, prepared, ckpt_path, log)
+    initial = read_initial_weights(cfg.train)  # init_from, read once (a rebuild reuses it)
+    if initial is not None:
+        log(f"init_from {initial.path} (sha256 {initial.sha256}, init_adapt {initial.adapt})")
+    built = build(cfg, data, device, prepared, ckpt_path, log, initial)
     if state != "resume" or not ckpt_path.exists():
         return built
     digest = cfg.digest()
@@ -383,7 +395,7 @@ def build_or_resume(cfg: RunConfig, run_dir: Path, state: str, device: torch.dev
     except Exception as e:  # noqa: BLE001 - unusable checkpoint: start over, say so
         log(f"checkpoint {ckpt_path} cannot be used ({one_line(e)[:300]}); starting from "
             "scratch")
-        return build(cfg, data, device, prepared, ckpt_path, log)
+        return build(cfg, data, device, prepared, ckpt_path, log, initial)
     log(f"resumed from {ckpt_path} after epoch {built.trainer.state.global_epoch}")
     return built
 
@@ -411,7 +423,7 @@ def measure(cfg: RunConfig, built: Built, loop: LoopState, prepared: PreparedDat
     fold(model)
     layers = layer_densities(model)
     n_prunable = num_prunable(model)
-    kept = sum(int(r["nonzero"]) for r in layers)
+    kept = sum(int(r["nonzero"]) for r in layers if r["prunable"])
     if method.is_budgeted():
         k = budget_count(n_prunable, cfg.sparsity)
         if kept != k:
@@ -425,7 +437,7 @@ def measure(cfg: RunConfig, built: Built, loop: LoopState, prepared: PreparedDat
     total_params, nonzero_params = count_params(model)
     for r in layers:
         r["macs_dense"] = macs[r["layer"]]
-    collapsed = [r["layer"] for r in layers if r["nonzero"] == 0]
+    collapsed = [r["layer"] for r in layers if r["prunable"] and r["nonzero"] == 0]
     metrics: dict[str, Any] = {
         **_flatten({k: v for k, v in cfg.to_dict().items()
                     if k not in ("train", "method_options")}),
@@ -437,6 +449,7 @@ def measure(cfg: RunConfig, built: Built, loop: LoopState, prepared: PreparedDat
         "frozen_weights": method.frozen_weights,
         # where the data came from (None for a dataset prepared before provenance was recorded)
         **{k: prepared.manifest.get(k) for k in PROVENANCE_KEYS},
+        **start_record(built.initial, model),
         "test_top1": test["top1"] if headline is None else headline,
         "test_top1_extracted": test["top1"],
         "test_top5": test["top5"] if data.num_classes > 10 else None,
