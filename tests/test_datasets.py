@@ -696,7 +696,7 @@ def test_imagefolder_resizes_images_of_any_size(tmp_path: Path) -> None:
     """image_size: images of several sizes and aspect ratios become one NxN tensor; center_crop
     keeps the middle of a wide image, stretch squeezes all of it; the manifest, the statistics
     (from the training images as prepared) and every run record it."""
-    tree = make_tree(tmp_path / "tree", n=2, size=8)
+    tree = make_tree(tmp_path / "tree", n=10, size=8)
     wide = Image.new("RGB", (40, 10), (255, 0, 0))  # red edges, a green middle
     wide.paste((0, 255, 0), (10, 0, 30, 10))
     wide.save(tree / "train" / "cat" / "0.png")
@@ -706,8 +706,8 @@ def test_imagefolder_resizes_images_of_any_size(tmp_path: Path) -> None:
     stretch = load_prepared("imagefolder", prepare("imagefolder", tmp_path / "s", root=str(tree),
                                                     image_size=6, resize="stretch").parent)
     for data in (crop, stretch):
-        assert tuple(data.tensors["train_x"].shape) == (4, 3, 6, 6)
-        assert tuple(data.tensors["test_x"].shape) == (4, 3, 6, 6)
+        assert tuple(data.tensors["train_x"].shape) == (20, 3, 6, 6)
+        assert tuple(data.tensors["test_x"].shape) == (20, 3, 6, 6)
     middle = crop.tensors["train_x"][0]
     assert (middle[1] == 255).all() and (middle[0] == 0).all()  # only the green middle
     squeezed = stretch.tensors["train_x"][0]
@@ -721,6 +721,6 @@ def test_imagefolder_resizes_images_of_any_size(tmp_path: Path) -> None:
 def test_image_size_is_refused_where_it_does_not_apply(tmp_path: Path) -> None:
     with pytest.raises(PrunebenchError, match="image_size applies to imagefolder"):
         prepare("cifar10", tmp_path, image_size=48)
-    tree = make_tree(tmp_path / "tree")
+    tree = make_tree(tmp_path / "tree", n=10)
     with pytest.raises(PrunebenchError, match="resize one of center_crop, stretch"):
         prepare("imagefolder", tmp_path / "d", root=str(tree), image_size=6, resize="fit")
