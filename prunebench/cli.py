@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -439,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = [*args.overrides, *extra]
         console.set_quiet(args.quiet)
         args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's flush at exit
     except TrainingDiverged as e:
         print(f"prunebench: training diverged: {e}", file=sys.stderr)
         return paths.EXIT_DIVERGED
@@ -447,5 +449,10 @@ def main(argv: list[str] | None = None) -> int:
         return paths.EXIT_PREEMPTED
     except PrunebenchError as e:
         print(f"prunebench: error: {e}", file=sys.stderr)
+        return paths.EXIT_ERROR
+    except BrokenPipeError:
+        # the reader stopped early (`prunebench list | head`): no traceback, and none again
+        # when Python flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return paths.EXIT_ERROR
     return paths.EXIT_OK

@@ -139,6 +139,14 @@ def test_entry_point_prints_one_line_error_and_exit_code(tmp_path: Path) -> None
     assert res.stdout == "" and not list(tmp_path.iterdir())
 
 
+def test_output_cut_short_by_the_reader_is_no_traceback(tmp_path: Path) -> None:
+    """`prunebench list | head`: no BrokenPipeError traceback when the reader is gone (`true`
+    exits at once, long before the first line is written)."""
+    res = subprocess.run(f"{PYTHON} -m prunebench list | true", shell=True, env=cli_env(),
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.stderr == "", res.stderr
+
+
 @pytest.mark.parametrize("command", [["prepare"], ["run", "--arch", "conv4", "--method", "dense"]])
 def test_same_bad_dataset_same_exit_code_everywhere(command: list[str], tmp_path: Path) -> None:
     """The entry point refuses a dataset it does not know with exit 2 on every subcommand,
