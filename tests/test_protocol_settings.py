@@ -296,3 +296,16 @@ def test_defaults_change_nothing() -> None:
         "deterministic", "joint")
     assert SupermaskHparams().val_mask == "deterministic"
     assert (SnipHparams().sample, SnipHparams().sample_augment) == ("balanced", False)
+
+
+def test_list_options_shows_the_training_settings(capsys) -> None:
+    from prunebench.cli import print_options
+
+    print_options("train")
+    out = capsys.readouterr().out
+    for key, allowed in [("nesterov", ""), ("weight_decay_scope", "weights, all"),
+                         ("lr_drop_epochs", ""), ("val_augment", ""), ("test_each_epoch", ""),
+                         ("norm_stats", "dataset, aslp"), ("protocol_note", ""),
+                         ("schedule", "cosine, step, multistep, constant")]:
+        line = next(row for row in out.splitlines() if row.split()[:1] == [key])
+        assert allowed in line, line
