@@ -39,8 +39,22 @@ def test_forward_any_input(arch: str, shape: tuple[int, int, int], classes: int)
 def test_registered_in_timm(arch: str) -> None:
     model = timm.create_model(f"pb_{arch}", num_classes=7, in_chans=1, img_size=16).eval()
     assert model(torch.zeros(1, 1, 16, 16)).shape == (1, 7)
-    # Our names never shadow timm's own vgg19 / resnet18.
-    assert "resnet18" in timm.list_models("resnet18")
+    assert timm.models.model_entrypoint(f"pb_{arch}").__module__ == (
+        "prunebench.training.models")
+
+
+@pytest.mark.parametrize(("name", "module"), [("resnet18", "timm.models.resnet"),
+                                              ("vgg19", "timm.models.vgg")])
+def test_our_models_never_shadow_timms_own(name: str, module: str) -> None:
+    """timm's `resnet18` / `vgg19` stay timm's (its module, the ImageNet stem). Mutation that
+    defeated the old check (the name merely listed): registering a `resnet18` in models.py."""
+    create_model("conv2", 10, 3, 32)  # our registrations are in place
+    assert timm.models.model_entrypoint(name).__module__ == module
+    model = timm.create_model(name, num_classes=10)
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.kernel_size == ((7, 7) if name == "resnet18" else (3, 3))
+    if name == "resnet18":
+        assert first.stride == (2, 2) and isinstance(model.maxpool, torch.nn.MaxPool2d)
 
 
 def test_resnet18_has_cifar_stem() -> None:

@@ -104,18 +104,21 @@ def test_stable_form_matches_the_formula_and_is_accurate_near_zero() -> None:
 
 
 def test_gradients_match_finite_differences() -> None:
+    """The parametrization itself is called (through its raw t): making `BudgetReparam.t()`
+    ignore the log scale (return t_raw for log_t) fails the value check, and a wrong gradient
+    path through t_raw fails gradcheck."""
     x = (torch.linspace(-3.0, 3.0, 25, dtype=torch.float64) / 100.0).requires_grad_()
     t = torch.tensor(100.0, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, t: gate(x, t, 4), (x, t))
     assert torch.autograd.gradcheck(lambda x, t: x * gate(x, t, 4), (x, t))
+    expected = (x * gate(x, torch.tensor(100.0, dtype=torch.float64), 4)).detach()
     for t_param in ("t", "log_t"):
         reparam = BudgetReparam(torch.zeros(25, dtype=torch.float64), 100.0, t_param, 4)
+        torch.testing.assert_close(reparam(x).detach(), expected, rtol=1e-12, atol=0)  # t = 100
 
         def f(raw: torch.Tensor, x: torch.Tensor, reparam: BudgetReparam = reparam
               ) -> torch.Tensor:
-            with torch.no_grad():
-                reparam.t_raw.copy_(raw)
-            return x * gate(x, raw.exp() if reparam.log_scale else raw, reparam.n)
+            return torch.func.functional_call(reparam, {"t_raw": raw}, (x,))
 
         raw = reparam.t_raw.detach().clone().requires_grad_()
         assert torch.autograd.gradcheck(f, (raw, x))
