@@ -134,16 +134,26 @@ def test_digits_only_skips_comparison(tmp_path: Path,
     assert latex_escape("Figure reproduced_vs_published skipped") in text
 
 
-def test_a_run_without_epochs_of_its_own_has_no_curve(tmp_path: Path) -> None:
+def test_a_run_without_epochs_of_its_own_has_no_curve(tmp_path: Path, monkeypatch) -> None:
     """magnitude from a shared dense run trains no epoch: its history.csv is empty, and the
-    figures draw the other runs' curves without it."""
+    figures draw the other runs' curves without it (the curves drawn are recorded: a magnitude
+    panel, e.g. one fed its dense run's history, fails)."""
+    from prunebench.reporting import figures
+
     make_run(tmp_path / "runs", method="dense", sparsity=None, seed=0, top1=97.0)
     empty = make_run(tmp_path / "runs", method="magnitude", sparsity=0.9, seed=0, top1=50.0)
     write_csv(empty / "history.csv", [])  # as the engine writes a run with no epoch
     aggregate(tmp_path / "runs", tmp_path, warn=False)
     write_published(tmp_path / "pub.csv", PUBLISHED)
+    drawn: list[pd.DataFrame] = []
+    draw = figures.training_curves
+    monkeypatch.setattr(figures, "training_curves",
+                        lambda history, *a: drawn.append(history) or draw(history, *a))
     manifest = build_figures(tmp_path, tmp_path / "pub.csv", tmp_path / "figures")
     assert "training_curves" in {f["kind"] for f in manifest["figures"]}
+    assert len(drawn) == 1 and set(drawn[0]["label"]) == {"dense"}
+    dense_epochs = pd.read_csv(tmp_path / "runs" / drawn[0]["run_id"].iloc[0] / "history.csv")
+    assert sorted(drawn[0]["epoch"]) == sorted(dense_epochs["epoch"])
 
 
 def test_no_finished_run_still_reports(tmp_path: Path) -> None:
@@ -310,8 +320,18 @@ def test_variants_are_separate_labelled_rows(papers: Path) -> None:
     assert r"\vkey{0072B2}gumbel (sc-aug)$^\dagger$ & 77.00 $\pm$ 1.00" in table  # as drawn
     assert r"gumbel (sc-aug-rescale)$^\dagger$ & 78.00 $\pm$ 1.00" in table
     fig = [f for f in _manifest(papers)["figures"]
-           if f["kind"] == "accuracy_vs_sparsity" and f["arch"] == "conv2"]
-    assert fig  # its legend is drawn from the same labels
+           if f["kind"] == "accuracy_vs_sparsity" and f["arch"] == "conv2"
+           and f["dataset"] == "cifar10"]
+    assert len(fig) == 1
+    runs, _ = load_summary(papers)
+    published = load_published(papers / "published.csv")
+    palette = {f"{m} ({v})" if v else m: (0.1, 0.2, 0.3)
+               for m, v in zip([*runs["method"], *published["method"]],
+                               [*runs["variant"], *published["variant"]], strict=True)}
+    drawn, _ = accuracy_vs_sparsity(runs, settings, published, "cifar10", "conv2", palette)
+    legend = [t.get_text() for t in drawn.axes[0].get_legend().get_texts()]
+    assert {"gumbel (sc-aug)", "gumbel (sc-aug-rescale)"} <= set(legend)
+    assert "gumbel" not in legend  # the variants' runs are not pooled under the bare method
 
 
 def test_matching_picks_one_published_number_per_setting(papers: Path) -> None:
