@@ -41,6 +41,7 @@ def workflow_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def snakemake(workdir: Path, config: dict[str, Any], dry_run: bool) -> tuple[str | None, str]:
     """Load the Snakefile with `config` as --configfile (and dry-run it): (error or None, log)."""
     from snakemake.api import SnakemakeApi
+    from snakemake.exceptions import WorkflowError
     from snakemake.settings.types import (
         ConfigSettings,
         DAGSettings,
@@ -59,9 +60,15 @@ def snakemake(workdir: Path, config: dict[str, Any], dry_run: bool) -> tuple[str
                 wf.dag(DAGSettings()).execute_workflow(executor="dryrun")
             else:
                 wf.list_rules()
-    except Exception as e:  # noqa: BLE001 - the message is what is tested
+    except WorkflowError as e:  # a refusal; any other exception is a crash and fails the test
         return f"{type(e).__name__}: {e}", buf.getvalue()
     return None, buf.getvalue()
+
+
+def names_key(error: str, key: str) -> bool:
+    """Whether a refusal names `key` as a key: whole, not inside another word (`lr` in
+    `logit_lr` or `clear` does not count)."""
+    return re.search(rf"(?<![\w]){re.escape(key)}(?![\w])", error) is not None
 
 
 def base_config() -> dict[str, Any]:
@@ -196,11 +203,13 @@ def invalid_configs(draw: st.DrawFn) -> tuple[str, dict[str, Any], list[str]]:
 @given(case=invalid_configs())
 def test_invalid_configs_are_rejected_naming_the_key(case, workflow_copy: Path) -> None:
     """Each generated config breaks one key; the workflow refuses it while loading (before any
-    job can start) with a message naming that key."""
+    job can start) with a WorkflowError naming that key. Mutation that defeated the old check
+    (any exception containing the fragment): grid._check_names raising a bare KeyError."""
     what, config, fragments = case
     error, _ = snakemake(workflow_copy, config, dry_run=False)
     assert error is not None, f"accepted an invalid config ({what})"
-    assert any(f in error for f in fragments), f"{what}: no {fragments} in: {error[:1500]}"
+    assert any(names_key(error, f) for f in fragments), \
+        f"{what}: no {fragments} in: {error[:1500]}"
     FIGURES["invalid configs rejected"] += 1
 
 
@@ -226,7 +235,7 @@ def test_non_finite_settings_are_rejected(key: str, workflow_copy: Path) -> None
     config["grids"][0]["methods"].append("edgepopup")
     change(config)
     error, _ = snakemake(workflow_copy, config, dry_run=False)
-    assert error is not None and fragment in error, f"{key}: {error}"
+    assert error is not None and names_key(error, fragment), f"{key}: {error}"
     FIGURES["invalid configs rejected"] += 1
 
 
