@@ -92,6 +92,10 @@ def test_augment_flip_mirrors_about_half() -> None:
 
 
 def test_training_batches_live_on_the_data_device(digits_dir: Path) -> None:
+    """On a CPU-only machine the data device is also checked on PyTorch's `meta` device (shapes,
+    no storage): every batch, augmented or not, and the sample order are there, never copied
+    back to the host. Mutation that defeated the CPU-only version: DeviceData leaving its
+    tensors on the CPU whatever `device` says."""
     data = DeviceData(load_prepared("digits", digits_dir), torch.device("cpu"), 0.1)
     gen = torch.Generator().manual_seed(0)
     batches, order = data.train_batches_from(32, gen, 1, False)
@@ -99,6 +103,15 @@ def test_training_batches_live_on_the_data_device(digits_dir: Path) -> None:
     assert xb.dtype == torch.float32 and xb.shape == (32, 1, 8, 8)
     assert abs(float(xb.mean())) < 1.0  # normalised
     assert sorted(order.tolist()) == list(range(data.size("train")))
+    meta = DeviceData(load_prepared("digits", digits_dir), torch.device("meta"), 0.1)
+    for augment_batch in (False, True):
+        batches, order = meta.train_batches_from(32, gen, 1, augment_batch)
+        xb, yb = next(batches)
+        assert xb.is_meta and yb.is_meta and order.is_meta, augment_batch
+        assert xb.dtype == torch.float32 and xb.shape == (32, 1, 8, 8)
+    for split in ("val", "test"):
+        xb, yb = next(meta.eval_batches(split, 64))
+        assert xb.is_meta and yb.is_meta, split
 
 
 @pytest.mark.gpu
