@@ -4,6 +4,7 @@ run's recorded test accuracy."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -72,11 +73,21 @@ def test_preprocess_matches_the_runs_input(digits_dir: Path, tmp_path: Path) -> 
     assert torch.equal(saved.preprocess(prepared.tensors["test_x"][:64]), x)
 
 
-def test_network_is_written_before_metrics(digits_dir: Path, tmp_path: Path) -> None:
+def test_network_is_written_before_metrics(digits_dir: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The order of the atomic renames, recorded as they happen (equal mtimes made the old
+    `<=` check pass in any order: red when metrics.json is written before the network)."""
+    renamed: list[str] = []
+    replace = os.replace
+
+    def recording_replace(src: str | Path, dst: str | Path) -> None:
+        replace(src, dst)
+        renamed.append(Path(dst).name)
+
+    monkeypatch.setattr(os, "replace", recording_replace)
     run_dir, _ = _finished_run(digits_dir, tmp_path, "dense", None)
-    times = {name: (run_dir / name).stat().st_mtime_ns
-             for name in (paths.NETWORK, paths.MASKS, paths.METRICS)}
-    assert times[paths.NETWORK] <= times[paths.MASKS] <= times[paths.METRICS]
+    assert renamed[-1] == paths.METRICS and renamed.count(paths.METRICS) == 1
+    assert renamed.index(paths.NETWORK) < renamed.index(paths.MASKS) < len(renamed) - 1
     assert not list(run_dir.glob(".*.tmp"))
 
 
