@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ import torch
 from conftest import REPO
 
 from benchmarks.common import PhaseStepper, build, synthetic_prepared
+from prunebench import paths
 from prunebench.training.registry import list_methods
 
 CPU = torch.device("cpu")
@@ -237,36 +239,76 @@ def test_the_budget_stops_runs_cleanly_and_lists_them_unfinished(tmp_path: Path,
     assert finished == [] and [r["status"] for r in others][0] == "unfinished"
 
 
+class _Clock:
+    """A fake `time` for the scheduler: `sleep` advances `perf_counter`, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class _FakeRun:
+    """A run process on the fake clock: it finishes (metrics.json, exit 0) `seconds` after its
+    start, or exits as preempted at the next poll after SIGTERM."""
+
+    def __init__(self, clock: _Clock, seconds: float, run_dir: Path) -> None:
+        self.clock, self.end, self.run_dir = clock, clock.now + seconds, run_dir
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self.clock.now >= self.end:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "metrics.json").write_text("{}")
+            self.returncode = 0
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        assert signum == signal.SIGTERM
+        if self.returncode is None:
+            self.returncode = paths.EXIT_PREEMPTED
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        return self.poll()
+
+
 def test_a_run_that_does_not_fit_fills_an_idle_slot_and_yields_it(tmp_path: Path,
                                                                   monkeypatch) -> None:
     """Slots go to runs that fit first; a run that does not fit only fills an idle slot, gives
-    it back (SIGTERM) when runs that fit become ready, and resumes in a free slot later."""
+    it back (SIGTERM) when runs that fit become ready, and resumes in a free slot later. On a
+    fake clock (runs of 1 s, 60 s and 0.5 s, a 12 s budget), so a loaded machine's process
+    start-up cannot reorder them."""
     from benchmarks import window
 
+    clock = _Clock()
     seconds = {"dense": 1.0, "reparam": 60.0, "magnitude": 0.5}
     started: list[str] = []
 
     def fake_launch(job: window.Job, logs: Path) -> None:
         started.append(job.spec.label)
         job.log = logs / "log"
-        code = (f"import time, pathlib; time.sleep({seconds[job.spec.method]}); "
-                f"p = pathlib.Path({str(job.run_dir)!r}); p.mkdir(parents=True); "
-                "(p / 'metrics.json').write_text('{}')")
-        job.proc = subprocess.Popen([sys.executable, "-c", code])
-        job.started, job.status = time.perf_counter(), "running"
+        job.proc = _FakeRun(clock, seconds[job.spec.method], job.run_dir)
+        job.started, job.status = clock.perf_counter(), "running"
 
     monkeypatch.setattr(window, "launch", fake_launch)
+    monkeypatch.setattr(window, "time", clock)
     specs = [window.Spec("conv4", "dense", None), window.Spec("conv4", "reparam", 0.9),
              window.Spec("conv4", "magnitude", 0.9, needs_dense=True),
              window.Spec("conv4", "magnitude", 0.95, needs_dense=True)]
     jobs = [window.Job(s, [], tmp_path / str(i), 1, 128) for i, s in enumerate(specs)]
     estimates = {"dense": 2.0, "reparam": 1e6, "magnitude": 1.0}
-    window.schedule(jobs, time.perf_counter() + 12, 2, tmp_path,
-                    lambda j: estimates[j.spec.method], poll_s=0.05)
+    deadline = clock.perf_counter() + 12
+    window.schedule(jobs, deadline, 2, tmp_path, lambda j: estimates[j.spec.method],
+                    poll_s=0.05)
     assert [j.status for j in jobs] == ["finished", "unfinished", "finished", "finished"]
-    assert started[:2] == ["conv4 dense", "conv4 reparam s=0.9"]
-    assert started.count("conv4 reparam s=0.9") == 2  # yielded to the magnitude runs, resumed
+    assert started == ["conv4 dense", "conv4 reparam s=0.9", "conv4 magnitude s=0.9",
+                       "conv4 magnitude s=0.95", "conv4 reparam s=0.9"]
     assert jobs[0].ended <= min(jobs[2].started, jobs[3].started)
+    assert clock.now >= deadline and jobs[1].ended >= deadline  # stopped by the budget
 
 
 def test_sync_free_topk_equals_the_previous_masks() -> None:
