@@ -56,6 +56,20 @@ def test_layer_budgets_sum_exactly(numels: list[int], frac: float) -> None:
     assert all(abs(c - k * n / sum(numels)) < 1 for c, n in zip(counts, numels, strict=True))
 
 
+@pytest.mark.parametrize(("numels", "k", "expected"), [
+    ([30, 10, 60], 7, [2, 1, 4]),  # shares 2.1, 0.7, 4.2: the largest remainder (0.7) gets it
+    ([10, 30, 60], 7, [1, 2, 4]),  # 0.7, 2.1, 4.2
+    ([60, 30, 10], 8, [5, 2, 1]),  # 4.8, 2.4, 0.8: the two largest remainders
+    ([1, 1, 1], 2, [1, 1, 0]),  # equal remainders: the earlier layers
+    ([5, 5], 0, [0, 0]),
+])
+def test_layer_budgets_round_by_largest_remainder(numels: list[int], k: int,
+                                                  expected: list[int]) -> None:
+    """Largest-remainder rounding, ties to the earlier layer (mutmut survivors: ordering by
+    index, by ascending remainder, or by share + count kept the sum and failed none)."""
+    assert layer_budgets(numels, k) == expected
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.99])
 def test_exact_budget_across_archs(arch: str, sparsity: float) -> None:
