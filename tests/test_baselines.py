@@ -213,7 +213,7 @@ def test_snip_batchnorm_mode_is_used_recorded_and_leaves_no_trace(bn_mode, data)
 def test_snip_rejects_unknown_bn_mode():
     """Refused as a value outside the option's choices. Mutation that defeated `match="bn_mode"`:
     deleting snip's bn_mode option (then refused as "unknown option(s) bn_mode")."""
-    message = "method snip option bn_mode='frozen'; allowed: train, eval"
+    message = "method snip option bn_mode='frozen' is not allowed; allowed: train, eval"
     with pytest.raises(PrunebenchError, match=re.escape(message)):
         build("snip", 0.5, bn_mode="frozen")
 
