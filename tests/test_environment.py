@@ -94,6 +94,8 @@ def test_requirements_resolve_on_newer_python(tmp_path: Path, python: str) -> No
     report = tmp_path / "report.json"
     out = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
+         # pip allows --python-version only with --target (nothing is written: a dry run)
+         "--target", str(tmp_path / "target"),
          "--python-version", python, "--only-binary=:all:", "--find-links", str(wheels),
          "--report", str(report), "-r", str(REPO / "requirements.txt")],
         capture_output=True, text=True, timeout=900)
