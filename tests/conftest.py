@@ -10,6 +10,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+# In CI (CI=true), a skip for missing TeX, SLURM or the CIFAR-10 copy is a failure.
+pytest_plugins = ["ci_skips"]
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The Snakemake workflow: config validation names the bad key, the papers' grid builds the
-expected DAG in seconds, the lint is clean, and the quick config runs from start to report."""
+expected DAG, the lint is clean, and the quick config runs from start to report."""
 from __future__ import annotations
 
 import csv
@@ -292,18 +292,17 @@ def _job_count(stdout: str) -> int:
     return int(totals[-1])
 
 
-def test_paper_dry_run_builds_the_grid_in_seconds(tmp_path: Path) -> None:
+def test_paper_dry_run_builds_the_grid(tmp_path: Path) -> None:
+    """The whole paper grid as a DAG. How long it takes is measured by benchmarks/workflow.py
+    (a wall-clock bound here, 120 s for a ~6 s job, said nothing on a loaded machine)."""
     expected = _expected_paper_jobs()
     assert expected == 986, expected
     # A fresh working copy, so that no earlier results change what needs to run.
     workdir = _copy_workflow(tmp_path)
-    start = time.perf_counter()
     out = _snakemake("--dry-run", "--quiet", "rules", "--configfile", "config/paper.yaml",
                      cwd=workdir, timeout=300)
-    seconds = time.perf_counter() - start
     assert out.returncode == 0, out.stderr[-3000:]
     assert _job_count(out.stdout + out.stderr) == expected
-    assert seconds < 120, f"dry run of config/paper.yaml took {seconds:.0f} s"
 
 
 def test_paper_resources_follow_the_overrides(tmp_path: Path) -> None:
