@@ -139,9 +139,13 @@ def test_entry_point_prints_one_line_error_and_exit_code(tmp_path: Path) -> None
     assert res.stdout == "" and not list(tmp_path.iterdir())
 
 
-def test_output_cut_short_by_the_reader_is_no_traceback(tmp_path: Path) -> None:
-    """`prunebench list | head`: no BrokenPipeError traceback when the reader is gone (`true`
-    exits at once, long before the first line is written)."""
+def test_user_files_and_a_reader_stopping_early_change_nothing(tmp_path: Path) -> None:
+    """From a folder holding a user's methods.py and baselines.py (first on `python -m`'s path),
+    the method packages are still prunebench's own; `prunebench list | head`: no
+    BrokenPipeError traceback when the reader is gone (`true` exits at once, long before the
+    first line is written)."""
+    for name in ("methods.py", "baselines.py"):
+        (tmp_path / name).write_text("raise SystemExit('the user file was imported')\n")
     res = subprocess.run(f"{PYTHON} -m prunebench list | true", shell=True, env=cli_env(),
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.stderr == "", res.stderr
