@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prunebench.training.masking import (
+    FixedMask,
     apply_global_topk,
     attach_fixed_masks,
     budget_count,
@@ -18,6 +19,7 @@ from prunebench.training.masking import (
     num_prunable,
     prunable_layers,
     stored_weight,
+    weight_transform,
 )
 from prunebench.training.models import ARCHS, create_model
 
@@ -97,6 +99,42 @@ def test_fold_leaves_plain_weights_with_zeros() -> None:
     rows = layer_densities(model)
     assert sum(r["nonzero"] for r in rows) == 1000
     assert all(0 <= r["density"] <= 1 for r in rows)
+
+
+def test_attach_fixed_masks_returns_each_layers_mask_in_order() -> None:
+    """(mutmut survivor: the returned list was never read by a test)"""
+    model = create_model("conv2", 10, 1, 8)
+    masks = attach_fixed_masks(model)
+    layers = prunable_layers(model)
+    assert len(masks) == len(layers)
+    for mask, (_, layer) in zip(masks, layers, strict=True):
+        assert isinstance(mask, FixedMask) and mask is weight_transform(layer)
+        assert mask.mask.shape == stored_weight(layer).shape and bool(mask.mask.all())
+
+
+def test_apply_global_topk_keeps_the_weights_unscaled_by_default() -> None:
+    """Without `rescale` every factor is 1 and the kept weights are the stored ones (mutmut
+    survivor: the default flipped to rescale=True)."""
+    torch.manual_seed(0)
+    model = create_model("conv2", 10, 1, 8)
+    attach_fixed_masks(model)
+    before = [stored_weight(m).detach().clone() for _, m in prunable_layers(model)]
+    scores = [w.abs() for w in before]
+    factors = apply_global_topk(model, scores, 500)
+    assert factors == [1.0] * len(before)
+    for (_, layer), w in zip(prunable_layers(model), before, strict=True):
+        kept = weight_transform(layer).mask
+        assert torch.equal(stored_weight(layer), w * kept)
+
+
+def test_apply_global_topk_refuses_scores_that_miss_a_layer() -> None:
+    """One score tensor per prunable layer, or an error: a shorter list would leave the last
+    layers unmasked (mutmut survivors: zip without strict)."""
+    model = create_model("conv2", 10, 1, 8)
+    attach_fixed_masks(model)
+    scores = [stored_weight(m).abs() for _, m in prunable_layers(model)]
+    with pytest.raises(ValueError, match="zip"):
+        apply_global_topk(model, scores[:-1], 10)
 
 
 def test_budget_count_rounds() -> None:
