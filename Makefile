@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # latexmk beyond texlive-base.
 TEX_PACKAGES := texlive-latex-recommended latexmk
 
-.PHONY: run test lint tex slurm python
+.PHONY: run test lint tex slurm python mutation
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then \
@@ -73,3 +73,22 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/snakefmt --check Snakefile rules/
 	$(VENV)/bin/snakemake --lint
+
+# Mutation testing of the code that decides a published number (mutmut; [tool.mutmut] in
+# pyproject.toml): one module after another into mutants/, then the score per module. Hours on
+# 2 cores, so not part of `make test`; `make mutation MUTATION_MODULES=prunebench.methods.gumbel`
+# runs one. Results and the survivors' explanations: docs/notes/mutation.md.
+MUTATION_MODULES ?= prunebench.training.masking prunebench.methods.gumbel \
+	prunebench.methods.reparam prunebench.baselines.snip prunebench.baselines.edgepopup \
+	prunebench.baselines.magnitude prunebench.baselines.random prunebench.baselines.supermask \
+	prunebench.reporting.statistics
+mutation: $(VENV)/.installed
+	@for module in $(MUTATION_MODULES); do \
+		echo "make: mutation testing $$module"; \
+		OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run "$$module.*" || exit 1; \
+	done
+	@$(VENV)/bin/mutmut results --all true | awk -F': ' '{ m = $$1; sub(/^ +/, "", m); \
+		sub(/[.]x[^.]*$$/, "", m); n[m]++; s[m, $$2]++ } END { for (m in n) \
+		printf "%s: %d mutants, %d killed, %d survived, %d timeout, %d no tests, %d not checked\n", \
+		m, n[m], s[m, "killed"], s[m, "survived"], s[m, "timeout"], s[m, "no tests"], \
+		s[m, "not checked"] }' | sort

@@ -127,6 +127,26 @@ def test_apply_global_topk_keeps_the_weights_unscaled_by_default() -> None:
         assert torch.equal(stored_weight(layer), w * kept)
 
 
+def test_apply_global_topk_rescale_restores_each_layers_norm() -> None:
+    """With `rescale`, a layer's kept weights are scaled by ||w|| / ||w * mask|| (its norm is
+    restored) and that factor is returned; an emptied layer keeps factor 1 (mutmut survivor:
+    the norm before pruning never read)."""
+    torch.manual_seed(0)
+    model = create_model("conv2", 10, 1, 8)
+    attach_fixed_masks(model)
+    before = [stored_weight(m).detach().double().clone() for _, m in prunable_layers(model)]
+    scores = [w.abs().float() for w in before]
+    scores[0] = torch.full_like(scores[0], -1.0)  # the first layer loses every weight
+    factors = apply_global_topk(model, scores, 2000, rescale=True)
+    assert factors[0] == 1.0 and not stored_weight(prunable_layers(model)[0][1]).any()
+    for (_, layer), w, factor in list(zip(prunable_layers(model), before, factors,
+                                          strict=True))[1:]:
+        kept = weight_transform(layer).mask
+        assert factor == pytest.approx(float(w.norm() / (w * kept).norm()), rel=1e-6)
+        norm = float(stored_weight(layer).detach().double().norm())
+        assert norm == pytest.approx(float(w.norm()), rel=1e-5)
+
+
 def test_apply_global_topk_refuses_scores_that_miss_a_layer() -> None:
     """One score tensor per prunable layer, or an error: a shorter list would leave the last
     layers unmasked (mutmut survivors: zip without strict)."""
