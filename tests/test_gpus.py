@@ -105,7 +105,8 @@ def test_local_profile_gpu_resource_is_the_slot_count(
 def test_fake_4_gpu_machine_runs_4_gpu_jobs_at_once_on_distinct_devices(tmp_path: Path) -> None:
     """Six GPU jobs under the local profile on a fake 4-GPU machine: 4 hold a slot at once, each
     on its own device, and never more. The jobs meet at a barrier (tests/gpu_job.py) instead of
-    sleeping for a time that a loaded machine's start-up could exceed."""
+    sleeping for a time that a loaded machine's start-up could exceed. Red when a slot's flock
+    is skipped (try_claim): every job then reports device 0."""
     (tmp_path / "Snakefile").write_text(textwrap.dedent(f"""
         rule all:
             input: expand("job{{i}}.txt", i=range(6))

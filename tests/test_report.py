@@ -311,6 +311,8 @@ def _papers_tex(papers: Path) -> str:
 
 
 def test_variants_are_separate_labelled_rows(papers: Path) -> None:
+    """Each variant is its own row and legend entry (the legend is read from the drawn figure:
+    red when accuracy_vs_sparsity labels runs by method alone)."""
     _, settings = load_summary(papers)
     gumbel = settings[(settings["method"] == "gumbel") & (settings["dataset"] == "cifar10")]
     assert sorted(gumbel["variant"]) == ["sc-aug", "sc-aug-rescale"]

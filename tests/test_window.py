@@ -281,7 +281,7 @@ def test_a_run_that_does_not_fit_fills_an_idle_slot_and_yields_it(tmp_path: Path
     """Slots go to runs that fit first; a run that does not fit only fills an idle slot, gives
     it back (SIGTERM) when runs that fit become ready, and resumes in a free slot later. On a
     fake clock (runs of 1 s, 60 s and 0.5 s, a 12 s budget), so a loaded machine's process
-    start-up cannot reorder them."""
+    start-up cannot reorder them. Red when a filler never yields its slot."""
     from benchmarks import window
 
     clock = _Clock()

@@ -230,6 +230,8 @@ NON_FINITE_SETTINGS = {  # each was accepted before this suite (NaN passes every
 
 @pytest.mark.parametrize("key", list(NON_FINITE_SETTINGS))
 def test_non_finite_settings_are_rejected(key: str, workflow_copy: Path) -> None:
+    """A WorkflowError naming the key (red when common.smk raises the grid's refusal as a
+    RuntimeError: the old `except Exception` took any crash whose text held "lr")."""
     change, fragment = NON_FINITE_SETTINGS[key]
     config = base_config()
     config["grids"][0]["methods"].append("edgepopup")
