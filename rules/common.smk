@@ -221,6 +221,17 @@ def run_after(wildcards):
     return expand(RUN_DONE, run=after) if after else []
 
 
+def run_init_from(wildcards):
+    """The file the run starts from (train setting init_from), so that the run waits for it: the
+    done-marker of the grid's run whose saved network it is, else the file itself."""
+    job = JOBS[wildcards.run]
+    path = dict(job.overrides).get("init_from")
+    if not path:
+        return []
+    source = grid.init_from_run(job, list(JOBS.values()))
+    return expand(RUN_DONE, run=source) if source else [path]
+
+
 def run_args(wildcards):
     """Every argument of the run's `python -m prunebench run` (grid.Job.args: folder, axes and
     the config's settings as key=value), so the job's command alone reproduces it and

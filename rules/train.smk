@@ -36,6 +36,7 @@ rule train_run:
         data=run_dataset,
         options_checked=run_options_checked,
         after=run_after,
+        init_from=run_init_from,
     output:
         marker=touch(RUN_DONE),
     log:

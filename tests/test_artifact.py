@@ -145,3 +145,42 @@ def test_every_workflow_run_folder_holds_a_loadable_network(tmp_path: Path) -> N
         saved = prunebench.load_run(folder)
         top1 = _test_accuracy(saved, workdir / "results/data", normalize=True)
         assert top1 == metrics["test_top1_extracted"], folder
+
+
+def _timm_cases() -> list:
+    """Every registered method on every timm test model: the slow tier; reparam on the ViT
+    (a budget, attention projections, a patch embedding) in the fast one."""
+    from conftest import TIMM_TEST_ARCHS
+
+    from prunebench.training.registry import list_methods
+
+    return [pytest.param(method, arch, marks=() if (method, arch) == ("reparam", "timm/test_vit")
+                         else pytest.mark.slow)
+            for arch in TIMM_TEST_ARCHS for method in list_methods()]
+
+
+@pytest.mark.parametrize(("method", "arch"), _timm_cases())
+def test_timm_network_reloads_to_the_recorded_accuracy(method: str, arch: str,
+                                                       small_images_dir: Path,
+                                                       tmp_path: Path) -> None:
+    """A timm model's saved network (load_run) scores the run's recorded test accuracy and
+    loss on its test split, with its masks where its weights are non-zero."""
+    from prunebench.training.registry import get_method
+
+    cls = get_method(method)
+    sparsity = 0.5 if cls(cls.hparams_cls(), None).is_budgeted() else None
+    overrides = {"epochs": "2", "batch_size": "32", "device": "cpu",
+                 "data_dir": str(small_images_dir)}
+    if method == "magnitude_ft":
+        overrides["method.ft_epochs"] = "1"
+    metrics = execute(resolve("imagefolder", arch, method, sparsity, 0, overrides=overrides),
+                      tmp_path / "run")
+    saved = prunebench.load_run(tmp_path / "run")
+    assert saved.metadata["timm_model"] == arch.removeprefix("timm/")
+    data = DeviceData(load_prepared("imagefolder", small_images_dir), torch.device("cpu"), 0.1)
+    test = evaluate(saved.model, data.eval_batches("test", 1024), amp=False)
+    assert (test["top1"], test["loss"]) == (metrics["test_top1_extracted"], metrics["test_loss"])
+    layers = dict(saved.model.named_modules())
+    assert sum(int(m.sum()) for m in saved.masks.values()) == metrics["kept_prunable"]
+    for name, mask in saved.masks.items():
+        assert torch.equal(layers[name].weight != 0, mask), name

@@ -401,3 +401,53 @@ def test_divergence_after_good_epochs_keeps_the_last_good_checkpoint(
     assert "loss became nan" in table[0]["reason"]
     assert [(r["n"], r["n_failed"], r["test_top1_pct_mean"]) for r in by_setting] == [
         ("0", "1", "")]
+
+
+# -- every method on timm's test models ------------------------------------------------------------
+
+def _timm_args(method: str, arch: str, data_dir: Path, run_dir: Path) -> list[str]:
+    """A two-epoch run of `method` on a timm test model (32x32 digit images, 4 steps an epoch),
+    with a budget of 0.5 when it has one; magnitude_ft fine-tunes one epoch more."""
+    from prunebench.training.registry import get_method
+
+    cls = get_method(method)
+    argv = ["run", "--dataset", "imagefolder", "--arch", arch, "--method", method, "--seed", "0",
+            "--run-dir", str(run_dir), "epochs=2", "batch_size=32", f"data_dir={data_dir}",
+            "device=cpu"]
+    if method == "magnitude_ft":
+        argv.append("method.ft_epochs=1")
+    return argv + (["--sparsity", "0.5"] if cls(cls.hparams_cls(), None).is_budgeted() else [])
+
+
+def _timm_cases() -> list[tuple[str, str]]:
+    from conftest import TIMM_TEST_ARCHS
+
+    from prunebench.training.registry import list_methods
+
+    return [(m, a) for a in TIMM_TEST_ARCHS for m in list_methods()]
+
+
+@pytest.mark.parametrize(("method", "arch"), _timm_cases())
+def test_timm_model_killed_mid_epoch_resumes_to_the_uninterrupted_result(
+        method: str, arch: str, launcher: Launcher, small_images_dir: Path,
+        tmp_path: Path) -> None:
+    """SIGTERM mid-epoch (a mid-epoch checkpoint), then SIGKILL in the second epoch (back to the
+    first epoch's checkpoint), then the rerun: exactly the uninterrupted run's metrics, history
+    and layers, for every method on every timm test model."""
+    reference, log = tmp_path / "reference", tmp_path / "run.log"
+    assert launcher.attempt(_timm_args(method, arch, small_images_dir, reference), log) == 0, \
+        log_text(log)[-3000:]
+    run_dir = tmp_path / "run"
+    argv = _timm_args(method, arch, small_images_dir, run_dir)
+    term = [{"at": "step", "n": 2, "action": "term"}]  # epoch 1, step 2 of 4
+    assert launcher.attempt(argv, log, term) == PREEMPTED, log_text(log)[-3000:]
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["mid_epoch"] is not None
+    kill = [{"at": "step", "n": 4, "action": "kill"}]  # resumed at step 3: epoch 2, step 2
+    assert launcher.attempt(argv, log, kill) == KILLED, log_text(log)[-3000:]
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert ckpt["loop"]["global_epoch"] == 1 and ckpt["mid_epoch"] is None
+    assert launcher.attempt(argv, log) == 0, log_text(log)[-3000:]
+    FIGURES["kills"] += 1
+    FIGURES["preemptions"] += 1
+    assert outcome(run_dir) == outcome(reference)
+    assert "resumed from" in (run_dir / "log.txt").read_text()

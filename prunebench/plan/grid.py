@@ -13,6 +13,7 @@ Option values that only a method's constructor can judge are checked by
 from __future__ import annotations
 
 import csv
+import os
 import re
 from dataclasses import dataclass
 from itertools import product
@@ -265,7 +266,23 @@ def expand(config: dict[str, Any]) -> list[Job]:
     out = list(jobs.values())
     if config.get("share_dense_phase", True):
         out = share_dense_phase(out, catalogue)
+    for job in out:
+        if init_from_run(job, out) == job.run.run_id:
+            raise ConfigError("train.init_from", f"run {job.run.run_id} would start from its own "
+                              "saved network; set init_from under methods.<name>.train for the "
+                              "methods that start from it")
     return out
+
+
+def init_from_run(job: Job, jobs: list[Job]) -> str:
+    """The run id of the grid's run whose saved network `job` starts from (its `init_from`),
+    "" when it starts from no run of the grid (another file, or none)."""
+    path = dict(job.overrides).get("init_from")
+    if not path:
+        return ""
+    wanted = os.path.normpath(str(path))
+    return next((j.run.run_id for j in jobs
+                 if os.path.normpath(f"{j.run.folder}/{paths.NETWORK}") == wanted), "")
 
 
 # The control whose trained network methods with a `dense_from` option can start from.
