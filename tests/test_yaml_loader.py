@@ -85,6 +85,7 @@ def test_the_workflow_refuses_them_before_the_schema(case: str, tmp_path: Path) 
     """Snakemake parses a --configfile itself (keeping the last duplicate); the Snakefile then
     reads it with the suite's loader before validating it: one message naming the file."""
     from snakemake.api import SnakemakeApi
+    from snakemake.exceptions import WorkflowError
     from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
 
     workdir = tmp_path / "workflow"
@@ -99,7 +100,7 @@ def test_the_workflow_refuses_them_before_the_schema(case: str, tmp_path: Path) 
     path = workdir / "config" / "hostile.yaml"
     path.write_bytes(HOSTILE[case][0])
     buf = io.StringIO()
-    with pytest.raises(Exception) as e, redirect_stderr(buf), redirect_stdout(buf), \
+    with pytest.raises(WorkflowError) as e, redirect_stderr(buf), redirect_stdout(buf), \
             SnakemakeApi(OutputSettings()) as api:
         api.workflow(ResourceSettings(cores=1), ConfigSettings(configfiles=[path]),
                      snakefile=workdir / "Snakefile", workdir=workdir).list_rules()
