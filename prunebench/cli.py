@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prunebench import console, paths, resources
-from prunebench.errors import Preempted, PrunebenchError, TrainingDiverged
+from prunebench.errors import Preempted, PrunebenchError, TrainingDiverged, os_error_text
 from prunebench.plan.config import (
     ARCHS,
     DATASETS,
@@ -454,5 +454,9 @@ def main(argv: list[str] | None = None) -> int:
         # the reader stopped early (`prunebench list | head`): no traceback, and none again
         # when Python flushes stdout at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return paths.EXIT_ERROR
+    except OSError as e:  # an I/O error outside the suite's own writes (a folder, a lock file)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"prunebench: error: {where}{os_error_text(e)}", file=sys.stderr)
         return paths.EXIT_ERROR
     return paths.EXIT_OK

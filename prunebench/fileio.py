@@ -1,6 +1,7 @@
 """Atomic writes and checksums: a file either has its full content or does not exist."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -14,15 +15,21 @@ from typing import Any
 
 import torch
 
+from prunebench.errors import PrunebenchError, os_error_text
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` then fsync and rename tmp over `path`.
+    """Call `write(tmp)` then fsync and rename tmp over `path`; an I/O error (a full disk) is a
+    one-line PrunebenchError naming `path` and the cause, and leaves no file behind.
 
     tmp lives in a hidden folder beside `path` (same filesystem, so the rename is atomic) and
-    has the same file name, so formats that embed the name (torch.save) stay byte-identical."""
+    has the same file name, so formats that embed the name stay byte-identical."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as e:
+        raise PrunebenchError(f"cannot write {path}: {os_error_text(e)}") from None
     tmp = tmp_dir / path.name
     try:
         write(tmp)
@@ -34,9 +41,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+    except OSError as e:
+        raise PrunebenchError(f"cannot write {path}: {os_error_text(e)}") from None
     finally:
-        tmp.unlink(missing_ok=True)
-        tmp_dir.rmdir()
+        with contextlib.suppress(OSError):  # never hide the error above behind this one
+            tmp.unlink(missing_ok=True)
+            tmp_dir.rmdir()
 
 
 def remove_stale_temps(folder: str | Path, names: list[str] | None = None) -> list[Path]:
@@ -71,7 +81,18 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """torch.save through a Python file object: its write errors keep their errno (given a
+    path, torch's own writer reports a full disk as `unexpected pos ...`)."""
+    def write(tmp: Path) -> None:
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+        except RuntimeError as e:  # the writer's end-of-file check hides the write's OSError
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
+
+    atomic_write(path, write)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:

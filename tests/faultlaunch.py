@@ -10,7 +10,8 @@ Request: {"argv": [...], "faults": [...], "log": path, "kill_after": seconds or 
 
 One-shot mode: `python tests/faultlaunch.py '<faults JSON>' run --dataset ...` (no fork).
 
-A fault is a dict with `at` and `action` (kill = SIGKILL, term = SIGTERM, usr1 = SIGUSR1):
+A fault is a dict with `at` and `action` (kill = SIGKILL, term = SIGTERM, usr1 = SIGUSR1,
+enospc = the write fails with "No space left on device", as on a full disk):
   {"at": "step", "n": N}        before the N-th training step of this process
   {"at": "write", "file": F, "n": N, "when": W}
                                  the N-th atomic write of file name F in this process, where W is
@@ -28,6 +29,7 @@ Test side (imported by tests/test_resume.py, test_aggregate.py, test_data_errors
 from __future__ import annotations
 
 import csv
+import errno
 import importlib
 import json
 import os
@@ -48,6 +50,8 @@ SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "usr1": signal.SIGUSR
 
 def _fire(fault: dict[str, Any]) -> None:
     print(f"faultlaunch: {fault['action']} at {fault}", file=sys.stderr, flush=True)
+    if fault["action"] == "enospc":  # the disk fills up: the write fails as the kernel's would
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     os.kill(os.getpid(), SIGNALS[fault["action"]])
 
 

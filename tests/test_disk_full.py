@@ -16,9 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import REPO, cli_env
-from faultlaunch import FIGURES, check_finished, run_args, temp_folders
+from faultlaunch import FIGURES, check_finished, log_text, run_args, temp_folders
 
 from prunebench import fileio
 from prunebench.errors import PrunebenchError
@@ -53,30 +52,58 @@ def test_torch_save_on_a_full_disk_is_one_line(tmp_path: Path) -> None:
     assert out.returncode == 1 and "PrunebenchError" in out.stderr, out.stderr
     assert f"cannot write {target}: File too large (EFBIG)" in out.stderr, out.stderr
     assert not target.exists() and temp_folders(tmp_path) == []
-    assert torch.zeros(1) is not None
 
 
-# Sizes at which a digits conv2 dense run's writes fail: config.json, the log, the first
-# checkpoint, a later checkpoint or the network (checkpoints are ~60 KB).
-LIMITS = [300, 3_000, 30_000, 100_000]
+def check_stopped(run_dir: Path, log_tail: str, file: str, cause: str) -> None:
+    """One error line naming the file and the cause, no traceback, nothing looking finished."""
+    lines = log_tail.strip().splitlines()
+    assert "Traceback" not in log_tail and "Logging error" not in log_tail, log_tail
+    assert lines[-1] == f"prunebench: error: cannot write {run_dir / file}: {cause}", log_tail
+    assert not (run_dir / "metrics.json").exists() and temp_folders(run_dir) == []
+
+
+# Sizes past which a digits conv2 dense run's writes fail: config.json (~1 KB) and the first
+# checkpoint (~4 MB; the log stays under 1 KB).
+LIMITS = {300: "config.json", 3_000: "checkpoint.pt"}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("limit", LIMITS)
-def test_run_on_a_full_disk_stops_in_one_line_and_resumes(limit: int, digits_dir: Path,
-                                                          tmp_path: Path, reference) -> None:
+@pytest.mark.parametrize("limit", list(LIMITS))
+def test_run_past_a_file_size_limit_stops_in_one_line_and_resumes(
+        limit: int, digits_dir: Path, tmp_path: Path, reference) -> None:
     run_dir = tmp_path / "run"
     argv = [sys.executable, "-m", "prunebench", *run_args("dense", digits_dir, run_dir)]
     full = subprocess.run(argv, cwd=REPO, env=cli_env(), capture_output=True, text=True,
                           timeout=600, preexec_fn=lambda: limited(limit))
-    lines = full.stderr.strip().splitlines()
     assert full.returncode == 1, full.stderr[-3000:]
-    assert "Traceback" not in full.stderr and "Logging error" not in full.stderr, full.stderr
-    assert lines[-1].startswith(f"prunebench: error: cannot write {run_dir}"), full.stderr
-    assert lines[-1].endswith("File too large (EFBIG)"), full.stderr
-    assert not (run_dir / "metrics.json").exists() and temp_folders(run_dir) == []
+    check_stopped(run_dir, full.stderr, LIMITS[limit], "File too large (EFBIG)")
     again = subprocess.run(argv, cwd=REPO, env=cli_env(), capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     check_finished(run_dir, reference("dense"))
-    FIGURES["disk-full sizes survived"] += 1
+    FIGURES["disk-full writes survived"] += 1
+
+
+# Every file a run writes, in the order it writes them (the checkpoint twice: a later one fails
+# after an earlier one succeeded).
+WRITES = [("config.json", 1), ("checkpoint.pt", 1), ("checkpoint.pt", 2),
+          ("network.safetensors", 1), ("masks.safetensors", 1), ("history.csv", 1),
+          ("layers.csv", 1), ("metrics.json", 1)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("file,n", WRITES)
+def test_disk_full_at_every_write_stops_in_one_line_and_resumes(
+        file: str, n: int, launcher, digits_dir: Path, tmp_path: Path, reference) -> None:
+    """The disk fills up inside the n-th write of `file` (its temp file half written): the run
+    stops with exit 1 and one line naming the file and ENOSPC; the rerun finishes equal to
+    the uninterrupted run."""
+    run_dir, log = tmp_path / "run", tmp_path / "log.txt"
+    argv = run_args("dense", digits_dir, run_dir)
+    fault = {"at": "write", "file": file, "n": n, "when": "mid", "action": "enospc"}
+    assert launcher.attempt(argv, log, [fault]) == 1, log_text(log)[-3000:]
+    check_stopped(run_dir, log_text(log).replace(f"faultlaunch: enospc at {fault}\n", ""),
+                  file, "No space left on device (ENOSPC)")
+    assert launcher.attempt(argv, log) == 0, log_text(log)[-3000:]
+    check_finished(run_dir, reference("dense"))
+    FIGURES["disk-full writes survived"] += 1

@@ -41,7 +41,7 @@ from prunebench.data.prepared import (
     load_prepared,
     normalization_stats,
 )
-from prunebench.errors import Preempted, PrunebenchError, TrainingDiverged
+from prunebench.errors import Preempted, PrunebenchError, TrainingDiverged, os_error_text
 from prunebench.fileio import remove_stale_temps, save_torch, write_csv, write_json
 from prunebench.plan.config import RunConfig, check_crop_padding
 from prunebench.training import gpus
@@ -126,13 +126,27 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
+class _LogFile(logging.FileHandler):
+    """The run's log.txt. A write that fails (a full disk) is said once on stderr in one line,
+    not with logging's traceback at every record; the log goes on on stderr."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if not self.failed:
+            self.failed = True
+            print(f"prunebench: cannot write {self.baseFilename}: "
+                  f"{os_error_text(sys.exc_info()[1] or OSError())}; logging to stderr only",
+                  file=sys.stderr)
+
+
 def _make_logger(run_dir: Path) -> logging.Logger:
     logger = logging.getLogger(f"prunebench.training.run.{run_dir}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
     if not logger.handlers:
         fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
-        fh = logging.FileHandler(run_dir / paths.LOG)
+        fh = _LogFile(run_dir / paths.LOG)
         fh.setFormatter(fmt)
         logger.addHandler(fh)
         sh = logging.StreamHandler(sys.stderr)
