@@ -3,6 +3,7 @@ naming the archive and the member; good archives unpack exactly; `prepare` refus
 image archive in one line."""
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import struct
@@ -318,3 +319,95 @@ def test_hostile_archive_through_the_cli(tmp_path: Path,
     cli_refuses(capsys, argv, str(archive), words)
     assert list(outside.iterdir()) == [] and not list(data.rglob("*.pt"))
     FIGURES["hostile archive reads refused"] += 1
+
+
+# -- memory bounded whatever an archive or image declares (issue 22, item 2) --------------------
+
+def declaring_tar(path: Path, name: str, declared: int, data: bytes) -> Path:
+    """A .tar.gz whose one member's header declares `declared` bytes (it holds `data`)."""
+    info = tarfile.TarInfo(name)
+    info.size = declared
+    with gzip.open(path, "wb") as f:
+        f.write(info.tobuf(format=tarfile.GNU_FORMAT) + data + b"\0" * 1024)
+    return path
+
+
+def test_a_member_larger_than_the_limit_is_refused_before_it_is_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 2 KB .tar.gz declaring one 2 GiB image under train/airplane/ (before: read whole into
+    memory, 4.9 GB resident, then `cannot identify image file <_io.BytesIO object at 0x...>`)."""
+    archive = declaring_tar(tmp_path / "bomb.tar.gz", "train/airplane/big.png", 2 << 30, b"x")
+    member = "train/airplane/big.png"
+    with pytest.raises(PrunebenchError) as e:
+        read_files(archive)
+    assert f"member {member!r} is 2147483648 bytes, more than the 67108864" in str(e.value)
+    data = tmp_path / "data"
+    cli_refuses(capsys, ["prepare", "--dataset", "cifar10", "--root", str(archive),
+                         "--data-dir", str(data)], str(archive), repr(member), "67108864")
+    assert not list(data.rglob("*.pt"))
+    FIGURES["hostile archive reads refused"] += 1
+
+
+@pytest.mark.parametrize("form", ["tar", "zip"])
+def test_real_member_over_the_limit_is_never_read(form: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member that really holds more than the limit (the limit lowered to 1 MiB here)."""
+    monkeypatch.setattr(archives, "MAX_MEMBER_BYTES", 1 << 20)
+    members = [("train/a/0.png", b"\0" * (2 << 20))]
+    archive = (make_tar(tmp_path / "a.tar.gz", [(n, None, d) for n, d in members])
+               if form == "tar" else make_zip(tmp_path / "a.zip", members))
+    with pytest.raises(PrunebenchError, match="'train/a/0.png' is 2097152 bytes, more than"):
+        read_files(archive)
+    if form == "zip":
+        with SafeZip(archive) as zf, pytest.raises(PrunebenchError, match="more than"):
+            zf.read("train/a/0.png")
+    FIGURES["hostile archive reads refused"] += 1
+
+
+def test_members_held_in_memory_are_bounded_in_total(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(archives, "MAX_READ_BYTES", 1000)
+    archive = make_tar(tmp_path / "a.tar.gz", [(f"train/a/{i}.png", None, b"p" * 400)
+                                               for i in range(3)])
+    with pytest.raises(PrunebenchError, match="add up to more than the 1000 bytes"):
+        read_files(archive)
+    assert len(read_files(archive, keep=lambda n: n.endswith(("0.png", "1.png")))[0]) == 2
+    FIGURES["hostile archive reads refused"] += 1
+
+
+def image_tree(root: Path, big: tuple[int, int] | None = None) -> Path:
+    """train/ and test/ with two classes of 8x8 PNGs; `big`: one bilevel image of that size."""
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (8, 8), (60 * i, 9, 9)).save(root / split / c / f"{i}.png")
+    if big:
+        Image.new("1", big).save(root / "train" / "b" / "9.png")
+    return root
+
+
+@pytest.mark.parametrize("size", [(10000, 10000), (20000, 10000)])
+def test_decompression_bomb_image_is_one_line_naming_the_file(
+        size: tuple[int, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Over Pillow's limit (where it only warns) and over twice it (where it raises; before:
+    a raw `PIL.Image.DecompressionBombError` traceback; the first was decoded, 100 MB)."""
+    tree = image_tree(tmp_path / "tree", size)
+    data = tmp_path / "data"
+    cli_refuses(capsys, ["prepare", "--dataset", "imagefolder", "--root", str(tree),
+                         "--data-dir", str(data)], str(tree / "train" / "b" / "9.png"),
+                "larger than the 89478485 pixels allowed")
+    assert not list(data.rglob("*.pt"))
+    FIGURES["hostile archive reads refused"] += 1
+
+
+def test_decoded_images_are_bounded_before_allocation(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from prunebench.data import datasets
+
+    monkeypatch.setattr(datasets, "MAX_DECODED_BYTES", 500)
+    tree = image_tree(tmp_path / "tree")
+    with pytest.raises(PrunebenchError, match="4 images of 3x8x8 .* would take 768 bytes"):
+        datasets.read_folder_tree(tree)

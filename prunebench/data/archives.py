@@ -3,10 +3,12 @@
 Every member is checked before anything is written: names that would escape the target folder
 (absolute paths, `..`, drive letters, empty names), links, device files and FIFOs are refused,
 and so are archives whose declared member sizes add up to more than a limit (decompression
-bombs). While copying, a member may not grow past its declared size. Errors name the archive
-and the member. `SafeZip` applies the same checks but reads members into memory, writing
-nothing, and `read_files` reads a tar's or zip's files into memory the same way (for archives
-of many small images, where unpacking and deleting costs more than reading).
+bombs). While copying, a member may not grow past its declared size. Reading in memory is
+bounded whatever the archive declares: no member over MAX_MEMBER_BYTES, at most MAX_READ_BYTES
+held at once, tar members streamed one at a time. Errors name the archive and the member.
+`SafeZip` applies the same checks but reads members into memory, writing nothing, and
+`read_files` reads a tar's or zip's files into memory the same way (for archives of many small
+images, where unpacking and deleting costs more than reading).
 """
 from __future__ import annotations
 
@@ -19,8 +21,13 @@ from typing import IO
 
 from prunebench.errors import PrunebenchError
 
-MAX_TOTAL_BYTES = 8 << 30
+MAX_TOTAL_BYTES = 8 << 30  # declared sizes of all members, extracted or read
 MAX_MEMBERS = 2_000_000
+# Reading in memory (`read_files`, `SafeZip.read`): no member over MAX_MEMBER_BYTES (an image is
+# kilobytes to a few megabytes) and at most MAX_READ_BYTES held at once, whatever the archive
+# declares; a larger archive of images is unpacked and read as a folder.
+MAX_MEMBER_BYTES = 64 << 20
+MAX_READ_BYTES = 4 << 30
 _S_IFMT, _S_IFLNK, _S_IFREG, _S_IFDIR = 0o170000, 0o120000, 0o100000, 0o040000
 # What a corrupt or lying member raises while it is read.
 _READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, tarfile.TarError, OSError,
@@ -186,6 +193,15 @@ def _copy_limited(src: IO[bytes], out: IO[bytes], declared: int, archive: Path,
         out.write(chunk)
 
 
+def _check_readable(archive: Path, name: str, size: int) -> None:
+    """Refuse a member too large to read in memory, before any of it is read."""
+    if size > MAX_MEMBER_BYTES:
+        raise PrunebenchError(
+            f"archive {archive}: member {name!r} is {size} bytes, more than the "
+            f"{MAX_MEMBER_BYTES} bytes ({MAX_MEMBER_BYTES >> 20} MiB) a member read in memory "
+            "may have; refusing (an image is far smaller: possible decompression bomb)")
+
+
 class SafeZip:
     """A zip archive whose members passed the `safe_extract` checks, read into memory.
 
@@ -210,6 +226,7 @@ class SafeZip:
         info = self.names.get(name)
         if info is None:
             raise PrunebenchError(f"archive {self.archive} has no member {name!r}")
+        _check_readable(self.archive, name, info.file_size)
         try:
             with self._zf.open(info) as src:
                 data = src.read(info.file_size + 1)
@@ -241,20 +258,34 @@ def read_files(archive: str | Path, keep: Callable[[str], bool] = lambda name: T
         raise PrunebenchError(f"archive {archive} does not exist")
     files: dict[str, bytes] = {}
     dirs: set[str] = set()
+    held = 0
+
+    def hold(name: str, size: int) -> None:
+        nonlocal held
+        _check_readable(archive, name, size)
+        held += size
+        if held > MAX_READ_BYTES:
+            raise PrunebenchError(
+                f"archive {archive}: its files up to {name!r} add up to more than the "
+                f"{MAX_READ_BYTES} bytes ({MAX_READ_BYTES >> 30} GiB) read in memory at once; "
+                "unpack it and give the folder instead")
+
     if zipfile.is_zipfile(archive):
         with SafeZip(archive, max_bytes) as zf:
             dirs.update(str(_check_name(archive, i.filename, True))
                         for i in zf.infos if i.is_dir())
-            for name in zf.names:
+            for name, info in zf.names.items():
                 if keep(name):
+                    hold(name, info.file_size)
                     files[name] = zf.read(name)
     else:
         with _open_tar(archive) as tf:
-            for m in _iter_tar(archive, tf, max_bytes):
+            for m in _iter_tar(archive, tf, max_bytes):  # streamed: one member at a time
                 name = str(_check_name(archive, m.name, m.isdir()))
                 if m.isdir():
                     dirs.add(name)
                 elif keep(name):
+                    hold(m.name, m.size)
                     files[name] = _read_tar_member(archive, tf, m)
     for name in list(files) + list(dirs):
         dirs.update(str(p) for p in PurePosixPath(name).parents)
@@ -263,6 +294,7 @@ def read_files(archive: str | Path, keep: Callable[[str], bool] = lambda name: T
 
 
 def _read_tar_member(archive: Path, tf: tarfile.TarFile, m: tarfile.TarInfo) -> bytes:
+    _check_readable(archive, m.name, m.size)
     try:
         src = tf.extractfile(m)
         assert src is not None  # regular files always have a reader

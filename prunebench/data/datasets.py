@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from prunebench import console
@@ -26,6 +29,13 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 RESIZE_MODES = ("center_crop", "stretch")
 READ_THREADS = 8  # most image decoding threads (fewer when fewer CPUs are allotted)
 READ_CHUNK = 512  # images per thread-pool task
+# Decoding is bounded whatever the files declare: no image over MAX_IMAGE_PIXELS (Pillow's own
+# default; its header is read before its pixels: a camera photo to be resized passes, a
+# decompression bomb does not), and all images of a split at most MAX_DECODED_BYTES as uint8.
+MAX_IMAGE_PIXELS = 89_478_485
+MAX_DECODED_BYTES = 16 << 30
+# Pillow only warns about an image between its own limit and twice that: refuse it instead.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
 @dataclass
@@ -125,10 +135,10 @@ def _read_image(item: Path | str, mode: str | None,
                 resize: Resize | None = None) -> np.ndarray:
     """One image as uint8 (C, H, W): converted to `mode`, else kept if grayscale or RGB, and
     resized if asked. `item` is a path, or a name that `load` turns into the file's bytes."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(io.BytesIO(load(item)) if load else item) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise Image.DecompressionBombError(f"{img.width}x{img.height} pixels")
             img.load()
             if mode is not None and img.mode != mode:
                 img = img.convert(mode)
@@ -137,8 +147,13 @@ def _read_image(item: Path | str, mode: str | None,
             if resize is not None:
                 img = resize.apply(img)
             arr = np.asarray(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise PrunebenchError(
+            f"image {item} is larger than the {MAX_IMAGE_PIXELS} pixels allowed "
+            f"({one_line(e)}); refusing (possible decompression bomb)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise PrunebenchError(f"image {item} cannot be read: {one_line(e)}") from None
+        text = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", one_line(e))
+        raise PrunebenchError(f"image {item} cannot be read: {text}") from None
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return arr.transpose(2, 0, 1)
@@ -165,6 +180,12 @@ def read_images(items: Sequence[Any], mode: str | None = None,
     if not items:
         raise PrunebenchError("no images to read")
     first = _read_image(items[0], mode, load, resize)
+    decoded = len(items) * first.size
+    if decoded > MAX_DECODED_BYTES:
+        raise PrunebenchError(
+            f"{len(items)} images of {'x'.join(map(str, first.shape))} (CxHxW, as {items[0]}) "
+            f"would take {decoded} bytes decoded, more than the {MAX_DECODED_BYTES} bytes "
+            f"({MAX_DECODED_BYTES >> 30} GiB) allowed")
     out = np.empty((len(items), *first.shape), dtype=np.uint8)
     out[0] = first
 
