@@ -450,6 +450,12 @@ def report_tallies(write_line: Any) -> None:
         "invalid_configs_rejected": FIGURES["invalid configs rejected"],
         "valid_configs_dry_run": FIGURES["valid configs dry-run"],
         "diverged_runs_recorded_as_failed": FIGURES["diverged runs recorded as failed"],
+        "out_of_range_values_refused": FIGURES["out-of-range values refused"],
+        "hostile_configs_refused": FIGURES["hostile configs refused"],
+        "finished_runs_kept_from_replacement": FIGURES["finished runs kept from replacement"],
+        "dense_runs_of_another_setting_refused": FIGURES["dense runs of another setting refused"],
+        "tampered_saved_networks_refused": FIGURES["tampered saved networks refused"],
+        "disk_full_writes_survived": FIGURES["disk-full writes survived"],
         "aggregations_checked": FIGURES["aggregations checked"],
         "kill_points": {k[len("fault: "):]: v for k, v in sorted(FIGURES.items())
                         if k.startswith("fault: ")},
