@@ -68,9 +68,11 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarr
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
 
-def check_split(labels: np.ndarray, fraction: float, where: str) -> None:
+def check_split(labels: np.ndarray, fraction: float, where: str, need_val: bool = False
+                ) -> None:
     """Refuse a validation fraction outside [0, 1) (the domain of `stratified_split`), one that
-    leaves a class without training images, or one above 0 that holds out no image at all."""
+    leaves a class without training images, and, when the run selects on it (`need_val`), one
+    that holds out no image at all."""
     if not 0 <= fraction < 1:  # NaN too
         raise PrunebenchError(f"{where}={fraction} is out of range; allowed: in [0, 1)")
     classes, counts = np.unique(labels, return_counts=True)
@@ -81,11 +83,11 @@ def check_split(labels: np.ndarray, fraction: float, where: str) -> None:
             f"{where}={fraction} holds out every training image of class(es) "
             f"{', '.join(emptied[:5])}; allowed: a fraction that leaves each class at least one "
             f"(the smallest class has {int(counts.min())} images)")
-    if fraction > 0 and not sum(held):
+    if need_val and not sum(held):
         raise PrunebenchError(
             f"{where}={fraction} holds out no image (each class has at most "
-            f"{int(counts.max())}); allowed: 0 (no validation split) or a fraction that holds "
-            "out at least one")
+            f"{int(counts.max())}), and the run selects on the validation split; allowed: a "
+            "fraction that holds out at least one")
 
 
 def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:

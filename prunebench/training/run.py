@@ -189,7 +189,7 @@ def check_settings_fit(cfg: RunConfig, prepared: PreparedData) -> None:
     checked before the run folder exists."""
     check_crop_padding(cfg.train.crop_padding, min(prepared.image_shape[1:]), cfg.dataset)
     check_split(prepared.tensors["train_y"].numpy(), cfg.train.val_fraction,
-                "train config: val_fraction")
+                "train config: val_fraction", need_val=cfg.train.selection == "val")
 
 
 def check_folder(run_dir: Path, cfg: RunConfig) -> str:
