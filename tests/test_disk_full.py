@@ -8,6 +8,7 @@ every write past it fails with EFBIG the way a full disk fails with ENOSPC, at a
 from __future__ import annotations
 
 import errno
+import io
 import os
 import resource
 import signal
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO, cli_env
 from faultlaunch import FIGURES, check_finished, log_text, run_args, temp_folders
 
@@ -41,6 +43,33 @@ def limited(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
+class FullDisk(io.FileIO):
+    """A file on a disk with `room` bytes left: a write past them fails as the kernel's does."""
+
+    room = 50_000
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        if self.tell() + len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+
+
+@pytest.mark.parametrize("room", [0, 600, 50_000])
+def test_torch_save_keeps_the_errno(room: int, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.save's writer hides the OSError behind `RuntimeError: [enforce fail at
+    inline_container.cc:672] . unexpected pos ...` when the disk fills mid-record; the suite
+    brings the errno back."""
+    monkeypatch.setattr(FullDisk, "room", room)
+    monkeypatch.setattr(fileio, "open", lambda path, mode: FullDisk(path, mode), raising=False)
+    target = tmp_path / "checkpoint.pt"
+    with pytest.raises(PrunebenchError) as e:
+        fileio.save_torch(target, {"w": torch.zeros(100_000)})
+    assert str(e.value) == f"cannot write {target}: No space left on device (ENOSPC)"
+    assert not target.exists() and temp_folders(tmp_path) == []
+
+
+@pytest.mark.slow
 def test_torch_save_on_a_full_disk_is_one_line(tmp_path: Path) -> None:
     """torch.save to a path hides the errno (its C++ writer raises a RuntimeError); the suite
     writes through a Python file object, which keeps it."""

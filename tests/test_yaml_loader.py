@@ -43,7 +43,7 @@ HOSTILE = {
     "structure containing itself": (b"grids: []\naliases:\n  a: &a [1, *a]\n",
                                     ["line 3", "contains it"]),
     "nested too deeply": (b"train: " + b"[" * 5000 + b"]" * 5000 + b"\n",
-                          ["nested too deeply"]),
+                          ["line 1", "nested more than 64 levels deep"]),
 }
 
 

@@ -2,7 +2,8 @@
 only, and refusing what a plain `yaml.safe_load` lets through silently or expensively. A key
 repeated in one mapping (the last would win, dropping the first block), aliases that expand past
 a bounded node count (a "billion laughs" file of a few lines), a structure that refers to itself,
-and bytes that are not UTF-8 are each a one-line error naming the file and the line.
+nesting deeper than any config and bytes that are not UTF-8 are each a one-line error naming
+the file and the line.
 Torch-free: the Snakemake process uses it."""
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from prunebench.errors import PrunebenchError
 
 MAX_BYTES = 4 << 20  # a config is a few kilobytes; the paper grid's is 12 KB
 MAX_NODES = 200_000  # values after every alias is expanded (the paper grid: about 2,000)
+MAX_DEPTH = 64  # nesting levels (a config has fewer than ten)
 _MERGE = "tag:yaml.org,2002:merge"
 
 
@@ -26,6 +28,20 @@ class YamlError(PrunebenchError):
 class _Loader(yaml.SafeLoader):
     """SafeLoader that refuses a key given twice in one mapping (merge keys `<<` may still be
     overridden: that is what they are for)."""
+
+    depth = 0
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        """Refuse nesting deeper than MAX_DEPTH as it is read (no deep recursion first)."""
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep",
+                    self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
@@ -109,7 +125,5 @@ def load_yaml(path: str | Path, what: str = "config file") -> Any:
         raise YamlError(f"{what} {p}{where}: not valid YAML: {problem}") from None
     except yaml.YAMLError as e:
         raise YamlError(f"{what} {p}: not valid YAML: {' '.join(str(e).split())}") from None
-    except RecursionError:
-        raise YamlError(f"{what} {p}: nested too deeply to be a config") from None
     finally:
         loader.dispose()
