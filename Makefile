@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # latexmk beyond texlive-base.
 TEX_PACKAGES := texlive-latex-recommended latexmk
 
-.PHONY: run test lint tex slurm python mutation
+.PHONY: run test lint docs tex slurm python mutation
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then \
@@ -68,6 +68,11 @@ run: python tex
 # Every tier (fast, slow, SLURM): what CI runs. The fast tier alone: .venv/bin/python -m pytest
 test: python tex slurm
 	$(PY) -m pytest -m ""
+
+# The documentation site, docs/ -> site/ (then open site/index.html; `mkdocs serve` serves it
+# while you edit). --strict: a broken link, missing page or unresolved API name fails the build.
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -6,7 +6,7 @@ uses, in each layer, the weights whose |s| is among the top `density` fraction o
 (sec. 3), and the backward pass sends the gradient straight through the top-k to
 |s|. The absolute value is taken outside the straight-through function so that autograd applies
 sign(s) to the gradient, as in the reference code (`clamped_scores`); taken inside, half the
-updates go the wrong way and the network stays at chance (METHODS.md, measured pitfalls).
+updates go the wrong way and the network stays at chance (docs/methods/baselines.md#edgepopup).
 
 Defaults are the paper's (sec. 4) and its reference code's conv configs: weights
 signed Kaiming constant +-sqrt(2 / fan_in), scores Kaiming uniform (a = sqrt(5)); scores trained by

@@ -7,8 +7,8 @@ table). Reference code: github.com/N0ciple/ASLP — `strategies/ASLP/layer_funct
 sampled mask and the scale), `strategies/ASLP/pruning_functions.py` (`prune_net`),
 `layer_modules.py` (initialisation and biases), `main.py` (optimiser, early stopping, test of the
 best-validation checkpoint), `data_modules.py` (augmentation and normalisation). Equation numbers
-are not cited: the papers' full text was not available offline; the formulas follow METHODS.md
-section 1 and the code above.
+are not cited: the papers' full text was not available offline; the formulas follow the paper's
+method section and the code above (docs/methods/gumbel.md).
 
 What the paper does, and this file does:
 - Weights (and biases) stay at their random initialisation; only a topology is learned.
@@ -35,7 +35,7 @@ Decisions where the paper is silent, and deviations:
 - `signed_constant` follows the ASLP code: sign(w) * std(layer) of the Kaiming draw. ASLP sets
   it in every layer but then re-initialises its Linear layers (`PrunableLinear.reset_parameters`),
   so only convolutions keep it: `signed_constant_scope=conv` reproduces that, `all` (default)
-  applies it everywhere as METHODS.md states.
+  applies it everywhere, as the paper describes it.
 - `frozen_bias=true` gives every layer ASLP's random bias, uniform(+-1/sqrt(fan_in)), never
   trained (`layer_modules.py`); off by default, as the suite's networks have no bias.
 - Normalisation layers get affine (1, 0) and layer scales 1 in `prepare` (training/frozen.py);

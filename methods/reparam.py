@@ -4,8 +4,8 @@ Paper: R. Dupont, H. Sahbi, G. Michel, "Weight Reparametrization for Budget-Awar
 Pruning", ICIP 2021, arXiv:2107.03909 (method section: the reparametrization h_t and the budget
 loss; experiments: accuracy against pruning rate for Conv4, VGG19 and ResNet18 on CIFAR-10 and
 Conv4/ResNet18 on TinyImageNet, beside MP and MP+FT). No public code exists for this paper: the
-authors' ICIP 2021 slides (which say t is "optimized with SGD") and METHODS.md section 2 are the
-sources; equation numbers are not cited, the full text was not available offline.
+authors' ICIP 2021 slides (which say t is "optimized with SGD") are the sources
+(docs/methods/reparam.md); equation numbers are not cited, the full text was not available offline.
 
 What the paper does, and this file does:
 - Weights are trained, and every prunable weight w is used through w_hat = w * h_t(w) with
@@ -24,12 +24,12 @@ Decisions where the paper is silent, and deviations:
   inf (inf / inf); there h = 1 to float precision and its true gradient is ~0.
 - C_init is computed in `prepare` from the initial weights and t (that is, before the first
   step) and saved in the method's state, so a resumed run uses the same normaliser.
-- Weights, biases and norms follow the run's training recipe (METHODS.md: SGD lr 0.1, momentum
+- Weights, biases and norms follow the run's training recipe (papers silent: SGD lr 0.1, momentum
   0.9, weight decay 5e-4; the digits/conv recipe lowers lr to 0.01); t gets no weight decay.
 - How t is learned: the paper-faithful setting is t itself under the weights' SGD
   (`t_param=t t_optimizer=sgd t_lr=null lam=1`; `t_lr=null` is the weights' lr), the paper
   grid's `paper-sgd-t` variant. The gradient reaching t is ~1e-5
-  against a value of 100 (METHODS.md, "Measured pitfalls"), so t never moves, the soft budget is
+  against a value of 100 (measured below), so t never moves, the soft budget is
   never reached and the hard top-K destroys accuracy. Measured here (digits conv4, 20 epochs,
   batch 32, seed 0, sparsity 0.9): t stayed in [99.97, 100], C/N = 0.72 against 0.10, soft test
   accuracy 98.9 %, hard 28.3 %. The defaults therefore learn log t with Adam (lr 0.05), which
@@ -93,7 +93,7 @@ class ReparamHparams(MethodHparams):
         bounds="[0, inf)")
     t_param: str = option(
         "log_t",
-        "decision (paper: t); t does not move under SGD (METHODS.md pitfall)",
+        "decision (paper: t); t does not move under SGD (docs/methods/reparam.md)",
         choices=('t', 'log_t'))
     t_optimizer: str = option(
         "adam", "decision (paper silent: the weights' SGD); see t_param", choices=('sgd', 'adam'))

@@ -483,7 +483,7 @@ def test_baseline_trains_well_above_chance_at_half_sparsity(name, digits_dir, tm
 @pytest.mark.slow
 def test_supermask_trains_well_above_chance(digits_dir, tmp_path):
     # conv2: with 50 % masks on frozen weights the signal shrinks layer by layer and conv4 needs
-    # ~500 steps before the masks take off (METHODS.md pitfalls); conv2 leaves chance at once.
+    # ~500 steps before the masks take off (docs/methods/gumbel.md); conv2 leaves chance at once.
     metrics, _ = run(digits_dir, tmp_path, "supermask", None, arch="conv2", epochs=5,
                      batch_size=16)
     assert metrics["test_top1"] > 40.0, metrics["test_top1"]  # mean over sampled masks

@@ -165,7 +165,7 @@ def test_budget_extension_keeps_exactly_k() -> None:
 @pytest.mark.slow
 def test_digits_conv4_learns_on_frozen_weights(digits_dir: Path, tmp_path: Path) -> None:
     """Short run through the engine. From the paper's keep probability 1/2 the digits loss sits
-    at ln(10) for ~500 steps (METHODS.md pitfalls; ~15 epochs here), so this test starts the
+    at ln(10) for ~500 steps (docs/methods/gumbel.md; ~15 epochs here), so this test starts the
     same learning rule at keep probability sigmoid(2) = 0.88, which learns within a few epochs.
     The untrained control (0 epochs: every weight kept, frozen random) is at chance."""
     results = {}

@@ -3,9 +3,9 @@ prunable layer gets a non-zero training signal on a real batch, and no residual 
 block is dead (perturbing its weights changes the output). The architectures are the papers'
 five and timm's tiny test models (ResNet, ConvNeXt, EfficientNet, ViT) on 32x32 images.
 
-Pins the resnet18 BatchNorm fix (METHODS.md, reference-code facts): with timm's zero-initialised
-last BN scale, SNIP's saliency and the frozen-weight methods' gradients are exactly 0 for every
-block convolution.
+Pins the resnet18 BatchNorm fix (docs/methods/index.md, "ResNet-18's BatchNorm scales"): with
+timm's zero-initialised last BN scale, SNIP's saliency and the frozen-weight methods' gradients
+are exactly 0 for every block convolution.
 """
 from __future__ import annotations
 

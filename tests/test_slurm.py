@@ -1,8 +1,8 @@
-"""The SLURM profile. The README's cluster command, parsed as Snakemake parses it, applies the
-cluster settings alone (no machine-wide GPU cap of the local profile). On a one-node SLURM
-started by the test (slurm-wlm + munge, which `make test` installs with apt-get where it can;
-skipped with the reason otherwise): train_run jobs go through sbatch with their GPU request,
-and a SIGTERM-ed job is resubmitted and resumes.
+"""The SLURM profile. The documented cluster command (docs/cluster.md), parsed as Snakemake
+parses it, applies the cluster settings alone (no machine-wide GPU cap of the local profile). On
+a one-node SLURM started by the test (slurm-wlm + munge, which `make test` installs with apt-get
+where it can; skipped with the reason otherwise): train_run jobs go through sbatch with their GPU
+request, and a SIGTERM-ed job is resubmitted and resumes.
 
 The cluster is private to the test: its own munged socket and key, slurm.conf, state folders and
 ports in a temporary folder. Clients find slurm.conf through SLURM_CONF, except the `srun` the
@@ -30,8 +30,8 @@ from test_workflow import REPO, SNAKEMAKE, _copy_workflow, _env, _tiny_config, _
 DAEMONS = ("munged", "slurmctld", "slurmd")
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
 NODE_CONF = Path("/run/slurm/conf")  # slurmd's config cache on a configless node
-# Test-only executor settings (../shared/SLURM-TESTING.md): without accounting `sacct` fails, so
-# poll with squeue; no account to guess; short waits before and between status checks.
+# Test-only executor settings (docs/development.md, the SLURM test): without accounting `sacct`
+# fails, so poll with squeue; no account to guess; short waits before and between status checks.
 TEST_PROFILE = {
     "slurm-status-command": "squeue",
     "slurm-no-account": True,
@@ -44,24 +44,24 @@ TEST_PROFILE = {
 }
 
 
-def _readme_cluster_command() -> list[str]:
-    """The command the README's "Running on SLURM" section gives, as argv after `snakemake`."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Running on SLURM", 1)[1].split("\n## ", 1)[0]
-    commands = [ln.strip() for ln in section.splitlines() if ln.startswith("    snakemake ")]
+def _documented_cluster_command() -> list[str]:
+    """The command of docs/cluster.md's "The command" section, as argv after `snakemake`."""
+    page = (REPO / "docs" / "cluster.md").read_text()
+    section = page.split("## The command", 1)[1].split("\n## ", 1)[0]
+    commands = [ln.strip() for ln in section.splitlines() if ln.startswith("snakemake ")]
     assert len(commands) == 1, commands
     return shlex.split(commands[0])[1:]
 
 
-def test_readme_cluster_command_applies_the_slurm_profile_alone(
+def test_documented_cluster_command_applies_the_slurm_profile_alone(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """No global GPU cap (each job asks SLURM for its own GPUs), the cluster's retries and
-    latency-wait: what Snakemake's own argument parser makes of the README's command."""
+    latency-wait: what Snakemake's own argument parser makes of the documented command."""
     from snakemake.cli import parse_args
 
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # a login node with a GPU changes nothing
-    _, args = parse_args(_readme_cluster_command())
+    _, args = parse_args(_documented_cluster_command())
     profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
     assert args.executor == "slurm"
     assert "gpu" not in (args.resources or {}), args.resources
@@ -214,11 +214,11 @@ def _gpu_config(methods: list[str], epochs: int) -> dict:
 
 def _run(workdir: Path, env: dict[str, str], config: dict, timeout: int = 600
          ) -> subprocess.Popen:
-    """The README's cluster command with the test's profile and config in place of
+    """The documented cluster command with the test's profile and config in place of
     profiles/slurm and config/paper.yaml."""
     swap = {"profiles/slurm": _test_profile(workdir),
             "config/paper.yaml": _write_config(workdir, config)}
-    argv = [swap.get(arg, arg) for arg in _readme_cluster_command()]
+    argv = [swap.get(arg, arg) for arg in _documented_cluster_command()]
     assert sorted(set(argv) & set(swap.values())) == sorted(swap.values()), argv
     return subprocess.Popen(
         [SNAKEMAKE, "aggregate_runs", *argv, "--verbose"],

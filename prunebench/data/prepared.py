@@ -29,7 +29,7 @@ SPLIT_SEED = 0
 PROVENANCE_KEYS = ("data_source", "data_source_sha256", "data_origin", "data_resize")
 RESIZED_SOURCES = ("imagefolder",)  # the sources that take image_size
 
-# Published normalisation statistics (METHODS.md); other datasets use their training images.
+# Published normalisation statistics (docs/datasets.md); other datasets use their training images.
 KNOWN_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),

@@ -171,14 +171,14 @@ def recipe(dataset: str, arch: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if dataset == "digits":
         # 8x8 digits: no flip (digits are not mirror-symmetric), 1-pixel crop jitter, small batch
-        # so the frozen-weight methods get enough optimizer steps (METHODS.md pitfalls).
+        # so the frozen-weight methods get enough optimizer steps (docs/methods/gumbel.md).
         out.update(epochs=20, batch_size=32, crop_padding=1, flip=False)
     elif dataset in ("cifar10", "cifar100"):
         out.update(epochs=160, batch_size=128, crop_padding=4)
     elif dataset == "tinyimagenet":
         out.update(epochs=100, batch_size=256, crop_padding=4)
     if arch.startswith("conv"):
-        # No BatchNorm: SGD at 0.1 diverges (METHODS.md pitfalls); 0.01 trains.
+        # No BatchNorm: SGD at 0.1 diverges on digits (dense stays at chance); 0.01 trains.
         out.update(lr=0.01)
     return out
 
