@@ -166,8 +166,12 @@ BAD_CONFIGS = {
 
 
 def test_shipped_configs_parse(tmp_path: Path) -> None:
-    for name in ("config.yaml", "paper.yaml", "cifar10-local.yaml"):
+    for name in ("config.yaml", "paper.yaml"):
         assert _parse_workflow(_load(name), tmp_path) is None, name
+    local = _load("cifar10-local.yaml")  # the copy's path is the user's: a placeholder, refused
+    assert "your CIFAR-10 copy" in (_parse_workflow(local, tmp_path) or "")
+    local["data_roots"] = {"cifar10": "data/cifar10-jpeg.tar.gz"}  # as --config gives it
+    assert _parse_workflow(local, tmp_path) is None
 
 
 def test_minimal_config_takes_schema_defaults(tmp_path: Path) -> None:
