@@ -29,7 +29,8 @@ from prunebench.data import datasets, downloads, localcopy
 from prunebench.data.prepared import channel_stats, load_prepared, prepare
 from prunebench.errors import PrunebenchError
 
-SHARED_CIFAR_JPEG = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-jpeg.tar.gz"
+# A CIFAR-10 JPEG copy in the checkout's git-ignored data/ folder (docs/datasets.md, local copies).
+LOCAL_CIFAR_JPEG = Path(__file__).resolve().parents[1] / "data" / "cifar10-jpeg.tar.gz"
 
 
 # -- a local HTTP server -------------------------------------------------------------------------
@@ -664,8 +665,8 @@ def test_cli_prepare_cifar10_from_local_archive(tmp_path: Path) -> None:
     assert proc.returncode != 0 and "is not a copy of cifar10" in proc.stderr
 
 
-# The real CIFAR-10 JPEG copy: PRUNEBENCH_CIFAR10_ARCHIVE names it (default: the shared copy
-# beside this checkout on the development machine). Without it the same test runs on a generated
+# The real CIFAR-10 JPEG copy: PRUNEBENCH_CIFAR10_ARCHIVE names it (default: data/ in the
+# checkout, LOCAL_CIFAR_JPEG). Without it the same test runs on a generated
 # archive of the same layout and says so; under CI=true a named archive that is missing fails.
 CIFAR_ARCHIVE_ENV = "PRUNEBENCH_CIFAR10_ARCHIVE"
 
@@ -687,7 +688,7 @@ def _generated_cifar10_jpeg(folder: Path, n_train: int = 10, n_test: int = 2) ->
 def _cifar10_copy(tmp_path: Path) -> tuple[Path, bool]:
     """(the archive to prepare, whether it is the real copy)."""
     named = os.environ.get(CIFAR_ARCHIVE_ENV)
-    path = Path(named) if named else SHARED_CIFAR_JPEG
+    path = Path(named) if named else LOCAL_CIFAR_JPEG
     if path.is_file():
         return path, True
     if named and os.environ.get("CI", "").lower() == "true":

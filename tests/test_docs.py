@@ -224,7 +224,7 @@ def test_site_builds_with_warnings_as_errors(tmp_path: Path) -> None:
     assert "share_dense_phase" in html and "weight_decay_scope" in html  # generated, not typed
 
 
-FORBIDDEN = ("METHODS" + ".md", ".." + "/shared", "/work" + "/", "/root" + "/")
+FORBIDDEN = ("METHODS" + ".md", ".." + "/shared", "shared" + "/data", "/work" + "/", "/root" + "/")
 
 
 def test_no_file_names_what_only_the_developers_had() -> None:
