@@ -84,7 +84,7 @@ lint: $(VENV)/.installed
 # names: run.py's measure() only, where the run extracts and checks its budget), then the score
 # per module. Hours on 2 cores, so not part of `make test`;
 # `make mutation MUTATION_MODULES=prunebench.methods.gumbel.` runs one. Results and the
-# survivors' explanations: docs/notes/mutation.md.
+# survivors' explanations: docs/development.md (Mutation testing).
 MUTATION_MODULES ?= prunebench.training.masking. prunebench.training.run.x_measure_ \
 	prunebench.methods.gumbel. \
 	prunebench.methods.reparam. prunebench.baselines.snip. prunebench.baselines.edgepopup. \

@@ -1,10 +1,10 @@
 # prunebench: pruning methods x archs x datasets x budgets x seeds -> tidy CSVs, figures, report.
 #   snakemake                                   quick default benchmark (config/config.yaml)
 #   snakemake --configfile config/paper.yaml    the papers' grid
-#   snakemake --workflow-profile profiles/slurm ...   the same on a SLURM cluster (README)
+#   snakemake --workflow-profile profiles/slurm ...   the same on a SLURM cluster (docs/cluster.md)
 #   snakemake --report report.html              the figures and tables as a browsable HTML file
 # Every file of the workflow is found beside this Snakefile, so it also runs from elsewhere:
-#   snakemake -s /path/to/prunebench/Snakefile -d my-results   (docs/notes/workflow.md)
+#   snakemake -s /path/to/prunebench/Snakefile -d my-results   (docs/cluster.md)
 import os
 import sys
 

@@ -4,7 +4,7 @@ the rule files stay declarative.
 
 The engine: when the workflow's own folder holds prunebench/ (a checkout), this process plans
 with that copy and every job runs it (PYTHONPATH); otherwise (a deployed workflow, see
-docs/notes/workflow.md) both use the installed prunebench. Every path of the results tree and
+docs/cluster.md) both use the installed prunebench. Every path of the results tree and
 every exit code comes from the layout module, prunebench/paths.py.
 
 This process never imports torch or timm (with `--use-conda` only the rules' environment has
@@ -53,7 +53,7 @@ elif "CONDA" in {m.name for m in workflow.deployment_settings.deployment_method}
         "this workflow's folder holds no prunebench/ (a deployed copy), so its jobs run the "
         "installed prunebench, which the rules' conda environment (envs/workflow.yaml) lacks: "
         "run it without --use-conda / --sdm conda, in the environment prunebench is installed "
-        "in, or from a checkout of prunebench (docs/notes/workflow.md)"
+        "in, or from a checkout of prunebench (docs/cluster.md)"
     )
 try:
     from prunebench import paths

@@ -432,8 +432,8 @@ SESSION_START = time.monotonic()
 
 
 def report_tallies(write_line: Any) -> None:
-    """At the end of a session that ran every kill plan: print the fault tallies (the README's
-    Reliability figures) and save them to $PRUNEBENCH_FAULT_SUMMARY when it is set."""
+    """At the end of a session that ran every kill plan: print the fault tallies (the figures
+    of docs/reliability.md) and save them to $PRUNEBENCH_FAULT_SUMMARY when it is set."""
     if FIGURES["kill plans completed"] < len(SETTINGS):
         return
     import torch

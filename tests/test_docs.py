@@ -241,6 +241,21 @@ def test_no_file_names_what_only_the_developers_had() -> None:
     assert not hits, hits
 
 
+def test_pages_the_code_cites_exist() -> None:
+    """A comment, message or page citing `docs/<page>.md` names a page of the site."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
+                            check=True).stdout.decode().split("\0")
+    missing = []
+    for name in filter(None, listed):
+        path = REPO / name
+        if path.is_file() and path.suffix in (".py", ".smk", ".md", ".yaml", ".yml", ".toml",
+                                              ".txt", ".j2", "") and "notes" not in name:
+            for cited in re.findall(r"\bdocs/[\w/.-]+\.md", path.read_text(errors="replace")):
+                if "/notes/" not in cited and not (REPO / cited).is_file():
+                    missing.append(f"{name}: {cited}")
+    assert not missing, missing
+
+
 def test_readme_is_short_and_says_how_to_read_the_docs() -> None:
     readme = (REPO / "README.md").read_text()
     assert len(readme.splitlines()) <= 150

@@ -6,7 +6,7 @@ used is ignored, never executed; a diverged run keeps its last good checkpoint.
 Kill points are injected by tests/faultlaunch.py, which monkeypatches the engine in the child
 process only: every kill lands where the test says (no timers), except the one random-time kill
 per plan that probes the points nobody named. The tallies are printed at the end of a session
-that runs the whole fault set (see README, Reliability).
+that runs the whole fault set (see docs/reliability.md).
 """
 from __future__ import annotations
 

@@ -99,7 +99,7 @@ def cuda_problem() -> str | None:
     build = torch.version.cuda
     if build is None:
         return (f"torch {torch.__version__} is a CPU-only build; install a CUDA build of torch "
-                "(README, Set-up)")
+                "(docs/getting-started.md, GPUs)")
     if not gpus.visible_devices():
         return (f"no NVIDIA GPU is visible (CUDA_VISIBLE_DEVICES="
                 f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}, {gpus.DRIVER_GPUS} lists none)")
@@ -107,7 +107,8 @@ def cuda_problem() -> str | None:
     return (f"torch {torch.__version__} (built for CUDA {build}) finds no usable GPU"
             f"{f' ({said})' if said else ''}. The usual cause is an NVIDIA driver too old for "
             f"this torch build: `nvidia-smi` must show 'CUDA Version' >= {build}; update the "
-            "driver or install a torch build for the driver's CUDA version (README, Set-up)")
+            "driver or install a torch build for the driver's CUDA version "
+            "(docs/getting-started.md, GPUs)")
 
 
 def environment(device: torch.device) -> dict[str, Any]:
