@@ -82,7 +82,7 @@ def _check_aslp(row: dict[str, str], cfg: RunConfig) -> None:
         assert (t.crop_padding, t.flip, t.normalize, t.norm_stats) == (4, True, True, "aslp")
     else:  # setting (b): no augmentation, no normalisation
         assert row["variant"].startswith("aslp-kn-noaug")
-        assert (t.crop_padding, t.flip, t.normalize) == (0, False, False)
+        assert (t.crop_padding, t.flip, t.normalize, t.norm_stats) == (0, False, False, "dataset")
     if cfg.method in ("gumbel", "supermask"):
         assert options["val_mask"] == "sampled"
     if cfg.method == "gumbel":
