@@ -327,10 +327,8 @@ def test_variants_are_separate_labelled_rows(papers: Path) -> None:
     assert len(fig) == 1
     runs, _ = load_summary(papers)
     published = load_published(papers / "published.csv")
-    palette = {f"{m} ({v})" if v else m: (0.1, 0.2, 0.3)
-               for m, v in zip([*runs["method"], *published["method"]],
-                               [*runs["variant"], *published["variant"]], strict=True)}
-    drawn, _ = accuracy_vs_sparsity(runs, settings, published, "cifar10", "conv2", palette)
+    drawn, _ = accuracy_vs_sparsity(runs, settings, published, "cifar10", "conv2",
+                                    results_looks(runs, published))
     legend = [t.get_text() for t in drawn.axes[0].get_legend().get_texts()]
     assert {"gumbel (sc-aug)", "gumbel (sc-aug-rescale)"} <= set(legend)
     assert "gumbel" not in legend  # the variants' runs are not pooled under the bare method
