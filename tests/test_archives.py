@@ -389,6 +389,7 @@ def image_tree(root: Path, big: tuple[int, int] | None = None) -> Path:
     return root
 
 
+@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")  # as outside pytest
 @pytest.mark.parametrize("size", [(10000, 10000), (20000, 10000)])
 def test_decompression_bomb_image_is_one_line_naming_the_file(
         size: tuple[int, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
