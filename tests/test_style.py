@@ -3,8 +3,9 @@ safe, markers for grey print, legends beside the data (prunebench/reporting/styl
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -80,12 +81,12 @@ def test_proposed_stand_out_controls_recede_variants_keep_their_colour() -> None
     assert styles["mine"].color not in {c for c, _ in METHOD_COLORS.values()}
 
 
-@pytest.fixture(scope="module")
-def quick_figures(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list]:
-    """The figures of the quick benchmark (config/config.yaml's grid, every method and the
-    reparam variant), drawn from synthetic runs: made-up accuracies, real layout."""
-    root = tmp_path_factory.mktemp("quick")
-    for i, job in enumerate(expand(load_config_file(REPO / "config" / "config.yaml"))):
+def _draw_grid(root: Path, config: str, keep: Callable[[Any], bool] = lambda run: True
+               ) -> list:
+    """The figures of a shipped config's grid (the runs `keep` selects), drawn from synthetic
+    runs: made-up accuracies, the real layout, methods, variants and published rows."""
+    for i, job in enumerate(j for j in expand(load_config_file(REPO / "config" / config))
+                            if keep(j.run)):
         r = job.run
         make_run(root / "runs", dataset=r.dataset, arch=r.arch, method=r.method,
                  variant=r.variant, sparsity=r.sparsity, seed=r.seed, top1=40.0 + i % 50,
@@ -96,6 +97,14 @@ def quick_figures(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list]:
     drawn = [(plan, plan.draw()[0]) for plan in plans]
     for _, fig in drawn:
         fig.draw_without_rendering()  # lays the legends out
+    return drawn
+
+
+@pytest.fixture(scope="module")
+def quick_figures(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list]:
+    """The figures of the quick benchmark (config/config.yaml: every method and the reparam
+    variant)."""
+    drawn = _draw_grid(tmp_path_factory.mktemp("quick"), "config.yaml")
     yield drawn
     for _, fig in drawn:
         plt.close(fig)
@@ -122,14 +131,12 @@ def _is_shade_of(colour: str, base: str) -> bool:
     return bool(0.3 <= t <= 1.0 + 1e-6 and np.allclose(c, b * t, atol=0.01))
 
 
-def test_quick_figures_one_colour_per_method_everywhere(quick_figures: list) -> None:
+def _check_looks(figures: list) -> dict[str, set[str]]:
     """From the drawn artists: in every panel each method has its own colour, every method has
-    the same colour in every figure, and every method drawn is in the legend or panel title."""
-    kinds = {plan.kind for plan, _ in quick_figures}
-    assert {"accuracy_vs_sparsity", "accuracy_vs_macs", "training_curves",
-            "layer_density"} <= kinds
+    the same colour in every figure, and every method drawn is in the legend or panel title;
+    returns the colours each method was drawn in."""
     seen: dict[str, set[str]] = {}
-    for plan, fig in quick_figures:
+    for plan, fig in figures:
         legend_texts = {t.get_text() for legend in [*fig.legends, *(
             ax.get_legend() for ax in fig.axes if ax.get_legend())] for t in legend.get_texts()}
         for ax in fig.axes:
@@ -150,12 +157,13 @@ def test_quick_figures_one_colour_per_method_everywhere(quick_figures: list) -> 
                 own[method] = base
                 seen.setdefault(method, set()).add(base)
             assert len(set(own.values())) == len(own), (plan.name, own)
-    assert set(seen) == set(METHOD_COLORS)  # the quick grid runs every method
     assert all(len(colours) == 1 for colours in seen.values())
+    return seen
 
 
-def test_quick_figures_legends_do_not_cover_data(quick_figures: list) -> None:
-    for plan, fig in quick_figures:
+def _check_legends(figures: list) -> None:
+    """Every figure has a legend, and no legend overlaps a panel."""
+    for plan, fig in figures:
         renderer = fig.canvas.get_renderer()
         legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
         assert legends, plan.name
@@ -164,3 +172,29 @@ def test_quick_figures_legends_do_not_cover_data(quick_figures: list) -> None:
             for ax in fig.axes:
                 if ax.get_visible():
                     assert not box.overlaps(ax.get_window_extent(renderer)), plan.name
+
+
+def test_quick_figures_one_colour_per_method_everywhere(quick_figures: list) -> None:
+    kinds = {plan.kind for plan, _ in quick_figures}
+    assert {"accuracy_vs_sparsity", "accuracy_vs_macs", "training_curves",
+            "layer_density"} <= kinds
+    assert set(_check_looks(quick_figures)) == set(METHOD_COLORS)  # every method is run
+
+
+def test_quick_figures_legends_do_not_cover_data(quick_figures: list) -> None:
+    _check_legends(quick_figures)
+
+
+@pytest.mark.slow
+def test_paper_figures_one_colour_per_method_and_legends_beside(
+        tmp_path: Path) -> None:
+    """The same on config/paper.yaml's CIFAR-10 conv2 and conv4 runs (seed 0): the published
+    stars, the redrawn figures of both papers and their variants."""
+    figures = _draw_grid(tmp_path, "paper.yaml", lambda run: run.dataset == "cifar10"
+                         and run.arch in ("conv2", "conv4") and run.seed == 0)
+    kinds = {plan.kind for plan, _ in figures}
+    assert {"reproduced_vs_published", "paper_curves", "paper_bars"} <= kinds
+    assert set(_check_looks(figures)) == set(METHOD_COLORS)
+    _check_legends(figures)
+    for _, fig in figures:
+        plt.close(fig)
