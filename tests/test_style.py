@@ -149,7 +149,7 @@ def _check_looks(figures: list) -> dict[str, set[str]]:
             own = {}  # method -> the colour its artists are drawn in (its budgets: shades of it)
             for method, colours in drawn.items():
                 base = METHOD_COLORS[method][0].lower()
-                if plan.kind == "training_curves":
+                if plan.kind in ("training_curves", "layer_density"):  # budgets: shades
                     assert all(_is_shade_of(c, base) for c in colours), (plan.name, method)
                     assert base in colours, (plan.name, method)  # the lowest budget: as is
                 else:

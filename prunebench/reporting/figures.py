@@ -304,6 +304,25 @@ def shade(color: str, i: int, n: int) -> tuple[float, float, float]:
     return (r * (1 - t), g * (1 - t), b * (1 - t))
 
 
+def _budget_line(ax: plt.Axes, stats: pd.DataFrame, color: Any, budget_index: int,
+                 linestyle: Any, label: str) -> None:
+    """One budget of a method's panel: its mean (`stats`' index against `mean`) in a shade of
+    the method's colour with the budget's marker, ± `std` as a light band."""
+    ax.plot(stats.index, stats["mean"], color=color, linestyle=linestyle, linewidth=1.3,
+            marker=BUDGET_MARKERS[budget_index % len(BUDGET_MARKERS)], markersize=4,
+            markevery=max(1, len(stats) // 6), gid=label)
+    ax.fill_between(stats.index, stats["mean"] - stats["std"].fillna(0),
+                    stats["mean"] + stats["std"].fillna(0), color=color, alpha=0.12,
+                    linewidth=0, gid=label)
+
+
+def _budget_handles(budgets: list[str]) -> list[Line2D]:
+    """Legend entries of the budgets: grey shades (darker = higher) with their markers."""
+    return [Line2D([], [], color=shade("#999999", i, len(budgets)),
+                   marker=BUDGET_MARKERS[i % len(BUDGET_MARKERS)], label=budget)
+            for i, budget in enumerate(budgets)]
+
+
 def training_curves(history: pd.DataFrame, dataset: str, arch: str, looks: dict[str, Look]
                     ) -> tuple[plt.Figure, str]:
     """Train and validation top-1 per epoch, mean ± std over seeds, one panel per method in the
@@ -317,28 +336,19 @@ def training_curves(history: pd.DataFrame, dataset: str, arch: str, looks: dict[
         runs = history[history["label"] == label]
         present = [b for b in budgets if b in set(runs["budget"])]
         for i, budget in enumerate(present):
-            color = shade(look.color, i, len(present))
             for column, linestyle in metrics:
                 stats = runs[runs["budget"] == budget].groupby("epoch")[column].agg(
                     ["mean", "std"]).dropna(subset=["mean"])
-                if stats.empty:
-                    continue
-                ax.plot(stats.index, stats["mean"], color=color, linestyle=linestyle,
-                        linewidth=1.3, marker=BUDGET_MARKERS[budgets.index(budget)
-                                                             % len(BUDGET_MARKERS)],
-                        markersize=4, markevery=max(1, len(stats) // 6), gid=label)
-                ax.fill_between(stats.index, stats["mean"] - stats["std"].fillna(0),
-                                stats["mean"] + stats["std"].fillna(0), color=color,
-                                alpha=0.12, linewidth=0, gid=label)
+                if not stats.empty:
+                    _budget_line(ax, stats, shade(look.color, i, len(present)),
+                                 budgets.index(budget), linestyle, label)
         ax.set_title(label, fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("top-1 (%)")
     handles = [Line2D([], [], color="black", linestyle=ls, label=name) for (c, ls), name in
                zip(metrics, ("training batches", "validation"), strict=False)]
-    handles += [Line2D([], [], color=shade("#999999", i, len(budgets)),
-                       marker=BUDGET_MARKERS[i % len(BUDGET_MARKERS)], label=budget)
-                for i, budget in enumerate(budgets)]
+    handles += _budget_handles(budgets)
     _legend_outside(fig, handles)
     fig.tight_layout()
     seeds = sorted(set(history["seed"].dropna().astype(int)))
@@ -390,29 +400,33 @@ def layer_density(layers: pd.DataFrame, dataset: str, arch: str, looks: dict[str
     order = (layers.groupby("layer")["row_index"].min().sort_values().index.tolist())
     layers = layers.assign(layer_pos=layers["layer"].map({n: i for i, n in enumerate(order)}))
     budgets = sorted(layers["budget"].unique(), key=_budget_order)
-    width = max(3.4, 0.3 * len(order))
-    fig, axes = _panels(len(budgets), 2 if len(order) > 12 else 3, width, 2.9, sharey=True)
-    for ax, budget in zip(axes, budgets, strict=True):
-        sel = layers[layers["budget"] == budget]
-        for label in _in_order(looks, sel["label"]):
-            stats = sel[sel["label"] == label].groupby("layer_pos")["density"].agg(
+    labels = _in_order(looks, layers["label"])
+    fig, axes = _panels(len(labels), 2 if len(order) > 12 else 3, max(3.4, 0.3 * len(order)),
+                        2.6, sharey=True)
+    for ax, label in zip(axes, labels, strict=True):
+        look = _look(looks, label)
+        runs = layers[layers["label"] == label]
+        present = [b for b in budgets if b in set(runs["budget"])]
+        for i, budget in enumerate(present):
+            stats = runs[runs["budget"] == budget].groupby("layer_pos")["density"].agg(
                 ["mean", "std"])
-            _line(ax, stats.index, stats["mean"], stats["std"].fillna(0), _look(looks, label))
-        ax.set_title(budget, fontsize=9)
+            _budget_line(ax, stats, shade(look.color, i, len(present)), budgets.index(budget),
+                         look.linestyle, label)
+        ax.set_title(label, fontsize=9)
         ax.set_xticks(range(len(order)))
         ax.set_xticklabels(order, rotation=90, fontsize=7)
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("block" if grouped else "layer")
         ax.set_ylabel("density (fraction kept)")
-    _legend_outside(fig, [_handle(_look(looks, lab)) for lab in
-                          _in_order(looks, layers["label"])])
+    _legend_outside(fig, _budget_handles(budgets))
     fig.tight_layout()
     unit = (f"block (the {n_layers} prunable layers grouped into {len(order)} blocks by name, "
             "each point the kept fraction of its block's weights)" if grouped else "layer")
     caption = (f"Per-layer density (fraction of each prunable layer's weights kept) of the "
                f"extracted networks on {dataset} with {arch}, mean ± std over seeds; one panel "
-               f"per budget, one point per {unit}, in forward order, one colour and marker per "
-               "method. A point at 0 is a collapsed layer. Dense runs (density 1 everywhere) "
+               f"per method, in the method's colour, darker and with its own marker for a "
+               f"higher budget; one point per {unit}, in forward order. A point at 0 is a "
+               "collapsed layer. Dense runs (density 1 everywhere) "
                "and layers left dense (exclude_layers) are left out.")
     return fig, caption
 

@@ -3,7 +3,8 @@
 Colours are colour-blind safe (Okabe-Ito and Paul Tol's muted set: every pair stays apart under
 simulated deuteranopia, protanopia and tritanopia, `tests/test_style.py`); each method also has
 its own marker shape, so print in grey still tells them apart. The two proposed methods are drawn
-strong and thick, the controls (dense, random) black and grey, thin and dashed. A variant
+strong and thick (drawn first, so thinner lines that coincide stay visible on top), the controls
+(dense, random) black and grey, thin and dashed. A variant
 (`method@variant`) keeps its method's colour and marker shape and takes its own dashes, marker
 fill and bar hatch.
 """
@@ -90,8 +91,10 @@ def looks(settings: Iterable[tuple[str, str]]) -> dict[str, Look]:
             i = extra.index(method)
             color = EXTRA_COLORS[i % len(EXTRA_COLORS)]
             marker = EXTRA_MARKERS[i % len(EXTRA_MARKERS)]
-        width, size, z = ((2.4, 7.5, 4.0) if method in PROPOSED
-                          else (1.1, 5.0, 1.5) if method in CONTROLS else (1.5, 6.0, 3.0))
+        # Thick lines are drawn first and thin ones over them, so a baseline that coincides
+        # with a proposed method stays visible on top of its wider line.
+        width, size, z = ((2.4, 7.5, 2.0) if method in PROPOSED
+                          else (1.1, 5.0, 3.5) if method in CONTROLS else (1.5, 6.0, 3.0))
         look = Look(method, variant, color, marker, linewidth=width, markersize=size, zorder=z,
                     linestyle=(0, (4, 2)) if method in CONTROLS else "-")
         if variant:
