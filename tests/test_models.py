@@ -149,3 +149,22 @@ def test_arch_names_are_checked_without_torch(arch: str, ok: bool) -> None:
     from prunebench.plan.config import arch_problem
 
     assert (arch_problem(arch) is None) == ok
+
+
+def test_macs_count_tokens_and_grouped_convolutions() -> None:
+    """A ViT's Linear layers run once per token (2x2 patches + the class token on 32x32 images)
+    and a depthwise convolution's weight holds one input channel per output: the MACs of the
+    extracted network count both, and layers left dense by exclude_layers too."""
+    from prunebench.training.masking import exclude_layers
+    from prunebench.training.metrics import layer_macs
+
+    vit = create_model("timm/test_vit", 10, 3, 32)
+    exclude_layers(vit, "first_last", (3, 32, 32))
+    macs = layer_macs(vit, (3, 32, 32), torch.device("cpu"))
+    assert macs["blocks.0.attn.qkv"] == 5 * 192 * 64
+    assert macs["patch_embed.proj"] == 4 * 64 * 3 * 16 * 16
+    assert macs["head"] == 10 * 64  # the class token only
+    convnext = create_model("timm/test_convnext", 10, 3, 32)
+    macs = layer_macs(convnext, (3, 32, 32), torch.device("cpu"))
+    assert macs["stages.0.blocks.0.conv_dw"] == 8 * 8 * 24 * 1 * 7 * 7  # 32/4 = 8x8 positions
+    assert macs["stages.0.blocks.0.mlp.fc1"] == 8 * 8 * 96 * 24  # a Linear over every position

@@ -122,3 +122,32 @@ def test_frozen_weight_methods_fix_norms_and_layer_scales(method: str, small_dat
     assert len(gammas) == 9 and all(bool((g == 1).all()) for g in gammas)
     assert norms and all(bool((m.weight == 1).all()) and bool((m.bias == 0).all())
                          for m in norms)
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_layers_left_dense_are_untouched_by_every_method(method: str, small_data) -> None:
+    """exclude_layers=first_last: no method attaches anything to the patch embedding and head
+    of a ViT or re-initialises them (signed constant, frozen-weight re-draws, random biases)."""
+    from prunebench.training.masking import exclude_layers, weight_layers
+    from prunebench.training.registry import get_method
+
+    torch.manual_seed(0)
+    model = create_model("timm/test_vit", 10, 1, 32)
+    assert exclude_layers(model, "first_last", (1, 32, 32)) == ["patch_embed.proj", "head"]
+    before = {n: {k: v.clone() for k, v in m.state_dict().items()}
+              for n, m in weight_layers(model) if n in ("patch_embed.proj", "head")}
+    cls = get_method(method)
+    options = {"frozen_bias": True} if "frozen_bias" in cls.hparams_cls.__dataclass_fields__ \
+        else {}
+    budgeted = cls(cls.hparams_cls(**options), None).is_budgeted()
+    ctx = MethodContext(sparsity=0.5 if budgeted else None, num_classes=10, device=CPU, seed=0,
+                        train=TrainSettings(1, 0.01, 0.9, 5e-4, "sgd"),
+                        sample_batches=lambda per_class, batch: small_data.balanced_batches(
+                            per_class, batch, torch.Generator().manual_seed(0)))
+    cls(cls.hparams_cls(**options), ctx).prepare(model)
+    layers = dict(weight_layers(model))
+    for name, state in before.items():
+        assert not hasattr(layers[name], "parametrizations"), name
+        after = layers[name].state_dict()
+        assert set(after) == set(state) and all(torch.equal(after[k], v)
+                                                for k, v in state.items()), name
