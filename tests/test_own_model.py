@@ -39,7 +39,7 @@ def image_folder(root: Path, classes: int = 4, train: int = 10, test: int = 4) -
 
 
 def own_model_config(tree: Path) -> dict:
-    """The grid of docs/notes/models.md, tiny: a timm model, the image folder at 48x48, dense
+    """The grid of docs/own-model.md, tiny: a timm model, the image folder at 48x48, dense
     once, then three methods at two budgets from the dense run's network."""
     config = _load("config.yaml")
     start = {"train": {"init_from": DENSE_NETWORK}}
