@@ -147,6 +147,32 @@ def test_apply_global_topk_rescale_restores_each_layers_norm() -> None:
         assert norm == pytest.approx(float(w.norm()), rel=1e-5)
 
 
+def test_a_rescale_factor_of_exactly_two_is_applied() -> None:
+    """w = (1, 1, 1, 1) keeping one weight: ||w|| / ||w m|| = 2 exactly (mutmut survivor:
+    `if factor != 2.0` in place of `!= 1.0`)."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    attach_fixed_masks(model)
+    assert apply_global_topk(model, [torch.tensor([[4.0, 3.0, 2.0, 1.0]])], 1,
+                             rescale=True) == [2.0]
+    assert stored_weight(model[0]).tolist() == [[2.0, 0.0, 0.0, 0.0]]
+
+
+def test_global_topk_masks_names_an_impossible_budget() -> None:
+    with pytest.raises(ValueError, match=r"^cannot keep 11 of 10 weights$"):
+        global_topk_masks([torch.ones(10)], 11)
+
+
+def test_global_topk_masks_live_on_the_scores_device() -> None:
+    """On PyTorch's `meta` device (no GPU needed): the masks are built where the scores are,
+    never on the default CPU (mutmut survivors: `device=` dropped from the keep vector)."""
+    scores = [torch.randn(3, 4, device="meta"), torch.randn(5, device="meta")]
+    masks = global_topk_masks(scores, 6)
+    assert [m.is_meta for m in masks] == [True, True]
+    assert [m.shape for m in masks] == [(3, 4), (5,)]
+
+
 def test_apply_global_topk_refuses_scores_that_miss_a_layer() -> None:
     """One score tensor per prunable layer, or an error: a shorter list would leave the last
     layers unmasked (mutmut survivors: zip without strict)."""
