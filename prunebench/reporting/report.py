@@ -99,6 +99,12 @@ def signed(value: Any, digits: int = 2) -> Markup | None:
     return Markup(f"{float(value):+.{digits}f}")
 
 
+def breakable(text: str) -> Markup:
+    """Plain text that may break after a slash: a long value (a run folder in a method option)
+    stays inside its table column."""
+    return Markup(latex_escape(text).replace("/", r"/\allowbreak{}"))
+
+
 def path_text(text: str) -> Markup:
     """A run folder in typewriter, breakable after each slash."""
     return Markup(r"\texttt{" + latex_escape(text).replace("/", r"/\allowbreak{}") + "}")
@@ -241,7 +247,8 @@ def recipe_rows(runs: pd.DataFrame, styles: dict[str, Look]) -> list[dict[str, A
                "key": colour_key(styles, method, variant)}
         row.update({c.removeprefix("train_"): _unique(g[c]) if c in g else "--" for c in cols})
         hp = [c for c in g.columns if c.startswith("hp_") and g[c].notna().any()]
-        row["options"] = ", ".join(f"{c.removeprefix('hp_')}={_unique(g[c])}" for c in hp) or "--"
+        row["options"] = breakable(", ".join(f"{c.removeprefix('hp_')}={_unique(g[c])}"
+                                             for c in hp) or "--")
         rows.append(row)
     return rows
 
