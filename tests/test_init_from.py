@@ -183,3 +183,19 @@ def test_frozen_weight_methods_refuse_to_discard_the_loaded_weights(
     dense = load_file(network)
     for name, layer in prunable_layers(model):
         assert torch.equal(stored_weight(layer), dense[f"{name}.weight"]), name
+
+
+@pytest.mark.parametrize(("override", "fragment"), [
+    ({"init_from": "absent.safetensors"}, "init_from=absent.safetensors: no such file"),
+    ({}, "has no model 'convnext_atoo' (close: timm/convnext_atto"),
+])
+def test_a_missing_start_stops_before_the_run_folder(override: dict, fragment: str,
+                                                     digits_dir: Path, tmp_path: Path) -> None:
+    """A timm name timm does not know and a missing init_from file stop the run as missing
+    data does: before its folder exists."""
+    arch = "conv4" if override else "timm/convnext_atoo"
+    cfg = resolve("digits", arch, "dense", None, 0,
+                  overrides={"device": "cpu", "data_dir": str(digits_dir), **override})
+    with pytest.raises(PrunebenchError) as e:
+        execute(cfg, tmp_path / "run")
+    assert fragment in str(e.value) and not (tmp_path / "run").exists()

@@ -167,16 +167,24 @@ def create_model(arch: str, num_classes: int, in_chans: int, img_size: int,
     return model
 
 
-def _create_timm(arch: str, num_classes: int, in_chans: int, img_size: int,
-                 pretrained: dict[str, torch.Tensor] | None, pretrained_from: str) -> nn.Module:
+def check_known(arch: str) -> None:
+    """Refuse an arch no registry builds (a timm name timm does not know, with the closest)."""
+    problem = arch_problem(arch)
+    if problem:
+        raise PrunebenchError(problem)
     name = timm_name(arch)
-    if not timm.is_model(name):
-        base = name.split(".")[0]
-        close = difflib.get_close_matches(base, timm.list_models(), n=3)
+    if arch not in ARCHS and not timm.is_model(name):
+        close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=3)
         raise PrunebenchError(
             f"arch {arch}: timm {timm.__version__} has no model {name!r}"
             + (f" (close: {', '.join(TIMM_ARCH_PREFIX + c for c in close)})" if close else "")
             + "; `prunebench list --timm PATTERN` lists timm's model names")
+
+
+def _create_timm(arch: str, num_classes: int, in_chans: int, img_size: int,
+                 pretrained: dict[str, torch.Tensor] | None, pretrained_from: str) -> nn.Module:
+    check_known(arch)
+    name = timm_name(arch)
     kwargs: dict = {"num_classes": num_classes, "in_chans": in_chans}
     if pretrained is not None:
         # timm loads the given state_dict strictly (never a download: no url, file or hub id)

@@ -17,7 +17,7 @@ from prunebench.fileio import sha256_file
 from prunebench.plan.config import TrainConfig
 from prunebench.training.masking import EXCLUDED, exclude_layers
 from prunebench.training.method import PruningMethod
-from prunebench.training.models import create_model
+from prunebench.training.models import check_known, create_model
 
 # Keys a checkpoint may lack without changing the network (BatchNorm's step counter).
 OPTIONAL_KEYS = ("num_batches_tracked",)
@@ -32,6 +32,14 @@ class InitialWeights:
     sha256: str
     adapt: str  # "none": key for key; "timm": timm's pretrained weights, adapted by timm
     state: dict[str, torch.Tensor]
+
+
+def check_inputs(arch: str, train: TrainConfig) -> None:
+    """What a run builds its network from exists: the arch in its registry, the init_from
+    file (checked before the run folder is touched, as the dataset is)."""
+    check_known(arch)
+    if train.init_from and not Path(train.init_from).is_file():
+        raise PrunebenchError(f"init_from={train.init_from}: no such file")
 
 
 def read_initial_weights(train: TrainConfig) -> InitialWeights | None:

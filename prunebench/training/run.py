@@ -52,6 +52,7 @@ from prunebench.training.metrics import count_params, evaluate, layer_macs
 from prunebench.training.network import (
     InitialWeights,
     build_network,
+    check_inputs,
     read_initial_weights,
     refuse_discarded_start,
     start_record,
@@ -303,6 +304,7 @@ def execute(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         device = resolve_device(cfg.train.device)
         prepared = load_prepared(cfg.dataset, cfg.data_dir)
         check_settings_fit(cfg, prepared)
+        check_inputs(cfg.arch, cfg.train)
         run_dir.mkdir(parents=True, exist_ok=True)
         with folder_lock(run_dir):
             state = check_folder(run_dir, cfg)  # again: another process may have finished it
