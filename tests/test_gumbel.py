@@ -179,3 +179,13 @@ def test_digits_conv4_learns_on_frozen_weights(digits_dir: Path, tmp_path: Path)
     assert untrained["test_top1"] < 20.0, untrained["test_top1"]
     assert trained["test_top1"] > 50.0, trained["test_top1"]
     assert trained["sparsity_achieved"] > 0.0
+
+
+def test_the_deterministic_mask_keeps_a_weight_iff_its_logit_is_at_least_zero() -> None:
+    """m >= 0, the paper's rule: at the initial logit 0 every weight is kept (mutmut survivors:
+    `m > 0`, which keeps none at init, and `m >= 1`)."""
+    mask = GumbelMask(torch.ones(5), tau=1.0, logit_init=0.0)
+    assert bool(mask.eval_mask().all())
+    with torch.no_grad():
+        mask.logits.copy_(torch.tensor([-0.5, -1e-6, 0.0, 0.5, 2.0]))
+    assert mask.eval_mask().tolist() == [False, False, True, True, True]
