@@ -236,6 +236,7 @@ def build(arch: str, method: str, data: Any, device: torch.device, batch_size: i
     for `arch` (plus `overrides`), the method's default options and a 0.9 budget when it needs
     one; the Trainer saves and logs nothing."""
     from prunebench.plan.config import resolve
+    from prunebench.training.cuda import accel_for
     from prunebench.training.models import create_model
     from prunebench.training.run import build_method
     from prunebench.training.train import Trainer
@@ -244,16 +245,16 @@ def build(arch: str, method: str, data: Any, device: torch.device, batch_size: i
     cfg = resolve("cifar10", arch, method, sparsity, seed, {},
                   {"val_fraction": "0", "batch_size": str(batch_size), "device": str(device),
                    **(overrides or {})})
-    channels_last = cfg.train.channels_last and device.type == "cuda"
+    accel = accel_for(cfg.train, device)
     torch.manual_seed(seed)
     _, size, _ = data.splits["train"][0].shape[1:]
     model = create_model(arch, data.num_classes, 3, size).to(device)
-    if channels_last:
+    if accel.channels_last:
         model = model.to(memory_format=torch.channels_last)
     m = build_method(cfg, data, device)
     m.prepare(model)
     trainer = Trainer(model, m, data, cfg.train, seed, device, save=lambda _ckpt: None,
-                      log=lambda _line: None)
+                      log=lambda _line: None, accel=accel)
     return Built(model, m, trainer, cfg)
 
 

@@ -269,7 +269,8 @@ def run_args(setting: str, data_dir: Path, run_dir: Path | None = None,
     """`prunebench` arguments of a setting's run, into `run_dir` or under `out`."""
     method, sparsity, overrides = SETTINGS[setting]
     argv = ["run", "--dataset", "digits", "--arch", "conv2", "--method", method,
-            "--seed", str(seed), *overrides, *extra, f"data_dir={data_dir}", "device=cpu"]
+            "--seed", str(seed), *overrides, *extra, f"data_dir={data_dir}", "device=cpu",
+            "checkpoint_every_s=0"]  # a checkpoint every epoch: the kill plans count them
     if sparsity is not None:
         argv += ["--sparsity", sparsity]
     return argv + (["--run-dir", str(run_dir)] if run_dir else ["--out", str(out)])

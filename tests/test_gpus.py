@@ -23,6 +23,7 @@ FAKE_4_GPUS = "0,1,2,3"
 def no_claim(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """This process's claims start empty and are released afterwards."""
     monkeypatch.setattr(gpus, "_claimed", [])
+    monkeypatch.setattr(gpus, "_unpinned", [])
     monkeypatch.delenv(gpus.CLAIMED_ENV, raising=False)
     yield
     for claim in gpus._claimed:
@@ -71,11 +72,24 @@ def test_claim_pins_the_process_and_waits_only_as_long_as_asked(
     os.close(claim.fd)
 
 
-def test_nothing_is_claimed_under_slurm(monkeypatch: pytest.MonkeyPatch, no_claim: None) -> None:
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    monkeypatch.setenv("SLURM_JOB_ID", "42")
-    assert gpus.claim_device() is None
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+def test_slurm_allocation_slots_lock_apart_from_other_jobs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_claim: None) -> None:
+    """Inside a SLURM allocation the slots are the job's own: two jobs on one node both number
+    their devices from 0, so their locks must not meet (tests/test_cuda.py: a multi-GPU
+    allocation pins its jobs to distinct devices; a one-GPU job claims nothing)."""
+    monkeypatch.setenv(gpus.LOCK_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    claims = []
+    for job in ("101", "102"):
+        monkeypatch.setenv("SLURM_JOB_ID", job)
+        monkeypatch.setattr(gpus, "_claimed", [])
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+        claims.append(gpus.claim_device(wait_seconds=0))
+    assert [c.device for c in claims] == ["0", "0"]
+    assert [c.lock_file.parent.name for c in claims] == ["slurm-101", "slurm-102"]
+    for claim in claims:
+        os.close(claim.fd)
+    monkeypatch.setattr(gpus, "_claimed", [])
 
 
 def test_child_of_a_claiming_process_shares_its_slot(
@@ -178,10 +192,11 @@ def test_gpu_job_without_cuda_fails_before_touching_its_folder(tmp_path: Path) -
 
 
 @pytest.mark.parametrize(("gpu", "device", "expected"), [
-    (1, None, "device=cuda"), (0, None, ""), (1, "cpu", "device=cpu")])
+    (1, None, "device=cuda"), (0, None, ""), (1, "cpu", None)])
 def test_job_requesting_a_gpu_runs_with_device_cuda(
-        tmp_path: Path, gpu: int, device: str | None, expected: str) -> None:
-    """train_run's command: `cuda` for a job with gpu > 0 unless the config names a device."""
+        tmp_path: Path, gpu: int, device: str | None, expected: str | None) -> None:
+    """train_run's command: `cuda` for a job with gpu > 0 unless the config names a device; a
+    GPU requested for CPU runs is refused before any job (expected None)."""
     (tmp_path / "config").mkdir()
     config = _tiny_config(["dense"])
     config["train"].pop("device")
@@ -191,6 +206,10 @@ def test_job_requesting_a_gpu_runs_with_device_cuda(
     configfile = str(tmp_path / _write_config(tmp_path, config))
     out = _snakemake("aggregate_runs", "-n", "-p", "--forceall", "--directory", str(tmp_path),
                      "--configfile", configfile, timeout=300)
+    if expected is None:
+        assert out.returncode != 0
+        assert "the job would hold a GPU and train on the CPU" in out.stdout + out.stderr
+        return
     assert out.returncode == 0, out.stdout[-3000:]
     (command,) = [ln for ln in out.stdout.splitlines() if "prunebench run " in ln]
     devices = [arg for arg in command.split() if arg.startswith("device=")]

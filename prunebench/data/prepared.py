@@ -294,9 +294,10 @@ class DeviceData:
     def size(self, split: str) -> int:
         return len(self.splits[split][1])
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+    def normalize(self, x: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:
+        """(x / 255 - mean) / std in float32, channels_last when the data says so (or as asked)."""
         out = torch.addcmul(self._shift, x.float(), self._scale)
-        if self.channels_last:
+        if self.channels_last if channels_last is None else channels_last:
             out = out.contiguous(memory_format=torch.channels_last)
         return out
 
@@ -324,16 +325,17 @@ class DeviceData:
         return batches(), order
 
     def eval_batches(self, split: str, batch_size: int, crop_padding: int = 0,
-                     flip: bool = False, generator: torch.Generator | None = None
+                     flip: bool = False, generator: torch.Generator | None = None,
+                     channels_last: bool | None = None
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """A split in order; with a `generator`, augmented by crop and flip like training
-        batches (ASLP's validation images)."""
+        batches (ASLP's validation images); `channels_last` overrides the data's memory format."""
         x, y = self.splits[split]
         for i in range(0, len(y), batch_size):
             images = x[i:i + batch_size]
             if generator is not None:
                 images = augment(images, crop_padding, flip, generator)
-            yield self.normalize(images), y[i:i + batch_size]
+            yield self.normalize(images, channels_last), y[i:i + batch_size]
 
     def balanced_batches(self, per_class: int, batch_size: int, generator: torch.Generator
                          ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

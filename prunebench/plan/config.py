@@ -99,9 +99,18 @@ class TrainConfig:
     norm_stats: str = option("dataset", "statistics normalize uses: dataset (its published "
                              "mean/std) or aslp (CIFAR mean, std 0.2023, 0.1994, 0.2010, as "
                              "ASLP's data_modules.py)", ("dataset", "aslp"))
-    amp: bool = option(True, "bf16 autocast, CUDA only")
+    amp: bool = option(True, "bf16 autocast in training and per-epoch validation, CUDA only "
+                       "and only where the GPU has native bf16 (else fp32); reported accuracies "
+                       "are always evaluated in fp32")
     channels_last: bool = option(True, "channels_last memory format, CUDA only")
     compile: bool = option(False, "torch.compile the model, CUDA only")
+    deterministic: bool = option(False, "deterministic algorithms (torch."
+                                 "use_deterministic_algorithms, cudnn.deterministic, "
+                                 "CUBLAS_WORKSPACE_CONFIG): on CUDA a resumed run equals an "
+                                 "uninterrupted one; off, cuDNN autotunes its kernels")
+    checkpoint_every_s: float = option(60.0, "seconds at least between two end-of-epoch "
+                                       "checkpoints (0: every epoch); phase ends and "
+                                       "SIGTERM/SIGUSR1 always save one", bounds="[0, inf)")
     eval_batch_size: int = option(1024, "batch size of validation and test evaluation",
                                   bounds="[1, inf)")
     device: str = option("auto", "auto (CUDA when present), cpu, cuda or cuda:N")

@@ -1,14 +1,17 @@
 """Which GPU a run uses on a machine with several: every run that wants a GPU claims one device
 slot with an flock before CUDA starts and pins itself to that device (CUDA_VISIBLE_DEVICES), so
 N jobs on an N-GPU machine each get their own device and no slot is ever handed out twice.
+A process that sees one device has no choice to make and claims nothing (training/cuda.py
+decides when to claim: more than one visible device that CUDA can use).
 
 Devices are the entries of CUDA_VISIBLE_DEVICES when it is set, else every GPU the NVIDIA driver
 lists (/proc/driver/nvidia/gpus). `PRUNEBENCH_JOBS_PER_GPU` (default 1) lets small runs share a
 device: slots = devices x jobs per GPU, spread over the devices first. profiles/default sizes
-Snakemake's `gpu` resource to the same slot count (tests/test_gpus.py keeps the two equal). Under
-SLURM (SLURM_JOB_ID set) the scheduler has already pinned the job's devices: nothing is claimed.
+Snakemake's `gpu` resource to the same slot count (tests/test_gpus.py keeps the two equal).
+Inside a SLURM allocation (SLURM_JOB_ID set) the slots are the allocation's own: their locks
+live in a folder of that job (another job on the node numbers its devices from 0 too).
 Locks live in /tmp/prunebench-gpus (PRUNEBENCH_GPU_LOCK_DIR) and are held until the process
-exits (the kernel frees them even on SIGKILL). Torch-free."""
+exits or gives its claim back (the kernel frees them even on SIGKILL). Torch-free."""
 from __future__ import annotations
 
 import contextlib
@@ -42,6 +45,7 @@ class Claim:
 
 
 _claimed: list[Claim] = []  # this process's claim (its fd stays open until the process ends)
+_unpinned: list[str | None] = []  # CUDA_VISIBLE_DEVICES before the claim pinned the process
 
 
 def visible_devices() -> list[str]:
@@ -82,6 +86,10 @@ def lock_dir() -> Path:
         folder.chmod(0o1777)  # sticky and world-writable, like /tmp
     except FileExistsError:
         pass
+    job = os.environ.get("SLURM_JOB_ID")
+    if job:  # the allocation's devices, numbered from 0 in every job on the node
+        folder = folder / f"slurm-{re.sub(r'[^A-Za-z0-9_.-]', '_', job)}"
+        folder.mkdir(exist_ok=True)
     return folder
 
 
@@ -125,14 +133,14 @@ def try_claim(devices: list[str], per_gpu: int, folder: Path) -> Claim | None:
 def claim_device(wait_seconds: float | None = None, poll_seconds: float = 1.0
                  ) -> Claim | None:
     """Claim a free slot and pin this process to its device (CUDA_VISIBLE_DEVICES); wait while
-    every slot is held (by runs started outside Snakemake). None without GPUs, under SLURM and
-    in a child of a process holding a claim (it shares that slot). A process claims once: later
-    calls return its claim."""
+    every slot is held (by runs started outside Snakemake). None without GPUs and in a child of
+    a process holding a claim (it shares that slot). A process claims once: later calls return
+    its claim."""
     if _claimed:
         return _claimed[0]
     devices = visible_devices()
     inherited = os.environ.get(CLAIMED_ENV)
-    if not devices or os.environ.get("SLURM_JOB_ID") or (inherited and devices == [inherited]):
+    if not devices or (inherited and devices == [inherited]):
         return None
     per_gpu, folder = jobs_per_gpu(), lock_dir()
     deadline = None if wait_seconds is None else time.monotonic() + wait_seconds
@@ -149,5 +157,18 @@ def claim_device(wait_seconds: float | None = None, poll_seconds: float = 1.0
             said = True
         time.sleep(poll_seconds)
     _claimed.append(claim)
+    _unpinned.append(os.environ.get("CUDA_VISIBLE_DEVICES"))
     os.environ["CUDA_VISIBLE_DEVICES"] = os.environ[CLAIMED_ENV] = claim.device
     return claim
+
+
+def release() -> None:
+    """Give this process's claim back (a run that falls back to the CPU) and unpin it."""
+    while _claimed:
+        os.close(_claimed.pop().fd)
+        os.environ.pop(CLAIMED_ENV, None)
+        before = _unpinned.pop()
+        if before is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before

@@ -21,7 +21,6 @@ import platform
 import signal
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from prunebench.data.prepared import (
 from prunebench.errors import Preempted, PrunebenchError, TrainingDiverged, os_error_text
 from prunebench.fileio import remove_stale_temps, save_torch, write_csv, write_json
 from prunebench.plan.config import RunConfig, check_crop_padding
-from prunebench.training import gpus
+from prunebench.training import cuda, gpus
 from prunebench.training.artifact import save_network
 from prunebench.training.masking import budget_count, fold, layer_densities, num_prunable
 from prunebench.training.method import MethodContext, PruningMethod, TrainSettings
@@ -72,14 +71,24 @@ EXTRACTED_EPOCH = 1_000_001
 
 def resolve_device(name: str) -> torch.device:
     """The run's device. `cuda` (what a workflow job that requests a GPU runs with) and `auto`
-    first claim a free GPU slot and pin the process to its device (training/gpus.py); `cuda`
-    and `cuda:N` never fall back to the CPU, `auto` uses the CPU when no GPU is usable."""
-    if name in ("auto", "cuda"):
-        gpus.claim_device()
-    problem = None if name == "cpu" else cuda_problem()
+    first check, without starting CUDA, that it can work, then claim a device slot where there
+    are several (training/cuda.py) and start it; `cuda` and `cuda:N` never fall back to the
+    CPU, `auto` uses the CPU when CUDA is not usable (giving its slot back). Under the test-only
+    switch a `cpu` run claims a slot as a GPU run would."""
+    if name == "cpu":
+        if cuda.forced_backend() is not None:
+            cuda.claim_slot()
+        return torch.device("cpu")
+    problem = cuda.preinit_problem()
+    if problem is None:
+        if name in ("auto", "cuda"):
+            cuda.claim_slot()
+        problem = cuda.cuda_problem()
     if name == "auto":
-        if problem and gpus.visible_devices():
-            print(f"prunebench: device=auto runs on the CPU: {problem}", file=sys.stderr)
+        if problem:
+            gpus.release()
+            if gpus.visible_devices():
+                print(f"prunebench: device=auto runs on the CPU: {problem}", file=sys.stderr)
         return torch.device("cpu" if problem else "cuda")
     if problem:
         raise PrunebenchError(f"device={name} requested but CUDA is not usable here: {problem}. "
@@ -91,27 +100,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def cuda_problem() -> str | None:
-    """Why CUDA cannot be used here, naming the usual cause; None when it can."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if torch.cuda.is_available():
-            return None
-    build = torch.version.cuda
-    if build is None:
-        return (f"torch {torch.__version__} is a CPU-only build; install a CUDA build of torch "
-                "(docs/getting-started.md, GPUs)")
-    if not gpus.visible_devices():
-        return (f"no NVIDIA GPU is visible (CUDA_VISIBLE_DEVICES="
-                f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}, {gpus.DRIVER_GPUS} lists none)")
-    said = "; ".join(one_line(w.message) for w in caught)
-    return (f"torch {torch.__version__} (built for CUDA {build}) finds no usable GPU"
-            f"{f' ({said})' if said else ''}. The usual cause is an NVIDIA driver too old for "
-            f"this torch build: `nvidia-smi` must show 'CUDA Version' >= {build}; update the "
-            "driver or install a torch build for the driver's CUDA version "
-            "(docs/getting-started.md, GPUs)")
-
-
 def environment(device: torch.device) -> dict[str, Any]:
     import timm
 
@@ -121,8 +109,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torch_version": torch.__version__,
         "timm_version": timm.__version__,
         "device": str(device),
-        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                        else platform.processor() or platform.machine()),
+        "device_name": cuda.device_name(device),
         "hostname": platform.node(),
         "num_threads": torch.get_num_threads(),
     }
@@ -171,8 +158,9 @@ def build_method(cfg: RunConfig, data: DeviceData, device: torch.device) -> Prun
         scoring_batches=lambda count, batch, balanced, augment: data.scoring_batches(
             count, batch, torch.Generator(device=device).manual_seed(cfg.seed), balanced,
             t.crop_padding if augment else 0, t.flip and augment),
+        # a figure the method reports (soft accuracies, sampled masks): fp32, like the test's
         evaluate=lambda model, split: evaluate(
-            model, data.eval_batches(split, t.eval_batch_size), t.amp and device.type == "cuda"),
+            model, data.eval_batches(split, t.eval_batch_size, channels_last=False), False),
         recipe={"dataset": cfg.dataset, "arch": cfg.arch, "seed": cfg.seed,
                 **{f"train_{k}": v for k, v in cfg.train.__dict__.items()}},
     )
@@ -312,16 +300,19 @@ def execute(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
             if state == "done":  # killed after metrics.json was written: finish the cleanup
                 (run_dir / paths.CHECKPOINT).unlink(missing_ok=True)
                 return read_metrics(run_dir)
+            accel = cuda.accel_for(cfg.train, device)
             try:
-                return _train_and_measure(cfg, run_dir, state, stale, device, prepared, wall0)
+                with cuda.applied(accel):
+                    return _train_and_measure(cfg, run_dir, state, stale, device, prepared,
+                                              wall0, accel)
             except Preempted as e:
                 _make_logger(run_dir).info(f"preempted: {e}")
                 raise
 
 
 def _train_and_measure(cfg: RunConfig, run_dir: Path, state: str, stale: list[Path],
-                       device: torch.device, prepared: PreparedData, wall0: float
-                       ) -> dict[str, Any]:
+                       device: torch.device, prepared: PreparedData, wall0: float,
+                       accel: cuda.Accel) -> dict[str, Any]:
     """Build or resume, train, measure, write: the folder's one writer (its lock held)."""
     (run_dir / paths.FAILED).unlink(missing_ok=True)
     write_json(run_dir / paths.CONFIG, {"digest": cfg.digest(), "config": cfg.to_dict()})
@@ -329,9 +320,13 @@ def _train_and_measure(cfg: RunConfig, run_dir: Path, state: str, stale: list[Pa
     log = logger.info
     for p in stale:
         log(f"removed {p.name}, a temp folder left by a process killed while writing")
-    built = build_or_resume(cfg, run_dir, state, device, prepared, log)
+    built = build_or_resume(cfg, run_dir, state, device, prepared, log, accel)
+    record = accel.record()
     log(f"run {cfg.dataset}/{cfg.arch}/{cfg.method} sparsity={cfg.sparsity} seed={cfg.seed} "
-        f"on {device}")
+        f"on {device} ({cuda.device_name(device)}): {record['precision']} training, "
+        f"channels_last={accel.channels_last}, compile={accel.compile_backend or 'off'}, "
+        f"deterministic={accel.deterministic}, cudnn.benchmark={accel.cudnn_benchmark}"
+        f"{f'; {accel.note}' if accel.note else ''}")
     try:
         loop = built.trainer.run()
     except TrainingDiverged as e:
@@ -363,7 +358,8 @@ class Built:
 
 
 def build(cfg: RunConfig, data: DeviceData, device: torch.device, prepared: PreparedData,
-          ckpt_path: Path, log: Callable[[str], None], initial: InitialWeights | None) -> Built:
+          ckpt_path: Path, log: Callable[[str], None], initial: InitialWeights | None,
+          accel: cuda.Accel) -> Built:
     """A fresh model (seeded; `initial`'s weights, if any), its method (prepared) and a trainer
     saving to `ckpt_path`."""
     digest = cfg.digest()
@@ -375,7 +371,7 @@ def build(cfg: RunConfig, data: DeviceData, device: torch.device, prepared: Prep
     method = build_method(cfg, data, device)
     refuse_discarded_start(method, initial, cfg.arch)
     method.prepare(model)
-    trainer = Trainer(model, method, data, cfg.train, cfg.seed, device, log=log,
+    trainer = Trainer(model, method, data, cfg.train, cfg.seed, device, log=log, accel=accel,
                       save=lambda ckpt: save_torch(ckpt_path, {**ckpt, "config_digest": digest}))
     return Built(data, model, method, trainer, initial)
 
@@ -386,18 +382,18 @@ def input_stats(cfg: RunConfig, prepared: PreparedData) -> tuple[list[float], li
 
 
 def build_or_resume(cfg: RunConfig, run_dir: Path, state: str, device: torch.device,
-                    prepared: PreparedData, log: Callable[[str], None]) -> Built:
+                    prepared: PreparedData, log: Callable[[str], None], accel: cuda.Accel
+                    ) -> Built:
     """The run's parts, continued from its checkpoint when one is usable (else built afresh,
     saying why). The loaded checkpoint is dropped once restored."""
     torch.manual_seed(cfg.seed)
-    channels_last = cfg.train.channels_last and device.type == "cuda"
-    data = DeviceData(prepared, device, cfg.train.val_fraction, channels_last,
+    data = DeviceData(prepared, device, cfg.train.val_fraction, accel.channels_last,
                       stats=input_stats(cfg, prepared), train_images=cfg.train.train_images)
     ckpt_path = run_dir / paths.CHECKPOINT
     initial = read_initial_weights(cfg.train)  # init_from, read once (a rebuild reuses it)
     if initial is not None:
         log(f"init_from {initial.path} (sha256 {initial.sha256}, init_adapt {initial.adapt})")
-    built = build(cfg, data, device, prepared, ckpt_path, log, initial)
+    built = build(cfg, data, device, prepared, ckpt_path, log, initial, accel)
     if state != "resume" or not ckpt_path.exists():
         return built
     digest = cfg.digest()
@@ -412,7 +408,7 @@ def build_or_resume(cfg: RunConfig, run_dir: Path, state: str, device: torch.dev
     except Exception as e:  # noqa: BLE001 - unusable checkpoint: start over, say so
         log(f"checkpoint {ckpt_path} cannot be used ({one_line(e)[:300]}); starting from "
             "scratch")
-        return build(cfg, data, device, prepared, ckpt_path, log, initial)
+        return build(cfg, data, device, prepared, ckpt_path, log, initial, accel)
     log(f"resumed from {ckpt_path} after epoch {built.trainer.state.global_epoch}")
     return built
 
@@ -428,7 +424,8 @@ class Measured:
 def measure(cfg: RunConfig, built: Built, loop: LoopState, prepared: PreparedData,
             device: torch.device, wall0: float, run_dir: Path) -> Measured:
     """Extract and fold the trained network, check its budget, evaluate it on the test and
-    validation splits and count its parameters and MACs."""
+    validation splits and count its parameters and MACs. The evaluation is fp32 (no TF32,
+    contiguous memory format), as `load_run` gives the saved network back."""
     model, method, data, trainer = built.model, built.method, built.data, built.trainer
     torch.manual_seed(epoch_seed(cfg.seed, 1_000_000))
     model.eval()
@@ -438,6 +435,7 @@ def measure(cfg: RunConfig, built: Built, loop: LoopState, prepared: PreparedDat
     headline = extra.pop("test_top1", None)
     planned_epochs = sum(phase.epochs for phase in trainer.phases)
     fold(model)
+    model.to(memory_format=torch.contiguous_format)
     layers = layer_densities(model)
     n_prunable = num_prunable(model)
     kept = sum(int(r["nonzero"]) for r in layers if r["prunable"])
@@ -445,8 +443,9 @@ def measure(cfg: RunConfig, built: Built, loop: LoopState, prepared: PreparedDat
         k = budget_count(n_prunable, cfg.sparsity)
         if kept != k:
             raise AssertionError(f"method {cfg.method} kept {kept} prunable weights, budget is {k}")
-    test = evaluate(model, data.eval_batches("test", cfg.train.eval_batch_size), trainer.amp)
-    val = (trainer.evaluate_split("val", EXTRACTED_EPOCH) if data.size("val")
+    batch = cfg.train.eval_batch_size
+    test = evaluate(model, data.eval_batches("test", batch, channels_last=False), False)
+    val = (trainer.evaluate_split("val", EXTRACTED_EPOCH, final=True) if data.size("val")
            else {"top1": float("nan")})
     macs = layer_macs(model, prepared.image_shape, device)
     dense_macs = sum(macs.values())
@@ -493,6 +492,7 @@ def measure(cfg: RunConfig, built: Built, loop: LoopState, prepared: PreparedDat
         "train_seconds": loop.train_seconds,
         "wall_seconds": time.perf_counter() - wall0,
         **{f"method_{k}": v for k, v in extra.items()},
+        **trainer.accel.record(),
         **environment(device),
         "config_digest": cfg.digest(),
         "run_dir": str(run_dir),

@@ -1,6 +1,7 @@
 """The training loop shared by every method: optimisers and schedules per phase, device-side
-data, bf16 autocast and channels_last on CUDA, per-epoch checkpoints, exact resume, preemption
-checkpoints on SIGTERM/SIGUSR1, and NaN detection.
+data, bf16 autocast, channels_last and torch.compile on the GPU paths (training/cuda.py),
+checkpoints at epoch ends (at most every `checkpoint_every_s`) and phase ends, exact resume,
+preemption checkpoints on SIGTERM/SIGUSR1, and NaN detection.
 
 An epoch is three steps: `begin_epoch` (its random streams and sample order, fresh or from the
 preempted epoch's `EpochState`), `run_steps` (the optimiser steps, nothing read back from the
@@ -22,6 +23,7 @@ from prunebench import console
 from prunebench.data.prepared import DeviceData
 from prunebench.errors import Preempted, TrainingDiverged
 from prunebench.plan.config import TrainConfig
+from prunebench.training import cuda
 from prunebench.training.method import OptimGroup, Phase, PruningMethod
 from prunebench.training.metrics import evaluate
 
@@ -191,11 +193,13 @@ class SignalFlag:
 
 
 class Trainer:
-    """Runs a method's phases on a model; `save(state_dict)` persists a checkpoint atomically."""
+    """Runs a method's phases on a model; `save(state_dict)` persists a checkpoint atomically.
+    `accel` says how it computes (default: decided from `cfg` and the device)."""
 
     def __init__(self, model: nn.Module, method: PruningMethod, data: DeviceData,
                  cfg: TrainConfig, seed: int, device: torch.device,
-                 save: Callable[[dict[str, Any]], None], log: Callable[[str], None]) -> None:
+                 save: Callable[[dict[str, Any]], None], log: Callable[[str], None],
+                 accel: cuda.Accel | None = None) -> None:
         self.model = model
         self.method = method
         self.data = data
@@ -204,12 +208,15 @@ class Trainer:
         self.device = device
         self.save = save
         self.log = log
-        self.amp = cfg.amp and device.type == "cuda"
+        self.accel = accel or cuda.accel_for(cfg, device)
+        self.amp = self.accel.amp
         self.phases = method.phases()
         self.state = LoopState()
-        self.forward = torch.compile(model) if cfg.compile and device.type == "cuda" else model
+        backend = self.accel.compile_backend
+        self.forward = torch.compile(model, backend=backend) if backend else model
         self._resume_epoch: EpochState | None = None
         self._pending_optimizers: list[dict[str, Any]] | None = None
+        self._saved_at: float | None = None  # when this process last saved a checkpoint
 
     # -- checkpointing -------------------------------------------------------------------
     def checkpoint(self, optimizers: list[torch.optim.Optimizer],
@@ -225,6 +232,16 @@ class Trainer:
             "best_state": s.best_state,
             "mid_epoch": None if mid_epoch is None else mid_epoch.to_checkpoint(),
         }
+
+    def save_checkpoint(self, optimizers: list[torch.optim.Optimizer],
+                        mid_epoch: EpochState | None = None, due: bool = True) -> None:
+        """Save a checkpoint when `due` or when none was saved for `checkpoint_every_s`
+        seconds (the first epoch end of a process always saves one)."""
+        now = time.perf_counter()
+        interval = self.cfg.checkpoint_every_s
+        if due or self._saved_at is None or now - self._saved_at >= interval:
+            self.save(self.checkpoint(optimizers, mid_epoch))
+            self._saved_at = now
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         """Continue from a checkpoint (loaded to the CPU); keeps no reference to `ckpt`."""
@@ -292,7 +309,7 @@ class Trainer:
                 self.state.epoch = 0
                 self._pending_optimizers = None
                 if self.state.phase < len(self.phases):
-                    self.save(self.checkpoint([]))
+                    self.save_checkpoint([])
                 if flag.signum is not None:  # arrived after the epoch's own check
                     raise Preempted(f"signal {flag.signum} received; checkpoint saved after "
                                     f"epoch {self.state.global_epoch}")
@@ -406,23 +423,24 @@ class Trainer:
         s.history.append(row)
         self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in row.items()))
-        self.save(self.checkpoint(optimizers))
+        self.save_checkpoint(optimizers, due=flag.signum is not None)
         if flag.signum is not None:
             raise Preempted(f"signal {flag.signum} received; checkpoint saved after epoch "
                             f"{s.global_epoch}")
 
-    def evaluate_split(self, split: str, epoch: int) -> dict[str, float]:
+    def evaluate_split(self, split: str, epoch: int, final: bool = False) -> dict[str, float]:
         """Accuracy of the network as it stands on 'val' (augmented like training batches with
         `val_augment`, redrawn per epoch) or 'test'; weights are recomputed per batch while the
-        method samples masks in eval (ASLP's validation)."""
+        method samples masks in eval (ASLP's validation). Per epoch in the run's precision; a
+        `final` (reported) evaluation in fp32 on contiguous inputs, as `load_run` evaluates."""
         cfg = self.cfg
         gen = None
         if split == "val" and cfg.val_augment:
             gen = torch.Generator(device=self.device).manual_seed(
                 epoch_seed(self.seed, epoch) + VAL_AUGMENT_STREAM)
         batches = self.data.eval_batches(split, cfg.eval_batch_size, cfg.crop_padding, cfg.flip,
-                                         gen)
-        return evaluate(self.model, batches, self.amp,
+                                         gen, channels_last=False if final else None)
+        return evaluate(self.model, batches, self.amp and not final,
                         cached=not self.method.samples_masks_in_eval())
 
     def _restore_rng(self, gen: torch.Generator, record: EpochState, seed: int) -> None:
@@ -440,8 +458,7 @@ class Trainer:
         # States are CPU byte tensors (the checkpoint is loaded to the CPU), as set_state needs.
         gen.set_state(record.gen_state.cpu())
         torch.set_rng_state(record.cpu_rng.cpu())
-        if self.device.type == "cuda" and record.cuda_rng is not None:
-            torch.cuda.set_rng_state(record.cuda_rng.cpu(), self.device)
+        cuda.set_rng_state(self.device, record.cuda_rng)
 
     def _preempt(self, epoch: Epoch, optimizers: list[torch.optim.Optimizer],
                  signum: int) -> None:
@@ -449,8 +466,7 @@ class Trainer:
         record = epoch.settled()
         record.gen_state = epoch.generator.get_state()
         record.cpu_rng = torch.get_rng_state()
-        record.cuda_rng = (torch.cuda.get_rng_state(self.device) if self.device.type == "cuda"
-                           else None)
-        self.save(self.checkpoint(optimizers, record))
+        record.cuda_rng = cuda.rng_state(self.device)
+        self.save_checkpoint(optimizers, record)
         raise Preempted(f"signal {signum} received; checkpoint saved at step {record.step} of "
                         f"epoch {self.state.global_epoch + 1}")
