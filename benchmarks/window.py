@@ -1,33 +1,38 @@
 """`python -m benchmarks.window --budget-s 480 --data-root PATH --out DIR`: use a short GPU
-window. Prepares CIFAR-10 from a local copy (e.g. the JPEG archive), measures
-dense epoch times (fp32, bf16 + channels_last, + torch.compile, + CUDA graphs) and the speed-up
-of packing several runs on the device as concurrent processes, then runs, packed, as many
-full-protocol runs of a priority list as the budget allows (the 2021 paper's CIFAR-10 conv4
-column, then the 2022 paper's conv2 gumbel / edge-popup), and stops at the budget: runs still
-going are sent SIGTERM, save a checkpoint and are listed as unfinished (rerunning the same
-command resumes them). Writes CSVs and `window_summary.md` into --out.
+window. First the six-step first-GPU checklist (`benchmarks/window_checklist.py`: doctor,
+SIGTERM + resume, two packed runs at once, fp32 vs bf16 final evaluation, compile on gumbel /
+edge-popup / reparam, cudnn.benchmark on/off), then dense epoch times (fp32, bf16 +
+channels_last, + torch.compile) and the speed-up of packing several runs on the device as
+concurrent processes, then, packed, as many full-protocol runs of a priority list as the budget
+allows (`benchmarks/window_runs.py`: CIFAR-10 conv4 dense, one published setting of each paper
+in fp32 and in bf16 with the same seeds, the 2021 paper's conv4 column, the 2022 paper's conv2
+gumbel / edge-popup). At the budget, runs still going are sent SIGTERM, save a checkpoint and
+are listed as unfinished: rerunning the same command resumes them. Writes CSVs and
+`window_summary.md` into --out. `--plan` prints the runs it would start, in which order, how
+many at once and the seconds it expects for each, without training a run.
 
-`--tiny` runs the same code on CPU with scikit-learn's digits and 2-epoch runs (a smoke test).
+`--tiny` runs the same code on the CPU with scikit-learn's digits and 2-epoch runs, the runs
+started as on the GPU (device slots over a fake two-device list, the GPU paths on the CPU), one
+packing worker killed on purpose, and a budget that stops the last runs.
 Needs torch, timm, pyyaml and safetensors only: no Snakemake, no network.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
-import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks import gpu
+from benchmarks import gpu, window_checklist
 from benchmarks.common import (
     REPO,
     SKIP_NO_CUDA,
@@ -40,52 +45,29 @@ from benchmarks.common import (
     synthetic_prepared,
     write_csv,
 )
-from benchmarks.window_worker import wait_for
+from benchmarks.window_runs import (
+    PAPER_CONFIG,
+    TERM_GRACE_S,
+    TINY_ENDLESS,
+    Job,
+    Spec,
+    estimate,
+    make_job,
+    precision_rows,
+    priority,
+    result_rows,
+    run_env,
+    schedule,
+    simulate,
+)
+from benchmarks.window_worker import WorkerDied, wait_all
 
-PAPER_CONFIG = REPO / "config" / "paper.yaml"
-PUBLISHED = REPO / "config" / "published_results.csv"
-SPARSITIES = (0.9, 0.95, 0.97, 0.99)  # the 2021 paper's conv4 column
-PAPER_REPARAM = "paper-sgd-t"  # config/paper.yaml: t by SGD at the weights' lr, lambda 1
-ASLP = "aslp-sc-aug"  # config/paper.yaml: the 2022 paper's setting (a), no rescale
-# Engine settings per measured variant (TrainConfig keys); "cudagraphs" is torch.compile's
-# reduce-overhead mode, measured only (the engine's `compile` option uses the default mode).
-VARIANTS = {**gpu.VARIANTS,
-            "bf16+channels_last+cudagraphs": {"amp": "true", "channels_last": "true",
-                                              "compile": "false"}}
-TERM_GRACE_S = 30.0  # how long a run gets to checkpoint after SIGTERM
-STARTUP_S = (20.0, 8.0)  # (cuda, cpu) seconds a run spends before its first step (estimate)
-METHOD_FACTOR = 1.2  # a pruning method's step vs dense's, for the estimate (benchmarks/: <1.15)
-
-
-@dataclass
-class Spec:
-    """One run of the priority list."""
-
-    arch: str
-    method: str
-    sparsity: float | None
-    variant: str = ""
-    needs_dense: bool = False  # magnitude*: prune the dense run's network (method.dense_from)
-
-    @property
-    def label(self) -> str:
-        name = f"{self.method}@{self.variant}" if self.variant else self.method
-        budget = "" if self.sparsity is None else f" s={self.sparsity:g}"
-        return f"{self.arch} {name}{budget}"
-
-
-def priority(tiny: bool) -> list[Spec]:
-    """CIFAR-10 conv4 dense; reparam (paper's and the suite's settings), magnitude and
-    magnitude_ft at each budget; then gumbel and edge-popup on conv2 in the published settings."""
-    budgets = SPARSITIES[:1] if tiny else SPARSITIES
-    specs = [Spec("conv4", "dense", None)]
-    specs += [Spec("conv4", "reparam", s, PAPER_REPARAM) for s in budgets]
-    specs += [Spec("conv4", "reparam", s) for s in budgets]
-    specs += [Spec("conv4", "magnitude", s, needs_dense=True) for s in budgets]
-    specs += [Spec("conv4", "magnitude_ft", s, needs_dense=True) for s in budgets]
-    specs += [Spec("conv2", "gumbel", None, ASLP), Spec("conv2", "edgepopup", 0.5, ASLP),
-              Spec("conv2", "edgepopup", 0.5)]
-    return specs
+__all__ = ["PAPER_CONFIG", "Job", "Spec", "main", "make_job", "priority", "result_rows",
+           "schedule"]
+VARIANTS = gpu.VARIANTS  # fp32, bf16 + channels_last, + torch.compile (the engine's settings)
+CIFAR10_TRAIN, CIFAR10_VAL_FRACTION = 50_000, 0.1  # for --plan before the data is prepared
+TINY_DEVICES = ["0", "1"]  # --tiny: a fake two-device list, so the runs claim device slots
+TINY_MIN_S = 240.0  # --tiny: least seconds for the packing and for the runs (loaded CPUs)
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -132,11 +114,9 @@ def epoch_times(ctx: Context, device: torch.device, archs: list[str], size: int,
                                   channels_last=over["channels_last"] == "true"
                                   and device.type == "cuda")
                 built = build(arch, "dense", data, device, batch, overrides=over)
-                if name.endswith("cudagraphs"):
-                    built.trainer.forward = torch.compile(built.model, mode="reduce-overhead")
                 stepper = PhaseStepper(built, 0)
                 t0 = time.perf_counter()
-                stepper.step_seconds()  # compiles / records graphs where asked
+                stepper.step_seconds()  # compiles where asked
                 first[name] = time.perf_counter() - t0
                 steppers[name] = stepper
             except Exception as e:  # noqa: BLE001 - a variant this torch cannot do is a row
@@ -159,7 +139,7 @@ def epoch_times(ctx: Context, device: torch.device, archs: list[str], size: int,
                 ratio=(median(t / f for t, f in zip(ts, fp32, strict=True)) if fp32 else None),
                 ratio_of="epoch_s / fp32 epoch_s", repeats=repeats, status="ok",
                 note=f"dense, engine loop, {steps} steps per repeat; first_epoch_s includes "
-                     "compilation / graph capture"))
+                     "compilation"))
         steppers.clear()
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -168,8 +148,7 @@ def epoch_times(ctx: Context, device: torch.device, archs: list[str], size: int,
 
 
 def _guarded(stepper: PhaseStepper, name: str, failed: dict[str, str]) -> Any:
-    """The stepper's timing; NaN, with the error in `failed`, once it has raised (e.g. CUDA
-    graph outputs overwritten between steps)."""
+    """The stepper's timing; NaN, with the error in `failed`, once it has raised."""
     def go() -> float:
         if name in failed:
             return float("nan")
@@ -183,29 +162,41 @@ def _guarded(stepper: PhaseStepper, name: str, failed: dict[str, str]) -> Any:
 
 # -- packing -----------------------------------------------------------------------------------
 def packing(ctx: Context, device: torch.device, arch: str, size: int, batch: int, steps: int,
-            levels: list[int], timeout_s: float) -> list[dict[str, Any]]:
+            levels: list[int], timeout_s: float, logs: Path, die_at_phase: int = -1
+            ) -> list[dict[str, Any]]:
     """Images/s of `n` concurrent dense runs (processes started once, each level timed on warm
-    workers), for every n in `levels`; factor = images/s at n / images/s of one run."""
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    workers), for every n in `levels`; factor = images/s at n / images/s of one run. Workers are
+    watched: one that dies ends the measurement at once with a failed row saying how it ended
+    (stderr in logs/pack-worker-N.err). `die_at_phase` >= 0 kills worker 1 there (--tiny)."""
+    from benchmarks.workflow import subprocess_env
+
     most = max(levels)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        procs = [subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.window_worker", "--arch", arch, "--device",
-             str(device), "--size", str(size), "--batch", str(batch), "--steps", str(steps),
-             "--index", str(i), "--levels", ",".join(map(str, levels)), "--dir", tmp,
-             "--timeout-s", str(timeout_s)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True) for i in range(most)]
+        stderr_of = {i: logs / f"pack-worker-{i}.err" for i in range(most)}
+        procs = []
+        for i in range(most):
+            cmd = [sys.executable, "-m", "benchmarks.window_worker", "--arch", arch, "--device",
+                   str(device), "--size", str(size), "--batch", str(batch), "--steps",
+                   str(steps), "--index", str(i), "--levels", ",".join(map(str, levels)),
+                   "--dir", tmp, "--timeout-s", str(timeout_s)]
+            if i == 1 and die_at_phase >= 0:
+                cmd += ["--die-at-phase", str(die_at_phase)]
+            with open(stderr_of[i], "w") as err:
+                procs.append(subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(),
+                                              stdout=subprocess.DEVNULL, stderr=err))
+        t_start = time.perf_counter()
+        phase = -1
         try:
-            for i in range(most):
-                wait_for(folder / f"ready-{i}", timeout_s)
+            wait_all({folder / f"ready-{i}": (i, p) for i, p in enumerate(procs)}, timeout_s,
+                     stderr_of)
             single = None
             for phase, n in enumerate(levels):
                 t0 = time.perf_counter()
                 (folder / f"go-{phase}").write_text("")
-                for i in range(n):
-                    wait_for(folder / f"done-{phase}-{i}", timeout_s)
+                wait_all({folder / f"done-{phase}-{i}": (i, procs[i]) for i in range(n)},
+                         timeout_s, stderr_of)
                 wall = time.perf_counter() - t0
                 rate = n * steps * batch / wall
                 single = single or (rate if n == 1 else None)
@@ -218,10 +209,11 @@ def packing(ctx: Context, device: torch.device, arch: str, size: int, batch: int
                     note="dense runs as separate processes sharing the device, each training "
                          "one epoch through the engine's loop, started together on warm "
                          "processes"))
-        except (TimeoutError, OSError) as e:
-            errors = [p.stderr.read()[-300:] for p in procs if p.poll() not in (None, 0)]
-            rows.append(ctx.row(device, arch=arch, case="packing", repeats=0,
-                                status=f"failed: {e}; {' | '.join(errors)}"[:400]))
+        except (WorkerDied, TimeoutError, OSError) as e:
+            where = "start-up" if phase < 0 else f"level {levels[phase]}"
+            rows.append(ctx.row(device, arch=arch, case=f"packing ({where})", repeats=0,
+                                wall_s=time.perf_counter() - t_start,
+                                status=f"failed: {e}"[:400]))
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -230,18 +222,10 @@ def packing(ctx: Context, device: torch.device, arch: str, size: int, batch: int
     return rows
 
 
-def runs_epoch_s(rows: list[dict[str, Any]], device: torch.device, compiled: bool
-                 ) -> dict[str, float]:
-    """Measured dense epoch seconds per arch in the runs' engine settings (bf16 +
-    channels_last on CUDA, compiled if asked), falling back to the nearest measured case."""
-    cases = (["bf16+channels_last+compile"] if compiled else []) + ["bf16+channels_last", "fp32"]
-    if device.type != "cuda":
-        cases = ["fp32"]
-    out: dict[str, float] = {}
-    for case in reversed(cases):
-        out.update({r["arch"]: r["epoch_s"] for r in rows
-                    if r["status"] == "ok" and r["case"] == case})
-    return out
+def runs_epoch_s(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Measured dense fp32 epoch seconds per arch: the papers' grid trains in fp32
+    (config/paper.yaml), and a bf16 arm is estimated as slow as its fp32 twin (an upper bound)."""
+    return {r["arch"]: r["epoch_s"] for r in rows if r["status"] == "ok" and r["case"] == "fp32"}
 
 
 def best_packing(rows: list[dict[str, Any]]) -> tuple[int, float]:
@@ -255,192 +239,18 @@ def best_packing(rows: list[dict[str, Any]]) -> tuple[int, float]:
     return best
 
 
-# -- runs --------------------------------------------------------------------------------------
-@dataclass
-class Job:
-    spec: Spec
-    argv: list[str]
-    run_dir: Path
-    epochs: int  # epochs this run trains (a shared dense phase excluded)
-    batch_size: int
-    estimate_s: float = 0.0
-    proc: subprocess.Popen | None = None
-    started: float = 0.0
-    ended: float = 0.0
-    status: str = "not started"  # running, yielding, finished, unfinished, failed, not run
-    fill: bool = False  # started in an idle slot although its estimate did not fit
-    reason: str = ""
-    log: Path | None = None
-
-
-def make_job(spec: Spec, out: Path, dataset: str, data_dir: Path, config: Path,
-             device: torch.device, extra: list[str], dense_dir: Path | None) -> Job:
-    """The `prunebench run` command of `spec` and its epochs, resolved as the CLI does."""
-    from benchmarks.workflow import parse_jobs
-    from prunebench import paths
-
-    run_dir = paths.run_dir(out / paths.RUNS, dataset, spec.arch, spec.method, spec.sparsity, 0,
-                            spec.variant)
-    argv = ["--dataset", dataset, "--arch", spec.arch, "--method", spec.method, "--seed", "0",
-            "--config", str(config), "--run-dir", str(run_dir)]
-    if spec.sparsity is not None:
-        argv += ["--sparsity", f"{spec.sparsity:g}"]
-    if spec.variant:
-        argv += ["--variant", spec.variant]
-    argv += [f"data_dir={data_dir}", f"device={device.type}", *extra]
-    if spec.needs_dense and dense_dir is not None:
-        argv.append(f"method.dense_from={dense_dir}")
-    resolved = parse_jobs([argv])[0]
-    return Job(spec, argv, run_dir, sum(e for _, e in resolved.phases), resolved.batch_size)
-
-
-def estimate(job: Job, device: torch.device, epoch_s: dict[str, float], train_images: int,
-             val_images: int, runs_at_once: int, factor: float) -> float:
-    """Seconds `job` needs when `runs_at_once` runs share the device: start-up plus its epochs
-    at the measured dense step time (a method's overhead and a validation pass added),
-    slowed by runs_at_once / packing factor. Coarse: the budget's hard stop is the guarantee."""
-    per_image = epoch_s.get(job.spec.arch, max(epoch_s.values())) / train_images
-    factor_m = 1.0 if job.spec.method in ("dense", "magnitude", "magnitude_ft") else METHOD_FACTOR
-    epoch = per_image * (train_images * factor_m + val_images / 3)
-    startup = STARTUP_S[0] if device.type == "cuda" else STARTUP_S[1]
-    return startup + job.epochs * epoch * max(runs_at_once / factor, 1.0)
-
-
-def launch(job: Job, logs: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    job.log = logs / (job.spec.label.replace(" ", "_").replace("=", "") + ".log")
-    with open(job.log, "a") as log:  # a run resumed after yielding its slot appends
-        job.proc = subprocess.Popen([sys.executable, "-m", "prunebench", "run", *job.argv],
-                                    cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    job.started = time.perf_counter()
-    job.status = "running"
-
-
-def finish(job: Job) -> None:
-    """Record how a finished process ended: finished (metrics.json), failed or unfinished."""
-    from prunebench import paths
-
-    rc = job.proc.returncode
-    job.ended = time.perf_counter()
-    if rc == paths.EXIT_OK and (job.run_dir / paths.METRICS).exists():
-        job.status = "finished"
-    elif rc == paths.EXIT_PREEMPTED or rc < 0:
-        job.status = "unfinished"
-        job.reason = ("stopped at the budget; checkpoint kept, rerun the same command to "
-                      "resume" if (job.run_dir / paths.CHECKPOINT).exists()
-                      else "stopped at the budget before its first checkpoint")
-    else:
-        job.status = "failed"
-        tail = job.log.read_text().strip().splitlines()[-1:] if job.log else []
-        job.reason = f"exit {rc}: {tail[0][:300] if tail else ''}"
-
-
-def schedule(jobs: list[Job], deadline: float, slots: int, logs: Path,
-             estimate_of: Any, poll_s: float = 0.5, stop: Any = lambda: False) -> None:
-    """Run `jobs` in priority order, at most `slots` at once, until done, `deadline` (a
-    perf_counter time) or `stop()` (e.g. the window itself got SIGTERM/SIGINT). A job starts
-    when a slot is free, its dense run (if any) has finished and its estimate fits before the
-    deadline. A job that does not fit starts only in a slot
-    that would otherwise stay idle (to be resumed in a later window) and yields its slot to a
-    job that fits (SIGTERM: it checkpoints and may resume here later). At the deadline every
-    running job gets SIGTERM (it saves a checkpoint and exits 75), then SIGKILL after
-    TERM_GRACE_S."""
-    dense = next((j for j in jobs if j.spec.method == "dense"), None)
-
-    def ready(j: Job) -> bool:
-        return j.status == "not started" and (
-            not j.spec.needs_dense or (dense is not None and dense.status == "finished"))
-
-    while True:
-        now = time.perf_counter()
-        for j in jobs:
-            if j.status in ("running", "yielding") and j.proc.poll() is not None:
-                yielded = j.status == "yielding"
-                finish(j)
-                if yielded and j.status == "unfinished":
-                    j.status = "not started"  # resumes from its checkpoint if started again
-            if (j.status == "not started" and j.spec.needs_dense and dense is not None
-                    and dense.status in ("failed", "unfinished")):
-                j.status, j.reason = "not run", f"its dense run is {dense.status}"
-        running = [j for j in jobs if j.status in ("running", "yielding")]
-        waiting = [j for j in jobs if ready(j)]
-        if now >= deadline or stop() or (not running and not waiting):
-            break
-        fits = [j for j in waiting if now + estimate_of(j) <= deadline]
-        free = slots - len(running)
-        fillers = [j for j in running if j.status == "running" and j.fill]
-        for j in fillers[::-1][:max(len(fits) - free, 0)]:
-            j.proc.send_signal(signal.SIGTERM)
-            j.status = "yielding"
-        for j in (fits or waiting)[:max(free, 0)]:
-            j.fill = j not in fits
-            j.estimate_s = estimate_of(j)
-            launch(j, logs)
-        time.sleep(poll_s)
-    for j in jobs:
-        if j.status == "running" and j.proc.poll() is None:
-            j.proc.send_signal(signal.SIGTERM)
-    grace = time.perf_counter() + TERM_GRACE_S
-    for j in jobs:
-        if j.status in ("running", "yielding"):
-            try:
-                j.proc.wait(timeout=max(grace - time.perf_counter(), 0.1))
-            except subprocess.TimeoutExpired:
-                j.proc.kill()
-                j.proc.wait()
-            finish(j)
-        elif j.status == "not started":
-            j.reason = ("its dense run did not finish" if j.spec.needs_dense
-                        and (dense is None or dense.status != "finished")
-                        else f"the budget ended first (estimated {estimate_of(j):.0f} s)")
-
-
 # -- results -----------------------------------------------------------------------------------
-def published_for(spec: Spec, rows: list[dict[str, str]]) -> tuple[str, str]:
-    """(accuracy, source) of the published CIFAR-10 number of `spec`'s setting, or ("", "")."""
-    for r in rows:
-        sp = float(r["sparsity"]) if r["sparsity"] else None
-        if (r["dataset"] == "cifar10" and r["arch"] == spec.arch and r["method"] == spec.method
-                and r.get("variant", "") == spec.variant and sp == spec.sparsity):
-            return r["accuracy"], r["source"]
-    return "", ""
-
-
-def result_rows(jobs: list[Job]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(finished runs with their results and published numbers, every other run)."""
-    from prunebench import paths
-    from prunebench.plan.grid import read_published
-
-    published = read_published(PUBLISHED)
-    finished, others = [], []
-    for j in jobs:
-        s = j.spec
-        base = {"run": s.label, "arch": s.arch, "method": s.method, "variant": s.variant,
-                "sparsity": s.sparsity, "epochs_trained": j.epochs}
-        if j.status == "finished":
-            m = json.loads((j.run_dir / paths.METRICS).read_text())
-            pub, source = published_for(s, published)
-            finished.append({**base, "test_top1": m["test_top1"],
-                             "sparsity_achieved": m["sparsity_achieved"],
-                             "epochs_run": m.get("epochs_run"),
-                             "published_top1": pub, "published_source": source,
-                             "wall_s": round(j.ended - j.started, 1),
-                             "estimate_s": round(j.estimate_s, 1), "run_dir": str(j.run_dir)})
-        else:
-            others.append({**base, "status": j.status, "reason": j.reason,
-                           "wall_s": round(j.ended - j.started, 1) if j.started else "",
-                           "estimate_s": round(j.estimate_s, 1) if j.started else "",
-                           "checkpoint": str(j.run_dir / paths.CHECKPOINT)
-                           if (j.run_dir / paths.CHECKPOINT).exists() else "",
-                           "run_dir": str(j.run_dir)})
-    return finished, others
-
-
-FINISHED_COLUMNS = ["run", "arch", "method", "variant", "sparsity", "epochs_trained", "test_top1",
-                    "sparsity_achieved", "epochs_run", "published_top1", "published_source",
-                    "wall_s", "estimate_s", "run_dir"]
-OTHER_COLUMNS = ["run", "arch", "method", "variant", "sparsity", "epochs_trained", "status",
-                 "reason", "wall_s", "estimate_s", "checkpoint", "run_dir"]
+FINISHED_COLUMNS = ["run", "arch", "method", "variant", "sparsity", "seed", "precision",
+                    "epochs_trained", "test_top1", "sparsity_achieved", "epochs_run",
+                    "trained_in", "published_top1", "published_source", "wall_s", "estimate_s",
+                    "run_dir"]
+OTHER_COLUMNS = ["run", "arch", "method", "variant", "sparsity", "seed", "precision",
+                 "epochs_trained", "status", "reason", "wall_s", "estimate_s", "checkpoint",
+                 "run_dir"]
+CHECKLIST_COLUMNS = ["step", "check", "status", "result", "seconds"]
+PRECISION_COLUMNS = ["setting", "seeds", "fp32_top1_mean", "bf16_top1_mean", "bf16_minus_fp32",
+                     "paired_differences", "seed_std", "status"]
+PLAN_COLUMNS = ["order", "run", "start_s", "runs_at_once", "expected_s", "plan"]
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -448,14 +258,11 @@ def write_rows(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> No
     result too)."""
     from prunebench.fileio import write_text
 
-    lines = [",".join(columns)]
-    if rows:
-        import io
-
-        buf = io.StringIO()
-        csv.DictWriter(buf, fieldnames=columns, lineterminator="\n").writerows(rows)
-        lines.append(buf.getvalue().rstrip("\n"))
-    write_text(path, "\n".join(lines) + "\n")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
@@ -471,9 +278,10 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
     return lines
 
 
-def summary(out: Path, info: dict[str, Any], epochs: list[dict[str, Any]],
-            packs: list[dict[str, Any]], finished: list[dict[str, Any]],
-            others: list[dict[str, Any]]) -> str:
+def summary(out: Path, info: dict[str, Any], checklist: list[dict[str, Any]],
+            epochs: list[dict[str, Any]], packs: list[dict[str, Any]],
+            finished: list[dict[str, Any]], others: list[dict[str, Any]],
+            precision: list[dict[str, Any]]) -> str:
     lines = [f"# GPU window {info['run_id']}", "",
              f"- device: {info['device_name']} ({info['device']}); torch {info['torch']}, "
              f"python {info['python']}, commit {info['commit']}",
@@ -481,15 +289,20 @@ def summary(out: Path, info: dict[str, Any], epochs: list[dict[str, Any]],
              f"{info['dataset']} prepared in {info['prepare_s']:.1f} s",
              f"- runs at once: {info['slots']} (packing factor {info['factor']:.2f}); "
              f"torch.compile in the runs: {info['compile']}", "",
-             "## Dense epoch time (seconds per epoch of "
-             f"{info['train_images']:,} images)", ""]
+             "## First-GPU checklist", ""]
+    lines += _table(checklist, CHECKLIST_COLUMNS)
+    lines += ["", f"## Dense epoch time (seconds per epoch of {info['train_images']:,} images)",
+              ""]
     lines += _table(epochs, ["arch", "case", "step_ms", "epoch_s", "ratio", "first_epoch_s",
                              "status"])
     lines += ["", "## Packing (concurrent runs on one device)", ""]
-    lines += _table(packs, ["arch", "runs", "images_per_s", "ratio", "status"])
+    lines += _table(packs, ["arch", "case", "images_per_s", "ratio", "status"])
+    lines += ["", "## fp32 vs bf16, same seeds (test top-1 %; the difference beside the spread "
+                  "over seeds)", ""]
+    lines += _table(precision, PRECISION_COLUMNS)
     lines += ["", "## Finished runs (test top-1 %, beside the published CIFAR-10 number)", ""]
-    lines += _table(finished, ["run", "test_top1", "published_top1", "published_source",
-                               "sparsity_achieved", "epochs_run", "wall_s"])
+    lines += _table(finished, ["run", "test_top1", "trained_in", "published_top1",
+                               "published_source", "sparsity_achieved", "epochs_run", "wall_s"])
     lines += ["", "## Not finished (never mixed with the results above)", ""]
     lines += _table(others, ["run", "status", "reason", "checkpoint"])
     if info["dataset"] == "digits":
@@ -503,38 +316,135 @@ def summary(out: Path, info: dict[str, Any], epochs: list[dict[str, Any]],
     return text
 
 
+# -- plan ----------------------------------------------------------------------------------------
+def plan(out: Path, device: torch.device, budget: float, tiny: bool, runs_at_once: int,
+         compile_runs: bool, measure_cap: float, checklist_cap: float) -> str:
+    """What the window would do, without training a run: the checklist and measurements with
+    their caps, then the priority runs as `schedule` would start them if each took its
+    estimate. Epoch times come from an earlier window in `out` (window_epoch_times.csv and
+    window_packing.csv), else from two timed steps per arch on this device."""
+    ctx = Context("plan", out)
+    name = "digits" if tiny else "cifar10"
+    manifest = out / "data" / f"{name}.json"
+    if manifest.exists():
+        m = json.loads(manifest.read_text())
+        n_train = round(m["num_train"] * (1 - m["val_fraction"]))
+        n_val, size = m["num_train"] - n_train, m["image_shape"][1]
+    elif tiny:
+        n_train, n_val, size = 1617, 180, 8
+    else:
+        n_train = round(CIFAR10_TRAIN * (1 - CIFAR10_VAL_FRACTION))
+        n_val, size = CIFAR10_TRAIN - n_train, 32
+    source, epoch_s, slots, factor = _plan_measurements(ctx, out, device, size, n_train, tiny)
+    if runs_at_once:
+        slots, factor = runs_at_once, 1.0
+    jobs = _jobs(out, name, out / "data", device, tiny, compile_runs)
+    first = checklist_cap + measure_cap + 30.0  # + the packing measurement
+    deadline = budget - TERM_GRACE_S - 10.0
+    rows = simulate(jobs, first, deadline, slots, lambda j: estimate(
+        j, device, epoch_s, n_train, n_val, slots, factor))
+    lines = [f"GPU window plan: budget {budget:.0f} s on {device_name(device)} ({device.type})",
+             f"epoch times: {source}",
+             "; ".join(f"{arch} {s:.1f} s per epoch of {n_train:,} images (fp32)"
+                       for arch, s in sorted(epoch_s.items())),
+             f"0-{checklist_cap:.0f} s: first-GPU checklist (doctor, SIGTERM + resume, two "
+             "packed runs, fp32 vs bf16 evaluation, compile on gumbel/edgepopup/reparam, "
+             "cudnn.benchmark on/off)",
+             f"then up to {measure_cap:.0f} s: dense epoch times; about 30 s: packing of "
+             "1, 2, 4, 8 runs",
+             f"from about {first:.0f} s: the runs below, {slots} at once (packing factor "
+             f"{factor:.2f}); at {deadline:.0f} s the runs still going get SIGTERM", ""]
+    lines += _table([{"order": i + 1, **r} for i, r in enumerate(rows)], PLAN_COLUMNS)
+    return "\n".join(lines)
+
+
+def _plan_measurements(ctx: Context, out: Path, device: torch.device, size: int,
+                       n_train: int, tiny: bool) -> tuple[str, dict[str, float], int, float]:
+    """(where the numbers come from, fp32 epoch seconds per arch, runs at once, factor)."""
+    epochs_csv, packing_csv = out / "window_epoch_times.csv", out / "window_packing.csv"
+    if epochs_csv.exists():
+        rows = [{**r, "epoch_s": float(r["epoch_s"] or "nan")}
+                for r in csv.DictReader(open(epochs_csv))]
+        packs = [{**r, "runs": int(r["runs"] or 0), "ratio": float(r["ratio"] or 0)}
+                 for r in csv.DictReader(open(packing_csv))] if packing_csv.exists() else []
+        slots, factor = best_packing(packs)
+        return (f"measured by the window in {out} (run {rows[0].get('run_id', '?')})",
+                runs_epoch_s(rows), slots, factor)
+    archs = ["conv4"] if tiny else ["conv4", "resnet18"]
+    batch = 32 if tiny else 128
+    rows = epoch_times(ctx, device, archs, size, batch, 2, 1, n_train, cap_s=600.0)
+    return (f"two timed steps per arch on this {device.type} (no earlier window in {out}); "
+            "packing not measured: 1 run at once", runs_epoch_s(rows), 1, 1.0)
+
+
+def _jobs(out: Path, dataset: str, data_dir: Path, device: torch.device, tiny: bool,
+          compile_runs: bool) -> list[Job]:
+    """The priority list as `prunebench run` jobs with the papers' settings."""
+    extra = [f"compile={'true' if compile_runs else 'false'}"]
+    if tiny:  # digits: short runs, its own normalisation statistics (not ASLP's CIFAR ones)
+        extra += ["epochs=2", "patience=0", "norm_stats=dataset"]
+    specs = priority(tiny)
+    dense_dir = make_job(specs[0], out, dataset, data_dir, PAPER_CONFIG, device, extra,
+                         None).run_dir
+    return [make_job(s, out, dataset, data_dir, PAPER_CONFIG, device,
+                     extra + (["epochs=100000"] if s == TINY_ENDLESS else []), dense_dir)
+            for s in specs]
+
+
 # -- main --------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.window", description=__doc__.split(
         "\n\n")[0])
     p.add_argument("--budget-s", type=float, default=None,
-                   help="wall seconds for everything (default 480; 240 with --tiny)")
+                   help="wall seconds for everything (default 480; 300 with --tiny)")
     p.add_argument("--data-root", default="", help="CIFAR-10 as a train/<class>, test/<class> "
                    "image tree or archive (e.g. cifar10-jpeg.tar.gz); not with --tiny")
     p.add_argument("--out", required=True, help="folder for the CSVs, summary, data and runs")
     p.add_argument("--tiny", action="store_true", help="CPU smoke test on digits")
+    p.add_argument("--plan", action="store_true",
+                   help="print the runs it would start, in order, how many at once and the "
+                   "seconds expected for each; train nothing")
     p.add_argument("--runs-at-once", type=int, default=0,
                    help="concurrent runs (default: the measured best packing level)")
     p.add_argument("--compile", choices=("off", "on"), default="off",
                    help="torch.compile inside the runs (measured either way)")
     p.add_argument("--measure-s", type=float, default=None,
-                   help="cap on the epoch-time measurements (default: a quarter of the budget)")
+                   help="cap on the epoch-time measurements (default: a sixth of the budget)")
     a = p.parse_args(argv)
     t_start = time.perf_counter()
-    budget = a.budget_s if a.budget_s is not None else (240.0 if a.tiny else 480.0)
+    budget = a.budget_s if a.budget_s is not None else (300.0 if a.tiny else 480.0)
     deadline = t_start + budget - TERM_GRACE_S - 10.0
+    cuda_here = torch.cuda.is_available()
+    device = torch.device("cpu" if a.tiny or not cuda_here else "cuda")
+    measure_cap = a.measure_s if a.measure_s is not None else budget / 6
+    checklist_cap = 0.35 * budget
+    out = Path(a.out).resolve()
+    if a.plan:
+        print(plan(out, device, budget, a.tiny, a.runs_at_once, a.compile == "on",
+                   measure_cap, checklist_cap), flush=True)
+        return 0
     if not a.tiny and not a.data_root:
         p.error("--data-root is required (the CIFAR-10 copy); or use --tiny")
-    device = torch.device("cpu" if a.tiny or not torch.cuda.is_available() else "cuda")
-    if not a.tiny and device.type != "cuda":
-        p.error("no CUDA device here; use --tiny for the CPU smoke test")
-    out = Path(a.out).resolve()
+    if not a.tiny and not cuda_here:
+        p.error("no CUDA device here; use --tiny for the CPU smoke test (or --plan)")
     (out / "logs").mkdir(parents=True, exist_ok=True)
     ctx = Context("tiny" if a.tiny else "window", out)
+    from prunebench.training import gpus
 
+    devices = TINY_DEVICES if a.tiny else (gpus.visible_devices() or ["0"])
+    say = print
+
+    checklist = [window_checklist.doctor(device, run_env(out, 2, devices, a.tiny),
+                                         out / "logs" / "doctor.log")]
+    say(f"[checklist] 1. prunebench doctor: {checklist[0]['status']}: "
+        f"{checklist[0]['result']}", flush=True)
+    if checklist[0]["status"] != "ok":
+        write_rows(out / "window_checklist.csv", checklist, CHECKLIST_COLUMNS)
+        say(f"[window] stopped: a run would fail here (report in {out / 'logs' / 'doctor.log'})")
+        return 1
     dataset, data_dir, prepare_s = prepare_data(out, str(Path(a.data_root).resolve())
                                                 if a.data_root else "", a.tiny)
-    print(f"[window] {dataset} ready in {prepare_s:.1f} s", flush=True)
+    say(f"[window] {dataset} ready in {prepare_s:.1f} s", flush=True)
     from prunebench.data.prepared import load_prepared
 
     prepared = load_prepared(dataset, data_dir)
@@ -542,57 +452,60 @@ def main(argv: list[str] | None = None) -> int:
     n_train = round(prepared.manifest["num_train"] * (1 - prepared.manifest["val_fraction"]))
     n_val = prepared.manifest["num_train"] - n_train
     del prepared
+    sizes = ((size, 32, 4, 2) if a.tiny else (size, 128, 60, 3))  # size, batch, steps, repeats
+    checklist += window_checklist.run(out, dataset, data_dir, device,
+                                      run_env(out, 2, devices, a.tiny), sizes, checklist_cap,
+                                      lambda line: say(line, flush=True))
+    write_rows(out / "window_checklist.csv", checklist, CHECKLIST_COLUMNS)
 
-    measure_cap = a.measure_s if a.measure_s is not None else 0.25 * budget
-    sizes = ((8, 32, 4, 2) if a.tiny else (size, 128, 60, 3))  # size, batch, steps, repeats
     epochs = epoch_times(ctx, device, ["conv4"] if a.tiny else ["conv4", "resnet18"], *sizes,
                          n_train, measure_cap)
     write_csv(out / "window_epoch_times.csv", epochs)
-    print(f"[window] epoch times measured ({time.perf_counter() - t_start:.0f} s)", flush=True)
-    epoch_s = runs_epoch_s(epochs, device, a.compile == "on")
+    say(f"[window] epoch times measured ({time.perf_counter() - t_start:.0f} s)", flush=True)
+    epoch_s = runs_epoch_s(epochs)
     step_s = epoch_s.get("conv4", 1.0) / max(n_train // sizes[1], 1)
     levels = [1, 2] if a.tiny else [1, 2, 4, 8]
     steps = 4 if a.tiny else max(20, min(400, round(3.0 / max(step_s, 1e-4))))
-    packs = packing(ctx, device, "conv4", sizes[0], sizes[1], steps, levels,
-                    timeout_s=max(deadline - time.perf_counter(), 30.0))
+    packs = packing(ctx, device, "conv4", sizes[0], sizes[1], steps,
+                    [*levels, 2] if a.tiny else levels,
+                    timeout_s=max(deadline - time.perf_counter(), TINY_MIN_S if a.tiny else 30),
+                    logs=out / "logs", die_at_phase=len(levels) if a.tiny else -1)
     write_csv(out / "window_packing.csv", packs)
     slots, factor = best_packing(packs)
+    if a.tiny:
+        slots = max(slots, 2)  # the tiny window always packs: the GPU path's slots exercised
     if a.runs_at_once:
         slots = a.runs_at_once
         factor = next((r["ratio"] for r in packs if r.get("runs") == slots and r["ratio"]),
                       factor)
-    print(f"[window] packing measured: {slots} at once, factor {factor:.2f} "
-          f"({time.perf_counter() - t_start:.0f} s)", flush=True)
+    say(f"[window] packing measured: {slots} at once, factor {factor:.2f} "
+        f"({time.perf_counter() - t_start:.0f} s)", flush=True)
 
-    config = PAPER_CONFIG
-    extra = [f"compile={'true' if a.compile == 'on' else 'false'}"]
-    if a.tiny:
-        extra += ["epochs=2", "patience=0"]
-    specs = priority(a.tiny)
-    dense_dir = make_job(specs[0], out, dataset, data_dir, config, device, extra, None).run_dir
-    jobs = [make_job(s, out, dataset, data_dir, config, device,
-                     extra + (["method.ft_epochs=1"] if a.tiny and s.method == "magnitude_ft"
-                              else []), dense_dir)
-            for s in specs]
+    jobs = _jobs(out, dataset, data_dir, device, a.tiny, a.compile == "on")
 
     def estimate_of(job: Job) -> float:
         if not epoch_s:  # nothing measured: start in priority order, the deadline stops
             return 0.0
         return estimate(job, device, epoch_s, n_train, n_val, slots, factor)
 
+    if a.tiny:  # a smoke test on a loaded CPU: the runs get their time whatever is left
+        deadline = max(deadline, time.perf_counter() + TINY_MIN_S)
     stopped: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda n, _frame: stopped.append(n))
-    schedule(jobs, deadline, slots, out / "logs", estimate_of, stop=lambda: bool(stopped))
+    schedule(jobs, deadline, slots, out / "logs", run_env(out, slots, devices, a.tiny),
+             estimate_of, stop=lambda: bool(stopped))
     finished, others = result_rows(jobs)
+    precision = precision_rows(finished, a.tiny)
     write_rows(out / "window_finished.csv", finished, FINISHED_COLUMNS)
     write_rows(out / "window_unfinished.csv", others, OTHER_COLUMNS)
+    write_rows(out / "window_precision.csv", precision, PRECISION_COLUMNS)
     info = {"run_id": ctx.run_id, "device": device.type, "device_name": device_name(device),
             "torch": torch.__version__, "python": sys.version.split()[0], "commit": ctx.commit,
             "budget_s": budget, "used_s": time.perf_counter() - t_start, "dataset": dataset,
             "prepare_s": prepare_s, "slots": slots, "factor": factor, "compile": a.compile,
             "train_images": n_train}
-    print(summary(out, info, epochs, packs, finished, others), flush=True)
+    say(summary(out, info, checklist, epochs, packs, finished, others, precision), flush=True)
     return 0
 
 

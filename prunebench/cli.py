@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from prunebench import console, paths, resources
+from prunebench import console, doctor, paths, resources
 from prunebench.errors import Preempted, PrunebenchError, TrainingDiverged, os_error_text
 from prunebench.plan.config import (
     ARCHS,
@@ -404,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=paths.REPORT_DIR, help="folder for report.tex/.pdf")
     p.add_argument("--tex-only", action="store_true", help="write report.tex, build no PDF")
     p.set_defaults(func=cmd_report)
+
+    doctor.add_arguments(_subcommand(sub, "doctor", doctor.SUMMARY, doctor.DESCRIPTION, quiet))
     return parser
 
 

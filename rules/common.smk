@@ -248,6 +248,14 @@ def run_device_arg(wildcards, resources):
     return ["device=cuda"] if holds_gpu and device == "auto" else []
 
 
+def run_doctor(wildcards, resources):
+    """`cuda` for a job that holds a GPU: `prunebench doctor --device cuda` runs first, into the
+    run's log, so a node whose GPU, driver or torch build cannot run it fails in seconds, saying
+    why (docs/notes/gpu.md)."""
+    holds_gpu = grid.requests_gpu({"gpu": resources.gpu, "gres": getattr(resources, "gres", "")})
+    return "cuda" if holds_gpu else ""
+
+
 def run_resources(wildcards):
     """The run's job resources (grid.run_resources: resources.train, then every matching
     resources.train_overrides entry in order)."""

@@ -30,7 +30,8 @@ rule train_run:
     job step at a time limit or on preemption) the shell waits for the run to save its
     checkpoint and exit, instead of dying first and letting the step be torn down while the
     checkpoint is being written. The job's time and memory (`benchmark`) go into the run folder
-    and from there into the summary.
+    and from there into the summary. A job that holds a GPU runs `prunebench doctor` first (into
+    its log): a node whose GPU, driver or torch build cannot run it fails in seconds, saying why.
     """
     input:
         data=run_dataset,
@@ -61,9 +62,11 @@ rule train_run:
         args=run_args,
         device=run_device_arg,
         diverged=DIVERGED,
+        doctor=run_doctor,
     shell:
         prunebench(
-            "run {params.args:q} {params.device:q} > {log:q} 2>&1"
+            "run {params.args:q} {params.device:q} >> {log:q} 2>&1"
             " || [ $? -eq {params.diverged:q} ]",
-            before="trap '' TERM; ",
+            before="trap '' TERM; : > {log:q}; [ -z {params.doctor:q} ] || "
+            + prunebench("doctor --device {params.doctor:q} --no-compile >> {log:q} 2>&1 && "),
         )

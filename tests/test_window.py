@@ -4,6 +4,7 @@ magnitude pruning from a shared dense network (`method.dense_from`)."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 import torch
 from conftest import REPO
 
+from benchmarks import window_runs
 from benchmarks.common import PhaseStepper, build, synthetic_prepared
 from prunebench import paths
 from prunebench.training.registry import list_methods
@@ -177,33 +179,156 @@ def _no_snakemake_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-@pytest.mark.slow
-def test_tiny_window_writes_its_csvs_and_summary(tmp_path: Path) -> None:
+def _tiny(out: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     from conftest import PYTHON
 
+    return subprocess.run([PYTHON, "-m", "benchmarks.window", "--tiny", "--out", str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+
+
+def _rows(out: Path, name: str) -> list[dict[str, str]]:
+    with open(out / f"window_{name}.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2700)
+def test_tiny_window_end_to_end_and_again(tmp_path: Path) -> None:
+    """`--tiny` on the CPU, without Snakemake: the six-step checklist, packing with a worker
+    that dies (reported at once, with its signal and stderr file), runs started as on a GPU
+    (device slots over a fake two-device list, bf16 autocast + channels_last) two at a time, a
+    run stopped at the budget with its checkpoint; the same command again resumes it."""
     from benchmarks import window
 
     out = tmp_path / "out"
-    res = subprocess.run([PYTHON, "-m", "benchmarks.window", "--tiny", "--out", str(out)],
-                         cwd=REPO, env=_no_snakemake_env(tmp_path), capture_output=True,
-                         text=True, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    rows = {name: list(csv.DictReader(open(out / f"window_{name}.csv")))
-            for name in ("epoch_times", "packing", "finished", "unfinished")}
-    assert any(r["status"] == "ok" and float(r["epoch_s"]) > 0 for r in rows["epoch_times"])
-    assert [int(r["runs"]) for r in rows["packing"] if r["status"] == "ok"] == [1, 2]
+    env = _no_snakemake_env(tmp_path)
+    res = _tiny(out, env)
+    assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
+    checklist = _rows(out, "checklist")
+    assert [(r["step"], r["status"]) for r in checklist] == [(str(i), "ok") for i in range(1, 7)]
+    assert "equal to the uninterrupted run" in checklist[1]["result"]
+    packs = _rows(out, "packing")
+    assert [r["runs"] for r in packs if r["status"] == "ok"] == ["1", "2"]
+    (dead,) = [r for r in packs if r["status"] != "ok"]
+    assert "worker 1 killed by signal 9 (SIGKILL)" in dead["status"], dead
+    assert float(dead["wall_s"]) < 60  # not the remaining budget (the old wait)
+    err = Path(dead["status"].split("its stderr: ")[1].strip())
+    assert err.exists()
+    finished, others = _rows(out, "finished"), _rows(out, "unfinished")
     labels = [s.label for s in window.priority(tiny=True)]
-    finished = [r["run"] for r in rows["finished"]]
-    others = [r["run"] for r in rows["unfinished"]]
-    assert sorted(finished + others) == sorted(labels) and not set(finished) & set(others)
-    assert "conv4 dense" in finished  # the first of the list always fits the tiny budget
-    for r in rows["finished"]:
-        assert 0 <= float(r["test_top1"]) <= 100
-        assert (Path(r["run_dir"]) / "metrics.json").exists()
-    shared = [r for r in rows["finished"] if r["method"] == "magnitude"]
-    assert shared and all(r["epochs_run"] == "0" for r in shared)  # pruned the dense network
+    assert "conv4 dense" in [r["run"] for r in finished]
+    assert sorted(r["run"] for r in finished + others) == sorted(labels)
+    stopped = [r for r in others if r["reason"].startswith("stopped at the budget; checkpoint")]
+    assert stopped, others  # at least the endless run, stopped at the budget
+    long_run = stopped[0]
+    metrics = [json.loads((Path(r["run_dir"]) / "metrics.json").read_text()) for r in finished]
+    assert all(m["precision"] in ("bf16", "fp32") and m["channels_last_used"] for m in metrics)
+    assert any(m["precision"] == "bf16" for m in metrics)
+    slots = {m["device_slot"] for m in metrics}
+    assert None not in slots and len(slots) == 2, slots  # each run held one of two slots
+    assert _overlapping(out) >= 2  # two runs trained at the same time
     text = (out / "window_summary.md").read_text()
-    assert torch.__version__ in text and "packing factor" in text and "conv4 dense" in text
+    assert torch.__version__ in text and "First-GPU checklist" in text and "fp32 vs bf16" in text
+    precision = _rows(out, "precision")
+    assert [r["setting"] for r in precision] == ["conv4 reparam@paper-sgd-t s=0.9"]
+    stamp = {r["run"]: (Path(r["run_dir"]) / "metrics.json").stat().st_mtime_ns
+             for r in finished}
+    again = _tiny(out, env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = (Path(long_run["run_dir"]) / "log.txt").read_text()
+    assert "resumed from" in log
+    for r in _rows(out, "finished"):
+        if r["run"] in stamp:  # a finished run is skipped, untouched
+            assert (Path(r["run_dir"]) / "metrics.json").stat().st_mtime_ns == stamp[r["run"]]
+
+
+def _overlapping(out: Path) -> int:
+    """The most runs whose logs show them training at one moment (start: the `run ...` line,
+    end: `done` or `preempted`)."""
+    import datetime
+
+    def when(line: str) -> float:
+        return datetime.datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S").timestamp()
+
+    spans = []
+    for log in (out / "runs").rglob("log.txt"):
+        lines = log.read_text().splitlines()
+        starts = [when(ln) for ln in lines if " run " in ln]
+        ends = [when(ln) for ln in lines if " done: " in ln or " preempted: " in ln]
+        if starts and ends:
+            spans.append((starts[0], ends[0]))
+    return max((sum(s <= t < e for s, e in spans) for t, _ in spans), default=0)
+
+
+def test_plan_lists_the_runs_in_order_without_training(tmp_path: Path, capsys) -> None:
+    from benchmarks import window
+
+    assert window.main(["--plan", "--tiny", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = [ln for ln in out.splitlines() if ln.startswith("| ") and not ln.startswith("| order")]
+    labels = [s.label for s in window.priority(tiny=True)]
+    assert [ln.split(" | ")[1] for ln in rows] == labels
+    assert "first-GPU checklist" in out and "1 at once" in out
+    assert not (tmp_path / "runs").exists()  # nothing trained
+
+
+def test_window_runs_get_the_slots_they_pack(tmp_path: Path, monkeypatch) -> None:
+    """Defect 2: the window's runs claimed slots the machine sized for one run per GPU, so runs
+    2..N waited for run 1. The window gives its runs the slots it packs: 4 runs at once on two
+    devices all hold a slot of their own."""
+    from prunebench.training import gpus
+
+    env = window_runs.run_env(tmp_path, 4, ["0", "1"], tiny=False)
+    assert env[gpus.JOBS_PER_GPU_ENV] == "2" and env[gpus.LOCK_DIR_ENV] == str(tmp_path
+                                                                             / "gpu-locks")
+    monkeypatch.setenv(gpus.JOBS_PER_GPU_ENV, env[gpus.JOBS_PER_GPU_ENV])
+    folder = Path(env[gpus.LOCK_DIR_ENV])
+    folder.mkdir()
+    claims = [gpus.try_claim(["0", "1"], gpus.jobs_per_gpu(), folder) for _ in range(4)]
+    assert None not in claims and sorted(c.device for c in claims) == ["0", "0", "1", "1"]
+    for claim in claims:
+        os.close(claim.fd)
+
+
+def test_a_dead_packing_worker_ends_the_wait_at_once(tmp_path: Path) -> None:
+    """Defect 6: a worker that died at start-up left the window waiting for its ready file for
+    the whole remaining budget, its stderr in an unread pipe. Now the wait ends at once, saying
+    how the worker ended and where its stderr is."""
+    from benchmarks import window
+    from benchmarks.common import Context
+
+    (tmp_path / "logs").mkdir()
+    started = time.monotonic()
+    rows = window.packing(Context("test", tmp_path), CPU, "no_such_arch", 8, 8, 2, [1, 2],
+                          timeout_s=600, logs=tmp_path / "logs")
+    assert time.monotonic() - started < 120
+    (row,) = rows
+    assert row["status"].startswith("failed: worker ") and " exit 1 before writing ready-" \
+        in row["status"], row
+    err = Path(row["status"].split("its stderr: ")[1])
+    assert "unknown arch 'no_such_arch'" in err.read_text()
+
+
+def test_a_run_killed_by_a_signal_the_window_did_not_send_is_failed(tmp_path: Path) -> None:
+    """Defect 6: a run killed by the OOM killer (SIGKILL) was listed as "stopped at the budget".
+    Only the window's own SIGTERM makes a run unfinished."""
+    import signal as signals
+
+    job = window_runs.Job(window_runs.Spec("conv4", "dense", None), [], tmp_path / "run", 1, 8)
+    job.log = tmp_path / "run.log"
+    job.log.write_text("2026-01-01 00:00:00 run digits/conv4/dense ...\n")
+    for stopped_by_window, expected in ((False, "failed"), (True, "unfinished")):
+        job.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        job.stop_sent = stopped_by_window
+        job.proc.send_signal(signals.SIGKILL)
+        job.proc.wait()
+        window_runs.finish(job)
+        assert job.status == expected, job.reason
+    job.stop_sent = False
+    job.proc = subprocess.Popen([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"])
+    job.proc.wait()
+    window_runs.finish(job)
+    assert job.reason.startswith("killed by signal 9 (SIGKILL) (the kernel's OOM killer?)")
 
 
 def test_the_budget_stops_runs_cleanly_and_lists_them_unfinished(tmp_path: Path,
@@ -229,7 +354,8 @@ def test_the_budget_stops_runs_cleanly_and_lists_them_unfinished(tmp_path: Path,
         return log.exists() and "epoch=1 " in log.read_text()
 
     # stop once the run has trained an epoch (its start-up time varies with the load)
-    window.schedule(jobs, started + 600, 1, tmp_path / "logs", lambda j: 1.0, poll_s=0.2,
+    env = window_runs.run_env(tmp_path, 1, ["0"], tiny=False)
+    window.schedule(jobs, started + 600, 1, tmp_path / "logs", env, lambda j: 1.0, poll_s=0.2,
                     stop=trained_an_epoch)
     dense, magnitude = jobs
     assert dense.status == "unfinished" and (dense_dir / "checkpoint.pt").exists()
@@ -288,21 +414,21 @@ def test_a_run_that_does_not_fit_fills_an_idle_slot_and_yields_it(tmp_path: Path
     seconds = {"dense": 1.0, "reparam": 60.0, "magnitude": 0.5}
     started: list[str] = []
 
-    def fake_launch(job: window.Job, logs: Path) -> None:
+    def fake_launch(job: window.Job, logs: Path, env: dict[str, str]) -> None:
         started.append(job.spec.label)
         job.log = logs / "log"
         job.proc = _FakeRun(clock, seconds[job.spec.method], job.run_dir)
         job.started, job.status = clock.perf_counter(), "running"
 
-    monkeypatch.setattr(window, "launch", fake_launch)
-    monkeypatch.setattr(window, "time", clock)
+    monkeypatch.setattr(window_runs, "launch", fake_launch)
+    monkeypatch.setattr(window_runs, "time", clock)
     specs = [window.Spec("conv4", "dense", None), window.Spec("conv4", "reparam", 0.9),
              window.Spec("conv4", "magnitude", 0.9, needs_dense=True),
              window.Spec("conv4", "magnitude", 0.95, needs_dense=True)]
     jobs = [window.Job(s, [], tmp_path / str(i), 1, 128) for i, s in enumerate(specs)]
     estimates = {"dense": 2.0, "reparam": 1e6, "magnitude": 1.0}
     deadline = clock.perf_counter() + 12
-    window.schedule(jobs, deadline, 2, tmp_path, lambda j: estimates[j.spec.method],
+    window.schedule(jobs, deadline, 2, tmp_path, {}, lambda j: estimates[j.spec.method],
                     poll_s=0.05)
     assert [j.status for j in jobs] == ["finished", "unfinished", "finished", "finished"]
     assert started == ["conv4 dense", "conv4 reparam s=0.9", "conv4 magnitude s=0.9",

@@ -162,6 +162,11 @@ def claim_device(wait_seconds: float | None = None, poll_seconds: float = 1.0
     return claim
 
 
+def held() -> str | None:
+    """This process's slot as DEVICE.SLOT (recorded in metrics.json); None without a claim."""
+    return f"{_claimed[0].device}.{_claimed[0].slot}" if _claimed else None
+
+
 def release() -> None:
     """Give this process's claim back (a run that falls back to the CPU) and unpin it."""
     while _claimed:

@@ -110,6 +110,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "timm_version": timm.__version__,
         "device": str(device),
         "device_name": cuda.device_name(device),
+        "device_slot": gpus.held(),
         "hostname": platform.node(),
         "num_threads": torch.get_num_threads(),
     }
