@@ -50,6 +50,8 @@ def cmd_doctor(args: argparse.Namespace) -> None:
     if args.device == "cpu":
         device = torch.device("cpu")
     else:
+        if cuda.preinit_problem() is None and cuda.claim_slot() is not None:
+            say(f"device slot {gpus.held()} (the device a run started now would use)")
         problem = cuda.cuda_problem()
         if problem:
             say("CUDA: not usable")

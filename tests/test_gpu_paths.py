@@ -36,6 +36,7 @@ from prunebench.training.run import execute
 
 CPU = torch.device("cpu")
 ARCHS = ("conv2", "resnet18")
+TRAIN_IMAGES = 480  # a class-stratified subset of digits: about 15 steps of 32 per epoch
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -375,7 +376,7 @@ def _gpu_run_args(method: str, arch: str, digits_dir: Path, run_dir: Path) -> li
     _, sparsity, _ = SETTINGS[method]
     argv = ["run", "--dataset", "digits", "--arch", arch, "--method", method, "--seed", "1",
             "epochs=1", f"data_dir={digits_dir}", "device=cpu", "checkpoint_every_s=0",
-            "--run-dir", str(run_dir)]
+            f"train_images={TRAIN_IMAGES}", "--run-dir", str(run_dir)]
     if method == "magnitude_ft":
         argv.append("method.ft_epochs=1")
     return argv + (["--sparsity", sparsity] if sparsity else [])
@@ -389,7 +390,7 @@ def test_every_method_on_the_gpu_paths_resumes_exactly(
         method: str, arch: str, gpu_launcher: Any, digits_dir: Path, tmp_path: Path) -> None:
     """bf16 autocast + channels_last on digits: finite loss, exact K, and a SIGTERM in the middle
     of the last epoch then a rerun end with exactly the uninterrupted run's result."""
-    from faultlaunch import PREEMPTED, log_text, outcome, steps_per_epoch
+    from faultlaunch import PREEMPTED, log_text, outcome
 
     ref_dir, run_dir, log = tmp_path / "ref", tmp_path / "run", tmp_path / "run.log"
     assert gpu_launcher.attempt(_gpu_run_args(method, arch, digits_dir, ref_dir), log) == 0, \
@@ -404,8 +405,9 @@ def test_every_method_on_the_gpu_paths_resumes_exactly(
         assert metrics["kept_prunable"] == budget_count(metrics["num_prunable"],
                                                         metrics["sparsity_target"])
     phases = 2 if method == "magnitude_ft" else 1
-    term = [{"at": "step", "n": (phases - 1) * steps_per_epoch(digits_dir) + 7,
-             "action": "term"}]
+    train = DeviceData(load_prepared("digits", digits_dir), CPU, 0.1, train_images=TRAIN_IMAGES)
+    per_epoch = train.size("train") // 32
+    term = [{"at": "step", "n": (phases - 1) * per_epoch + 7, "action": "term"}]
     argv = _gpu_run_args(method, arch, digits_dir, run_dir)
     assert gpu_launcher.attempt(argv, log, term) == PREEMPTED, log_text(log)[-3000:]
     ckpt = torch.load(run_dir / paths.CHECKPOINT, weights_only=True)
