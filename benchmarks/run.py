@@ -27,6 +27,7 @@ from benchmarks.common import (
     load_avg,
     write_csv,
 )
+from prunebench.training.cuda import FORCE_ENV
 
 SECTIONS = ("data", "changes", "overhead", "inference", "memory", "epoch", "workflow", "gpu",
             "grid")
@@ -203,7 +204,10 @@ def run_sections(ctx: Context, sz: Sizes, sections: list[str], method_names: lis
         targets = devices()[1:] or ([torch.device("cpu")] if gpu_on_cpu else [])
         rows = []
         for dev in targets:
+            if dev.type == "cpu":  # bf16, channels_last, compile on the CPU: the test-only switch
+                os.environ[FORCE_ENV] = "aot_eager"
             rows += gpu.precision(ctx, dev, archs, sz.gpu_epoch_images, sz.batch, sz.gpu_repeats)
+            os.environ.pop(FORCE_ENV, None)
             rows += gpu.packing(ctx, dev, archs[:1], sz.pack_jobs, sz.pack_images, sz.batch,
                                 sz.pack_epochs)
             if dev.type == "cpu":
