@@ -505,7 +505,8 @@ def test_rules_are_thin_cli_calls() -> None:
         subcommands |= set(re.findall(r'prunebench\(\s*"([a-z-]+) ', command))
         fields = re.findall(r"(?<!\{)\{([^{}]*)\}(?!\})", command)
         assert fields and all(f.endswith(":q") for f in fields), command
-    assert subcommands == {"prepare", "check-options", "run", "aggregate", "figures", "report"}
+    assert subcommands == {"prepare", "check-options", "doctor", "run", "aggregate", "figures",
+                           "report"}
     common = (REPO / "rules" / "common.smk").read_text()
     assert re.search(r'return "python -m prunebench"\n', common)
     names = re.findall(r"^rule (\w+):", text, flags=re.M)
