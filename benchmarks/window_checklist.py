@@ -1,5 +1,5 @@
 """The first-GPU checklist, the first thing the GPU window (`benchmarks.window`) runs: six checks
-of what only a GPU can show, each a row of `window_checklist.csv` (docs/notes/gpu.md lists them).
+of what only a GPU can show, each a row of `window_checklist.csv` (docs/development.md lists them).
 
 1. `prunebench doctor` (the window stops here if a run would fail);
 2. SIGTERM + resume: a run stopped mid-epoch and rerun ends equal to an uninterrupted twin

@@ -251,7 +251,7 @@ def run_device_arg(wildcards, resources):
 def run_doctor(wildcards, resources):
     """`cuda` for a job that holds a GPU: `prunebench doctor --device cuda` runs first, into the
     run's log, so a node whose GPU, driver or torch build cannot run it fails in seconds, saying
-    why (docs/notes/gpu.md)."""
+    why (docs/gpus.md)."""
     holds_gpu = grid.requests_gpu({"gpu": resources.gpu, "gres": getattr(resources, "gres", "")})
     return "cuda" if holds_gpu else ""
 
