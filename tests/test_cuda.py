@@ -205,3 +205,16 @@ def test_the_test_only_switch_takes_the_gpu_paths_on_the_cpu(
     monkeypatch.setenv(cuda.FORCE_ENV, "aot_eager")
     assert cuda.accel_for(TrainConfig(compile=True), CPU).compile_backend == "aot_eager"
     assert cuda.accel_for(TrainConfig(amp=False), CPU).record()["precision"] == "fp32"
+
+
+def test_an_older_torch_turns_tf32_off_through_its_flags(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU machine's own Python may have a torch without the fp32_precision settings (< 2.9):
+    TF32 goes off through allow_tf32 there, and the flags come back after the run."""
+    monkeypatch.setattr(cuda, "_fp32_api", lambda: False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True, raising=False)
+    with cuda.applied(cuda.Accel(False, False, None, False, False)):
+        assert torch.backends.cudnn.allow_tf32 is False
+        assert torch.backends.cuda.matmul.allow_tf32 is False
+    assert torch.backends.cudnn.allow_tf32 is True and torch.backends.cuda.matmul.allow_tf32

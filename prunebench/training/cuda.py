@@ -179,25 +179,46 @@ def applied(accel: Accel) -> Iterator[None]:
     (use_deterministic_algorithms, cudnn.deterministic, CUBLAS_WORKSPACE_CONFIG)."""
     cudnn = torch.backends.cudnn
     before = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
-              cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision,
-              os.environ.get(CUBLAS_ENV))
+              _fp32_precision(), os.environ.get(CUBLAS_ENV))
     cudnn.benchmark = accel.cudnn_benchmark
     cudnn.deterministic = accel.deterministic
     torch.use_deterministic_algorithms(accel.deterministic)
-    cudnn.conv.fp32_precision = "ieee"
-    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    _set_fp32_precision(("ieee", "ieee"))
     if accel.deterministic:
         os.environ[CUBLAS_ENV] = CUBLAS_DETERMINISTIC  # read when cuBLAS starts: set it first
     try:
         yield
     finally:
-        (cudnn.benchmark, cudnn.deterministic, deterministic, cudnn.conv.fp32_precision,
-         torch.backends.cuda.matmul.fp32_precision, cublas) = before
+        cudnn.benchmark, cudnn.deterministic, deterministic, precision, cublas = before
         torch.use_deterministic_algorithms(deterministic)
+        _set_fp32_precision(precision)
         if cublas is None:
             os.environ.pop(CUBLAS_ENV, None)
         else:
             os.environ[CUBLAS_ENV] = cublas
+
+
+def _fp32_api() -> bool:
+    """Whether this torch has the fp32_precision settings (>= 2.9); a GPU machine's own Python
+    may have an older one, with the allow_tf32 flags."""
+    return hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision")
+
+
+def _fp32_precision() -> tuple[Any, Any]:
+    """(convolutions, matmuls): "ieee"/"tf32" settings, or an older torch's allow_tf32 flags."""
+    if _fp32_api():
+        return torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+
+
+def _set_fp32_precision(values: tuple[Any, Any]) -> None:
+    """Set what `_fp32_precision` reads ("ieee" on an older torch: TF32 off)."""
+    if _fp32_api():
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = values
+    else:
+        conv_tf32, matmul_tf32 = (v != "ieee" if isinstance(v, str) else v for v in values)
+        torch.backends.cudnn.allow_tf32 = conv_tf32
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
 
 
 # -- the CUDA random stream ----------------------------------------------------------------------
