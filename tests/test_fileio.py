@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from prunebench.errors import PrunebenchError
 from prunebench.fileio import atomic_write, save_torch, sha256_file, write_json
 
 
@@ -17,7 +18,7 @@ def test_failed_write_leaves_previous_content_and_no_temp(tmp_path: Path) -> Non
         tmp.write_text('{"a": 2, "trunc')
         raise OSError("disk full")
 
-    with pytest.raises(OSError):
+    with pytest.raises(PrunebenchError, match=r"cannot write .*metrics\.json: disk full$"):
         atomic_write(target, half_write)
     assert target.read_text() == '{\n  "a": 1\n}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
