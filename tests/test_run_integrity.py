@@ -85,6 +85,44 @@ def test_unreadable_metrics_of_a_finished_run_is_one_line(dense: Path, digits_di
     assert (folder / paths.METRICS).read_text() == "{truncated"
 
 
+def test_finished_run_on_other_data_is_refused_not_relabelled(digits_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """Data prepared again from another source after the run finished: the finished result is
+    neither returned as this config's (it was returned unchanged, labelled with the new data's
+    job) nor replaced. Data that is gone is no difference."""
+    data, folder = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(digits_dir, data)
+    run(data, folder)
+    before = (folder / paths.METRICS).read_bytes()
+    manifest_path = paths.dataset_manifest(data, "digits")
+    manifest = json.loads(manifest_path.read_text())
+    manifest["data_source_sha256"] = "0" * 64  # as if prepared from another archive
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(PrunebenchError, match=r"other inputs .* data_source_sha256"):
+        run(data, folder)
+    assert (folder / paths.METRICS).read_bytes() == before
+    shutil.rmtree(data)
+    assert run(data, folder)["test_top1"] == json.loads(before)["test_top1"]
+    FIGURES["finished runs kept from replacement"] += 1
+
+
+def test_finished_run_from_a_changed_init_file_is_refused(
+        dense: Path, digits_dir: Path, tmp_path: Path) -> None:
+    """init_from's file rewritten after the run finished from it: refused, naming the file."""
+    start = tmp_path / "start.safetensors"
+    shutil.copy2(dense / paths.NETWORK, start)
+    folder = tmp_path / "run"
+    run(digits_dir, folder, init_from=str(start))
+    run(digits_dir, folder, init_from=str(start))  # unchanged: the finished run is returned
+    tensors = load_file(start)
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1.0
+    from safetensors.torch import save_file
+    save_file(tensors, start)
+    with pytest.raises(PrunebenchError, match=f"init_from {start}"):
+        run(digits_dir, folder, init_from=str(start))
+
+
 # -- dense_from: the same dataset, arch, seed and recipe, recorded --------------------------------
 
 def test_dense_from_refuses_another_recipe(digits_dir: Path, tmp_path: Path) -> None:

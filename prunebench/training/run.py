@@ -41,7 +41,7 @@ from prunebench.data.prepared import (
     normalization_stats,
 )
 from prunebench.errors import Preempted, PrunebenchError, TrainingDiverged, os_error_text
-from prunebench.fileio import remove_stale_temps, save_torch, write_csv, write_json
+from prunebench.fileio import remove_stale_temps, save_torch, sha256_file, write_csv, write_json
 from prunebench.plan.config import RunConfig, check_crop_padding
 from prunebench.training import cuda, gpus
 from prunebench.training.artifact import save_network
@@ -282,11 +282,46 @@ def preempt_outside_training() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+def changed_inputs(cfg: RunConfig, metrics: dict[str, Any]) -> list[str]:
+    """What a finished run was computed from that differs from its inputs now: the prepared
+    data's provenance (another archive, image size or resize) and the init_from file's bytes.
+    Inputs that are gone are not a difference: a finished run stands without them."""
+    changed = []
+    manifest_path = paths.dataset_manifest(cfg.data_dir, cfg.dataset)
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        manifest = None
+    if isinstance(manifest, dict):
+        changed += [f"{k} ({metrics.get(k)!r} -> {manifest.get(k)!r}, {manifest_path})"
+                    for k in PROVENANCE_KEYS if k in metrics and metrics[k] != manifest.get(k)]
+    init = Path(cfg.train.init_from) if cfg.train.init_from else None
+    if init is not None and init.is_file() and metrics.get("init_from_sha256") not in (
+            None, sha256_file(init)):
+        changed.append(f"init_from {init} (its sha256 is no longer the recorded "
+                       f"{str(metrics['init_from_sha256'])[:12]}...)")
+    return changed
+
+
+def finished_metrics(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """A finished run's metrics, refused when its inputs changed since: returning them would
+    label a result computed from other data or weights as this config's (it is never
+    replaced either: the user moves it away)."""
+    metrics = read_metrics(run_dir)
+    changed = changed_inputs(cfg, metrics)
+    if changed:
+        raise PrunebenchError(
+            f"run folder {run_dir} holds a finished run computed from other inputs than this "
+            f"config's now: {'; '.join(changed)}; a finished result is never replaced: move "
+            "the folder away to rerun on the new inputs, or restore the old ones")
+    return metrics
+
+
 def execute(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Run (or resume, or skip when finished) one config into `run_dir`; return its metrics."""
     state = check_folder(run_dir, cfg)
     if state == "done" and not (run_dir / paths.CHECKPOINT).exists():
-        return read_metrics(run_dir)
+        return finished_metrics(cfg, run_dir)
     wall0 = time.perf_counter()
     with preempt_outside_training():
         # Missing or corrupt data and a missing device stop here, before the folder is touched.
@@ -300,7 +335,7 @@ def execute(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
             stale = remove_stale_temps(run_dir)
             if state == "done":  # killed after metrics.json was written: finish the cleanup
                 (run_dir / paths.CHECKPOINT).unlink(missing_ok=True)
-                return read_metrics(run_dir)
+                return finished_metrics(cfg, run_dir)
             accel = cuda.accel_for(cfg.train, device)
             try:
                 with cuda.applied(accel):
