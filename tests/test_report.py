@@ -490,3 +490,22 @@ def test_local_data_is_marked_and_still_matched(papers: Path) -> None:
     assert note in captions[("accuracy_vs_sparsity", "cifar10", "conv2")]
     assert note in captions[("paper_bars", "cifar10", None)]
     assert note not in captions[("accuracy_vs_sparsity", "cifar10", "conv4")]
+
+
+def test_each_comparison_says_how_its_protocol_is_known(papers: Path, tmp_path: Path) -> None:
+    """The published CSV's protocol column (established / inferred / unknown) is printed beside
+    each compared number; a CSV without it prints a dash. Red when the report drops the column."""
+    published = pd.read_csv(papers / "published.csv", keep_default_na=False, dtype=str)
+    published["protocol"] = ["inferred" if m == "gumbel" else "unknown"
+                             for m in published["method"]]
+    published["protocol_reason"] = "because"
+    published.to_csv(tmp_path / "published.csv", index=False)
+    tex = build_report(papers, tmp_path / "published.csv", None, tmp_path / "report",
+                       pdf=False).read_text()
+    section = tex[tex.index(r"\section{Published versus"):
+                  tex.index(r"\subsection{Published results not compared}")]
+    assert ("crop+flip; smart rescale (dupont2022\\_gumbel) & inferred & 77.50 & 78.00 $\\pm$ "
+            "1.00 (3) &") in section
+    assert " & unknown & 85.57 & " in section
+    old = _papers_tex(papers)
+    assert " & -- & 85.57 & " in old[old.index(r"\section{Published versus"):]

@@ -335,7 +335,9 @@ def method_option_sets(config: dict[str, Any], jobs: list[Job]) -> dict[str, dic
 # The columns every published-results CSV has; `variant` (the grid variant reproducing a row)
 # and `certainty` are optional and read as "".
 PUBLISHED_COLUMNS = ("source", "method", "arch", "dataset", "sparsity", "accuracy", "setting")
-PUBLISHED_OPTIONAL = ("variant", "certainty")
+# protocol: how the row's training protocol is known (established from the reference code,
+# inferred, unknown), protocol_reason: why; the report prints the first beside each comparison.
+PUBLISHED_OPTIONAL = ("variant", "certainty", "protocol", "protocol_reason")
 
 
 def read_published(path: str | Path) -> list[dict[str, str]]:

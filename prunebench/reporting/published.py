@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from prunebench.plan.grid import PUBLISHED_COLUMNS, read_published
+from prunebench.plan.grid import PUBLISHED_COLUMNS, PUBLISHED_OPTIONAL, read_published
 from prunebench.reporting.aggregate import PROVENANCE
 
 MATCHED, NOT_REPRODUCED, AMBIGUOUS = "matched", "not reproduced", "ambiguous"
@@ -14,10 +14,10 @@ MATCHED, NOT_REPRODUCED, AMBIGUOUS = "matched", "not reproduced", "ambiguous"
 
 def load_published(path: str | Path) -> pd.DataFrame:
     """The published-results CSV as read by `grid.read_published` (the one reader: columns
-    checked, `variant` and `certainty` "" where absent), with sparsity and accuracy as numbers
+    checked, the optional columns "" where absent), with sparsity and accuracy as numbers
     (NaN where the paper reports none)."""
-    df = pd.DataFrame(read_published(path), columns=list(PUBLISHED_COLUMNS) + ["variant",
-                                                                             "certainty"])
+    df = pd.DataFrame(read_published(path),
+                      columns=list(PUBLISHED_COLUMNS) + list(PUBLISHED_OPTIONAL))
     df["sparsity"] = pd.to_numeric(df["sparsity"], errors="coerce")
     df["accuracy"] = pd.to_numeric(df["accuracy"], errors="coerce")
     return df
@@ -66,7 +66,7 @@ def compare_published(settings: pd.DataFrame, published: pd.DataFrame) -> pd.Dat
     for col in PROVENANCE:
         merged[col] = merged[col].fillna("") if col in merged else ""
     cols = ["dataset", "arch", "method", "sparsity", "variant", "source", "setting", "certainty",
-            "published_top1_pct", "match", "match_reason", "ours_top1_pct_mean",
+            "protocol", "published_top1_pct", "match", "match_reason", "ours_top1_pct_mean",
             "ours_top1_pct_std", "n", "n_failed", "ours_sparsity_achieved_mean",
             "difference_pct", *PROVENANCE, "published_row"]
     return merged[cols].sort_values(["dataset", "arch", "method", "sparsity", "variant",

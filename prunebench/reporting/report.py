@@ -217,7 +217,7 @@ def comparison_rows(matched: pd.DataFrame, styles: dict[str, Look]) -> list[dict
             "local": LOCAL_MARK if _local(r["data_origin"]) else "",
             "sparsity": budget_text(r["sparsity"], "n.r."),
             "achieved": num(r["ours_sparsity_achieved_mean"], 3),
-            "source": r["source"], "setting": r["setting"],
+            "source": r["source"], "setting": r["setting"], "protocol": r["protocol"] or "--",
             "published": num(r["published_top1_pct"]),
             "ours": mean_std(r["ours_top1_pct_mean"], r["ours_top1_pct_std"]),
             "n": int(r["n"]), "difference": signed(r["difference_pct"]),
