@@ -238,34 +238,34 @@ class Gumbel(PruningMethod):
         expected = sum(torch.sigmoid(m.logits).sum() for m in masks)
         return self.hp.budget_weight * (expected - k) ** 2 / n
 
-    @torch.no_grad()
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
-        masks = self._masks(model)
-        n = sum(m.logits.numel() for m in masks)
-        kept = sum(int((m.logits >= 0).sum()) for m in masks)
-        prob = sum(float(torch.sigmoid(m.logits).double().sum()) for m in masks)
-        return {"keep_fraction": kept / n, "keep_prob_mean": prob / n,
-                "rescale_mean": sum(float(m.scale) for m in masks) / len(masks)}
+        with torch.no_grad():  # a block, not a decorator: mutmut mutates no decorated function
+            masks = self._masks(model)
+            n = sum(m.logits.numel() for m in masks)
+            kept = sum(int((m.logits >= 0).sum()) for m in masks)
+            prob = sum(float(torch.sigmoid(m.logits).double().sum()) for m in masks)
+            return {"keep_fraction": kept / n, "keep_prob_mean": prob / n,
+                    "rescale_mean": sum(float(m.scale) for m in masks) / len(masks)}
 
-    @torch.no_grad()
     def extract(self, model: nn.Module) -> dict[str, Any]:
-        masks = self._masks(model)
-        n = num_prunable(model)
-        threshold_kept = sum(int((m.logits >= 0).sum()) for m in masks)
-        if self.hp.budget:
-            k = budget_count(n, self.ctx.sparsity)
-            final = global_topk_masks([m.logits for m in masks], k)
-        else:
-            final = [m.logits >= 0 for m in masks]
-        for m, keep in zip(masks, final, strict=True):
-            m.final_mask.copy_(keep)
-            m.extracted.fill_(True)
-            m.sample_in_eval = False
-        self._sampling_in_eval = False
-        return {
-            "extraction": "global top-K by logit" if self.hp.budget else "m >= 0",
-            "threshold_density": threshold_kept / n,
-            "keep_prob_mean": sum(float(torch.sigmoid(m.logits).double().sum())
-                                  for m in masks) / n,
-            "rescale": ";".join(f"{float(m.scale):.6g}" for m in masks),
-        }
+        with torch.no_grad():
+            masks = self._masks(model)
+            n = num_prunable(model)
+            threshold_kept = sum(int((m.logits >= 0).sum()) for m in masks)
+            if self.hp.budget:
+                k = budget_count(n, self.ctx.sparsity)
+                final = global_topk_masks([m.logits for m in masks], k)
+            else:
+                final = [m.logits >= 0 for m in masks]
+            for m, keep in zip(masks, final, strict=True):
+                m.final_mask.copy_(keep)
+                m.extracted.fill_(True)
+                m.sample_in_eval = False
+            self._sampling_in_eval = False
+            return {
+                "extraction": "global top-K by logit" if self.hp.budget else "m >= 0",
+                "threshold_density": threshold_kept / n,
+                "keep_prob_mean": sum(float(torch.sigmoid(m.logits).double().sum())
+                                      for m in masks) / n,
+                "rescale": ";".join(f"{float(m.scale):.6g}" for m in masks),
+            }

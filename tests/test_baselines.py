@@ -516,18 +516,21 @@ def test_frozen_bias_gives_every_layer_a_random_bias_that_never_trains(name, dat
         assert torch.equal(layer.bias.detach(), biases[n]), f"{name}: bias of {n} trained"
 
 
+@pytest.mark.parametrize("scope", ["conv", "all"])
 @pytest.mark.parametrize("name", ["gumbel", "supermask", "edgepopup"])
-def test_signed_constant_scope_conv_leaves_linear_layers_kaiming(name):
+def test_signed_constant_scope_conv_leaves_linear_layers_kaiming(name, scope):
+    """scope conv (ASLP's code): only convolutions get the signed constant; all (the default,
+    as the papers describe it): every prunable layer."""
     sparsity = 0.5 if name == "edgepopup" else None
     key = "init" if name == "gumbel" else "signed_constant"
     value = "signed_constant" if name == "gumbel" else True
     model, method = build(name, sparsity, arch="conv2", **{key: value,
-                                                          "signed_constant_scope": "conv"})
+                                                          "signed_constant_scope": scope})
     method.prepare(model)
     for n, layer in prunable_layers(model):
         distinct = stored_weight(layer).abs().unique().numel()
-        if isinstance(layer, nn.Conv2d):
-            assert distinct == 1, f"{name}: conv {n} is not a signed constant"
+        if isinstance(layer, nn.Conv2d) or scope == "all":
+            assert distinct == 1, f"{name}: {n} is not a signed constant"
         else:
             assert distinct > 100, f"{name}: linear {n} got the signed constant"
 

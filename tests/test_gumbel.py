@@ -2,6 +2,7 @@
 extraction and folding, the budget extension, and a short digits run on frozen weights."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from prunebench.data.prepared import DeviceData, load_prepared
+from prunebench.methods import gumbel
 from prunebench.methods.gumbel import (
     Gumbel,
     GumbelHparams,
@@ -189,3 +191,134 @@ def test_the_deterministic_mask_keeps_a_weight_iff_its_logit_is_at_least_zero() 
     with torch.no_grad():
         mask.logits.copy_(torch.tensor([-0.5, -1e-6, 0.0, 0.5, 2.0]))
     assert mask.eval_mask().tolist() == [False, False, True, True, True]
+
+
+@pytest.mark.parametrize(("lr_schedule", "steps"), [("constant", "joint"), ("run", "sequential"),
+                                                     ("cosine", "joint")])
+def test_optimiser_groups_are_the_papers(lr_schedule: str, steps: str) -> None:
+    """The paper's two SGD optimisers: logits lr 50, scales lr 1e-3, both momentum 0.9 and no
+    weight decay (ASLP's optimizer_functions.py builds both with SGD's default 0); both follow
+    `lr_schedule` ("run": the run's own, None); the scales step in a pass of their own (stage 1)
+    only under `optimizer_steps=sequential`."""
+    model = bn_model()
+    method = Gumbel(GumbelHparams(lr_schedule=lr_schedule, optimizer_steps=steps), make_ctx())
+    method.prepare(model)
+    masks = [weight_transform(layer) for _, layer in prunable_layers(model)]
+    logits, rescale = method.param_groups(model, Phase("train", 1))
+    schedule = None if lr_schedule == "run" else lr_schedule
+    assert (logits.name, logits.optimizer, logits.lr, logits.momentum, logits.weight_decay,
+            logits.schedule, logits.stage) == ("logits", "sgd", 50.0, 0.9, 0.0, schedule, 0)
+    assert (rescale.name, rescale.optimizer, rescale.lr, rescale.momentum, rescale.weight_decay,
+            rescale.schedule, rescale.stage) == (
+        "rescale", "sgd", 1e-3, 0.9, 0.0, schedule, int(steps == "sequential"))
+    assert [id(p) for p in logits.params] == [id(m.logits) for m in masks]
+    assert [id(p) for p in rescale.params] == [id(m.scale) for m in masks]
+
+
+def test_budget_penalty_is_the_closed_form() -> None:
+    """budget_weight * (sum sigmoid(m) - K)^2 / N with K = round((1 - sparsity) * N), and its
+    gradient 2 * budget_weight * (mean sigmoid(m) - K / N) * sigmoid'(m) on each logit; no
+    penalty without `budget` or with budget_weight 0, one with budget_weight 1."""
+    model = bn_model()
+    method = Gumbel(GumbelHparams(budget=True, budget_weight=0.5), make_ctx(0.9))
+    method.prepare(model)
+    (_, conv), (_, linear) = prunable_layers(model)
+    with torch.no_grad():
+        weight_transform(conv).logits.fill_(1.5)  # 8 * 1 * 3 * 3 = 72 logits
+        weight_transform(linear).logits.fill_(-2.0)  # 10 * 512 = 5120 logits
+    n, k = 72 + 5120, round(0.1 * (72 + 5120))
+    expected = 72 * (1 / (1 + math.exp(-1.5))) + 5120 * (1 / (1 + math.exp(2.0)))
+    penalty = method.regularizer(model)
+    assert penalty.item() == pytest.approx(0.5 * (expected - k) ** 2 / n, rel=1e-5)
+    penalty.backward()
+    for m, value in ((1.5, weight_transform(conv)), (-2.0, weight_transform(linear))):
+        s = 1 / (1 + math.exp(-m))
+        want = 2 * 0.5 * (expected / n - k / n) * s * (1 - s)
+        assert torch.allclose(value.logits.grad, torch.full_like(value.logits, want), rtol=1e-4)
+    for hp, sparsity in ((GumbelHparams(budget=True, budget_weight=0.0), 0.9),
+                         (GumbelHparams(), None)):
+        other = Gumbel(hp, make_ctx(sparsity))
+        assert other.regularizer(model) is None
+    unit = Gumbel(GumbelHparams(budget=True, budget_weight=1.0), make_ctx(0.9))
+    assert unit.regularizer(model).item() == pytest.approx((expected - k) ** 2 / n, rel=1e-5)
+
+
+def test_mask_state_lives_on_the_weights_device_and_dtype() -> None:
+    """The logits and the scale are in the weight's dtype (a float64 network learns float64
+    scales), the extracted mask is bool (1 byte a weight in memory and checkpoints), all on the
+    weight's device: checked on the `meta` device, where a tensor made elsewhere shows."""
+    weight = torch.empty(4, 3, dtype=torch.float64, device="meta")
+    mask = GumbelMask(weight, tau=1.0, logit_init=0.0)
+    state = {"logits": mask.logits, "scale": mask.scale, "final_mask": mask.final_mask,
+             "extracted": mask.extracted}
+    assert {n: (t.dtype, t.device.type, tuple(t.shape)) for n, t in state.items()} == {
+        "logits": (torch.float64, "meta", (4, 3)), "scale": (torch.float64, "meta", ()),
+        "final_mask": (torch.bool, "meta", (4, 3)), "extracted": (torch.bool, "meta", ())}
+
+
+def test_a_new_mask_is_deterministic_in_eval_and_sampled_in_training() -> None:
+    """Before any `val_mask` setting, eval mode uses m >= 0 (the tested mask) and training
+    mode samples; a method not yet prepared samples nothing in eval."""
+    torch.manual_seed(5)
+    weight = torch.randn(200)
+    mask = GumbelMask(weight, tau=1.0, logit_init=0.0)
+    with torch.no_grad():
+        mask.logits.copy_(torch.randn(200))
+        mask.scale.fill_(1.5)
+    mask.eval()
+    want = 1.5 * weight * (mask.logits >= 0)
+    assert all(torch.equal(mask(weight), want) for _ in range(3))
+    mask.train()
+    assert not torch.equal(mask(weight), mask(weight))
+    assert not Gumbel(GumbelHparams(val_mask="sampled"), make_ctx()).samples_masks_in_eval()
+
+
+def test_the_noise_free_sample_is_the_deterministic_mask(monkeypatch) -> None:
+    """The hard sample keeps a weight iff m + L >= 0: with the logistic noise L at exactly 0 it
+    is m >= 0, a tie kept as by the deterministic mask (mutant: `> 0`)."""
+    monkeypatch.setattr(gumbel, "logistic_noise", torch.zeros_like)
+    m = torch.tensor([-1.0, -1e-7, 0.0, 1e-7, 1.0])
+    assert straight_through_sample(m, 1.0).tolist() == [0.0, 0.0, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("keep_weights", [False, True])
+def test_redraws_weights_says_what_prepare_does(keep_weights: bool) -> None:
+    """The engine refuses init_from weights that prepare would re-draw (training/network.py):
+    `redraws_weights` is True exactly when prepare replaces the network's weights."""
+    model = bn_model()
+    before = [stored_weight(layer).clone() for _, layer in prunable_layers(model)]
+    method = Gumbel(GumbelHparams(keep_weights=keep_weights), make_ctx())
+    method.prepare(model)
+    after = [stored_weight(layer) for _, layer in prunable_layers(model)]
+    unchanged = all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    assert method.redraws_weights() is (not keep_weights) is (not unchanged)
+
+
+@pytest.mark.parametrize("budget", [False, True])
+def test_epoch_and_extraction_metrics_are_the_closed_form(budget: bool) -> None:
+    """history.csv and metrics.json report what the logits say: the kept fraction (m >= 0,
+    a logit of exactly 0 kept), the mean keep probability sigmoid(m), the mean scale and each
+    layer's scale, and which extraction ran."""
+    model = bn_model()
+    method = Gumbel(GumbelHparams(budget=budget), make_ctx(0.9 if budget else None))
+    method.prepare(model)
+    (_, conv), (_, linear) = prunable_layers(model)
+    with torch.no_grad():
+        weight_transform(conv).logits.fill_(0.0)  # 72 logits at exactly 0
+        weight_transform(linear).logits.fill_(-3.0)  # 5120 logits, 1000 of them at 2
+        weight_transform(linear).logits.view(-1)[:1000] = 2.0
+        weight_transform(conv).scale.fill_(0.5)
+        weight_transform(linear).scale.fill_(2.0)
+    n = 72 + 5120
+    sigmoid = [1 / (1 + math.exp(-m)) for m in (0.0, 2.0, -3.0)]
+    prob = (72 * sigmoid[0] + 1000 * sigmoid[1] + 4120 * sigmoid[2]) / n
+    metrics = method.epoch_metrics(model)
+    assert metrics["keep_fraction"] == pytest.approx((72 + 1000) / n, rel=1e-12)
+    assert metrics["keep_prob_mean"] == pytest.approx(prob, rel=1e-6)
+    assert metrics["rescale_mean"] == pytest.approx(1.25, rel=1e-12)
+    model.eval()
+    extra = method.extract(model)
+    assert extra["extraction"] == ("global top-K by logit" if budget else "m >= 0")
+    assert extra["threshold_density"] == pytest.approx((72 + 1000) / n, rel=1e-12)
+    assert extra["keep_prob_mean"] == pytest.approx(prob, rel=1e-6)
+    assert extra["rescale"] == "0.5;2"
