@@ -131,12 +131,12 @@ class PopupMask(nn.Module):
         return weight * self.mask()
 
 
-@torch.no_grad()
 def signed_kaiming_constant(weight: torch.Tensor, density: float = 1.0) -> None:
     """Replace `weight` by sign(weight) * sqrt(2 / (fan_in * density)) in place (+ for zeros)."""
     fan_in = weight[0].numel()
     std = math.sqrt(2.0 / (fan_in * density))
-    weight.copy_(torch.where(weight >= 0, std, -std))
+    with torch.no_grad():  # a block, not a decorator: mutmut mutates no decorated function
+        weight.copy_(torch.where(weight >= 0, std, -std))
 
 
 @register_method("edgepopup")

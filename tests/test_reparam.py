@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from prunebench.errors import PrunebenchError
 from prunebench.methods.reparam import (
     C1,
     C2,
@@ -236,3 +237,142 @@ def test_digits_conv4_beats_random_at_90(digits_dir: Path, tmp_path: Path) -> No
     assert reparam["test_top1"] > random["test_top1"] + 10.0, (reparam["test_top1"],
                                                                random["test_top1"])
     assert math.isfinite(reparam["method_soft_density"])
+
+
+@pytest.mark.parametrize(("hp", "want"), [
+    (ReparamHparams(), ("adam", 0.05, 0.0)),  # the suite's default: log t under Adam, lr 0.05
+    (ReparamHparams(t_param="t", t_optimizer="sgd", t_lr=None, t_momentum=0.8),
+     ("sgd", 0.01, 0.0)),  # the paper's: t under the weights' SGD (lr of the run: 0.01)
+])
+def test_t_has_its_own_group_without_weight_decay(hp: ReparamHparams, want: tuple) -> None:
+    """Every t in one group named "t" (t_optimizer, t_lr or else the run's lr, t_momentum, no
+    weight decay); the network's own tensors in the run's groups (weights decay, the bias
+    does not), each tensor in exactly one group."""
+    model = small_model()
+    method = Reparam(hp, make_ctx(0.8))
+    method.prepare(model)
+    groups = method.param_groups(model, Phase("train", 1))
+    assert [g.name for g in groups] == ["weights", "biases_norms", "t"]
+    weights, biases, t = groups
+    assert (t.optimizer, t.lr, t.weight_decay) == want and t.momentum == hp.t_momentum
+    assert [id(p) for p in t.params] == [id(weight_transform(m).t_raw)
+                                         for _, m in prunable_layers(model)]
+    assert [id(p) for p in weights.params] == [id(stored_weight(m))
+                                               for _, m in prunable_layers(model)]
+    assert [id(p) for p in biases.params] == [id(model[0].bias)]
+    assert (weights.lr, weights.weight_decay, biases.weight_decay) == (0.01, 5e-4, 0.0)
+    assert all(g.schedule is None and g.stage == 0 for g in groups)
+
+
+def test_parametrization_state_lives_on_the_weights_device_and_dtype() -> None:
+    """t in the weight's dtype, the top-K mask bool, both on the weight's device (the `meta`
+    device shows a tensor made elsewhere)."""
+    weight = torch.empty(6, 5, dtype=torch.float64, device="meta")
+    reparam = BudgetReparam(weight, 100.0, "log_t", 4)
+    assert (reparam.t_raw.dtype, reparam.t_raw.device.type, reparam.t_raw.shape) == (
+        torch.float64, "meta", torch.Size([]))
+    assert (reparam.mask.dtype, reparam.mask.device.type, reparam.mask.shape) == (
+        torch.bool, "meta", torch.Size([6, 5]))
+
+
+def test_an_odd_exponent_is_refused_saying_why() -> None:
+    with pytest.raises(PrunebenchError, match=r"^method reparam option n=3 must be even \(h_t "
+                       r"must be symmetric in the weight\)$"):
+        Reparam(ReparamHparams(n=3), make_ctx(0.9))
+    Reparam(ReparamHparams(n=6), make_ctx(0.9))  # any even exponent is allowed
+
+
+def _known_state() -> tuple[nn.Module, Reparam, list[torch.Tensor], list[float]]:
+    """small_model under reparam at sparsity 0.3, weights ~ N(0, 0.02), t = 50 and 200."""
+    model = small_model()
+    method = Reparam(ReparamHparams(), make_ctx(0.3))
+    method.prepare(model)
+    torch.manual_seed(7)
+    ts = [50.0, 200.0]
+    with torch.no_grad():
+        for (_, layer), t in zip(prunable_layers(model), ts, strict=True):
+            stored_weight(layer).copy_(torch.randn_like(stored_weight(layer)) * 0.02)
+            weight_transform(layer).t_raw.fill_(math.log(t))
+    weights = [stored_weight(layer).detach().double().clone()
+               for _, layer in prunable_layers(model)]
+    return model, method, weights, ts
+
+
+def test_budget_loss_is_lambda_times_the_squared_relative_gap() -> None:
+    """lambda ((C - K) / C_init)^2, C = sum h_t(w) by the literal formula, K = round(0.7 N),
+    C_init the cost at prepare (t = 100, the initial weights)."""
+    model = small_model()
+    with torch.no_grad():
+        initial = [m.weight.double().clone() for _, m in prunable_layers(model)]
+    c_init = sum(float(naive_gate(w, 100.0, 4).sum()) for w in initial)
+    model, method, weights, ts = _known_state()
+    assert method.c_init == pytest.approx(c_init, rel=1e-5)
+    cost = sum(float(naive_gate(w, t, 4).sum()) for w, t in zip(weights, ts, strict=True))
+    k = round(0.7 * 1500)
+    want = 10.0 * ((cost - k) / c_init) ** 2
+    assert float(method.regularizer(model).detach()) == pytest.approx(want, rel=1e-4)
+    model.train()
+    model(torch.randn(2, 40))  # the forward's cached gate sums give the same loss
+    assert float(method.regularizer(model).detach()) == pytest.approx(want, rel=1e-4)
+
+
+def test_epoch_and_extraction_metrics_are_the_closed_form() -> None:
+    """history.csv's soft density, open-gate fraction and t range; metrics.json's soft cost,
+    h < 1/2 counts, the share of ||w_hat|| the hard step removes and each layer's t, all from
+    the literal formula and a brute-force top-K of |w_hat| (ties are measure-zero here)."""
+    model, method, weights, ts = _known_state()
+    n, k = 1500, round(0.7 * 1500)
+    h = torch.cat([naive_gate(w, t, 4).flatten() for w, t in zip(weights, ts, strict=True)])
+    w_hat = torch.cat([w.flatten() for w in weights]) * h
+    kept = torch.zeros(n, dtype=torch.bool)
+    kept[torch.argsort(w_hat.abs(), descending=True)[:k]] = True
+    below = h < 0.5
+    assert 0 < int((below & kept).sum()) < int(below.sum())  # the counts below are not trivial
+    metrics = method.epoch_metrics(model)
+    assert metrics["soft_density"] == pytest.approx(float(h.sum()) / n, rel=1e-5)
+    assert metrics["gate_open_fraction"] == pytest.approx(float((~below).float().mean()))
+    assert (metrics["t_min"], metrics["t_max"]) == pytest.approx((50.0, 200.0), rel=1e-6)
+    model.eval()
+    extra = method.extract(model)
+    assert extra["soft_cost"] == pytest.approx(float(h.sum()), rel=1e-5)
+    assert extra["soft_density"] == pytest.approx(float(h.sum()) / n, rel=1e-5)
+    assert extra["target_density"] == pytest.approx(k / n, rel=1e-12)
+    assert extra["c_init"] == method.c_init
+    assert extra["h_below_half_count"] == int(below.sum())
+    assert extra["h_below_half_fraction"] == pytest.approx(int(below.sum()) / n, rel=1e-12)
+    assert extra["kept_with_h_below_half"] == int((below & kept).sum())
+    removed = math.sqrt(float(w_hat[~kept].pow(2).sum() / w_hat.pow(2).sum()))
+    assert extra["hard_step_removed_norm_fraction"] == pytest.approx(removed, rel=1e-5)
+    assert extra["t"] == "50;200"
+    mask = torch.cat([weight_transform(m).mask.flatten() for _, m in prunable_layers(model)])
+    assert torch.equal(mask, kept)
+
+
+def test_a_gate_of_exactly_one_half_is_open() -> None:
+    """The documented boundaries: a gate counts as open at h >= 1/2 (history.csv) and as below
+    half at h < 1/2 (metrics.json); float32 x = 0.011303288 under t = 100 gives h = 1/2 exactly
+    (found by stepping x through the floats around gate_root(4) / 100)."""
+    x = 0.01130328793078661
+    assert float(gate(torch.tensor(x), torch.tensor(100.0), 4)) == 0.5
+    model = nn.Sequential(nn.Linear(4, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[x, -x, 0.5, 0.001]]))
+    method = Reparam(ReparamHparams(t_param="t", t_optimizer="sgd"), make_ctx(0.25))
+    method.prepare(model)
+    assert method.epoch_metrics(model)["gate_open_fraction"] == 0.75
+    model.eval()
+    extra = method.extract(model)  # K = 3: both half-open weights are kept, 0.001 is not
+    assert weight_transform(model[0]).mask.tolist() == [[True, True, True, False]]
+    assert (extra["h_below_half_count"], extra["kept_with_h_below_half"]) == (1, 0)
+
+
+def test_a_network_of_zeros_loses_no_norm_at_the_hard_step() -> None:
+    """||w_hat|| = 0: the removed share is 0, not a division by zero."""
+    model = small_model()
+    with torch.no_grad():
+        for _, layer in prunable_layers(model):
+            layer.weight.zero_()
+    method = Reparam(ReparamHparams(), make_ctx(0.5))
+    method.prepare(model)
+    model.eval()
+    assert method.extract(model)["hard_step_removed_norm_fraction"] == 0.0
