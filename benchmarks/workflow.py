@@ -22,7 +22,7 @@ from benchmarks.common import REPO, Context, median, synthetic_prepared
 
 DRY_RUN_TARGET_S = 10.0
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
-RUN_LINE = re.compile(r"python -m prunebench (run .*?)(?: > | 2>|$)")
+RUN_LINE = re.compile(r"python -m prunebench (run .*?)(?: >>? | 2>|$)")  # up to a redirection
 
 
 def subprocess_env() -> dict[str, str]:

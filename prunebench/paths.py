@@ -50,7 +50,13 @@ MANIFEST = "manifest.json"  # the figures drawn, with captions (in the figures f
 REPORT_TEX = "report.tex"
 REPORT_PDF = "report.pdf"
 
+# ---- test-only switch -----------------------------------------------------------------------
+GPU_PATHS_ON_CPU_ENV = "PRUNEBENCH_GPU_PATHS_ON_CPU"
+"""Test-only switch: the CPU stands in for CUDA (the GPU code paths run there, training/cuda.py;
+a workflow job that holds a fake GPU may train with device=cpu, the SLURM test's node)."""
+
 # ---- exit codes of `python -m prunebench` -----------------------------------------------------
+
 EXIT_OK = 0
 EXIT_ERROR = 1  # a PrunebenchError: the message says what to fix
 EXIT_DIVERGED = 3  # the loss became NaN/inf: failed.json is written, the run is a (failed) result

@@ -251,9 +251,11 @@ def run_device_arg(wildcards, resources):
 def run_doctor(wildcards, resources):
     """`cuda` for a job that holds a GPU: `prunebench doctor --device cuda` runs first, into the
     run's log, so a node whose GPU, driver or torch build cannot run it fails in seconds, saying
-    why (docs/gpus.md)."""
+    why (docs/gpus.md). Not for a `device: cpu` run (allowed with a GPU only under the test-only
+    switch paths.GPU_PATHS_ON_CPU_ENV, whose fake GPU the doctor would refuse)."""
+    device = dict(JOBS[wildcards.run].overrides).get("device", "auto")
     holds_gpu = grid.requests_gpu({"gpu": resources.gpu, "gres": getattr(resources, "gres", "")})
-    return "cuda" if holds_gpu else ""
+    return "cuda" if holds_gpu and device != "cpu" else ""
 
 
 def run_resources(wildcards):

@@ -3,6 +3,7 @@ assertion: performance claims live in benchmarks/, never in tests)."""
 from __future__ import annotations
 
 import csv
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -124,6 +125,18 @@ def test_job_list_resolves_like_the_cli() -> None:
          "0.9", "--seed", "1", "--run-dir", "x", "method.ft_epochs=7", "epochs=3"]])
     assert jobs[0].phases == [("dense", 3), ("finetune", 7)]
     assert jobs[0].batch_size == 128 and jobs[0].sparsity == 0.9
+
+
+@pytest.mark.parametrize("tail", [" >> log 2>&1 || [ $? -eq 3 ]", " > log 2>&1", " 2> log", ""])
+def test_run_arguments_stop_at_the_shell_redirection(tail: str) -> None:
+    """The train rule appends its log with `>>`: the job's arguments end before any redirect
+    (a `>>` taken as an override made the grid-cost section report "job list unavailable")."""
+    line = ("Shell command: trap '' TERM; python -m prunebench run --dataset digits --arch conv2"
+            " --method dense --seed 0 --run-dir 'r d' epochs=1" + tail)
+    match = workflow.RUN_LINE.search(line)
+    assert match and shlex.split(match.group(1))[1:] == [
+        "--dataset", "digits", "--arch", "conv2", "--method", "dense", "--seed", "0",
+        "--run-dir", "r d", "epochs=1"]
 
 
 def test_dry_run_of_a_missing_config_is_pending(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from test_workflow import REPO, SNAKEMAKE, _env, _snakemake, _tiny_config, _write_config
 
+from prunebench import paths
 from prunebench.errors import PrunebenchError
 from prunebench.training import gpus
 
@@ -191,12 +192,17 @@ def test_gpu_job_without_cuda_fails_before_touching_its_folder(tmp_path: Path) -
     assert not run_dir.exists()
 
 
-@pytest.mark.parametrize(("gpu", "device", "expected"), [
-    (1, None, "device=cuda"), (0, None, ""), (1, "cpu", None)])
+@pytest.mark.parametrize(("gpu", "device", "emulated", "expected"), [
+    (1, None, False, "device=cuda"), (0, None, False, ""), (1, "cpu", False, None),
+    (1, "cpu", True, "device=cpu")])
 def test_job_requesting_a_gpu_runs_with_device_cuda(
-        tmp_path: Path, gpu: int, device: str | None, expected: str | None) -> None:
-    """train_run's command: `cuda` for a job with gpu > 0 unless the config names a device; a
-    GPU requested for CPU runs is refused before any job (expected None)."""
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gpu: int, device: str | None,
+        emulated: bool, expected: str | None) -> None:
+    """train_run's command: `cuda` for a job with gpu > 0 unless the config names a device,
+    after `prunebench doctor --device cuda`; a GPU requested for CPU runs is refused before any
+    job (expected None), except under the test-only switch, where the CPU stands in for the GPU
+    (the SLURM test's fake one) and no doctor runs."""
+    monkeypatch.setenv(paths.GPU_PATHS_ON_CPU_ENV, "1" if emulated else "0")
     (tmp_path / "config").mkdir()
     config = _tiny_config(["dense"])
     config["train"].pop("device")
@@ -214,3 +220,4 @@ def test_job_requesting_a_gpu_runs_with_device_cuda(
     (command,) = [ln for ln in out.stdout.splitlines() if "prunebench run " in ln]
     devices = [arg for arg in command.split() if arg.startswith("device=")]
     assert devices == ([expected] if expected else []), command
+    assert ("doctor --device cuda" in command) == (expected == "device=cuda"), command

@@ -27,6 +27,9 @@ import pytest
 import yaml
 from test_workflow import REPO, SNAKEMAKE, _copy_workflow, _env, _tiny_config, _write_config
 
+from prunebench import paths
+from prunebench.plan import grid
+
 DAEMONS = ("munged", "slurmctld", "slurmd")
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
 NODE_CONF = Path("/run/slurm/conf")  # slurmd's config cache on a configless node
@@ -220,6 +223,8 @@ def _run(workdir: Path, env: dict[str, str], config: dict, timeout: int = 600
             "config/paper.yaml": _write_config(workdir, config)}
     argv = [swap.get(arg, arg) for arg in _documented_cluster_command()]
     assert sorted(set(argv) & set(swap.values())) == sorted(swap.values()), argv
+    if grid.requests_gpu(config.get("resources", {}).get("train", {})):
+        env = {**env, paths.GPU_PATHS_ON_CPU_ENV: "1"}  # the node's GPU is fake: CPU training
     return subprocess.Popen(
         [SNAKEMAKE, "aggregate_runs", *argv, "--verbose"],
         cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

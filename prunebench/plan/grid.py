@@ -201,11 +201,13 @@ def requests_gpu(resources: dict[str, Any]) -> bool:
 def _check_resources(config: dict[str, Any], run: Run, device: str,
                      layers: list[tuple[str, dict[str, Any]]]) -> None:
     """A job that holds a GPU must use it (no `device: cpu`), and a CPU-only job is never sent
-    to the partition that an entry named for the GPU it requested."""
+    to the partition that an entry named for the GPU it requested. Under the test-only switch
+    paths.GPU_PATHS_ON_CPU_ENV the CPU stands in for the GPU, and `device: cpu` is allowed."""
     keyed = _resources_with_keys(config, run)
     resources = {k: v for k, (v, _) in keyed.items()}
     folder = f"{run.dataset}/{run.arch}/{paths.method_folder(run.method, run.variant)}"
-    if device == "cpu" and requests_gpu(resources):
+    emulated = os.environ.get(paths.GPU_PATHS_ON_CPU_ENV, "").strip() not in ("", "0")
+    if device == "cpu" and requests_gpu(resources) and not emulated:
         gpu_key = keyed["gpu"][1] + ".gpu" if resources.get("gpu") else keyed["gres"][1] + ".gres"
         device_key = next((f"{where.removeprefix('config ')}.device" for where, values
                            in reversed(layers) if "device" in values), "train.device")

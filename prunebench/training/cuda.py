@@ -20,11 +20,12 @@ from typing import Any
 
 import torch
 
+from prunebench import paths
 from prunebench.data.archives import one_line
 from prunebench.plan.config import TrainConfig
 from prunebench.training import gpus
 
-FORCE_ENV = "PRUNEBENCH_GPU_PATHS_ON_CPU"
+FORCE_ENV = paths.GPU_PATHS_ON_CPU_ENV
 """Test-only: "1" (or a torch.compile backend name: inductor, aot_eager, eager) runs the CUDA
 paths on the CPU; the value names the backend `compile=true` uses there."""
 CUBLAS_ENV = "CUBLAS_WORKSPACE_CONFIG"
