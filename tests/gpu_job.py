@@ -17,7 +17,9 @@ done.mkdir(exist_ok=True)
 claim_device()
 device = os.environ["CUDA_VISIBLE_DEVICES"]
 mine = holding / str(os.getpid())
-mine.write_text(device)
+staged = Path(f"holding.{os.getpid()}")  # written whole, then renamed in: never read half-written
+staged.write_text(device)
+staged.replace(mine)
 held_when_claimed = len(list(holding.iterdir()))
 deadline = time.monotonic() + 240  # a barrier that never opens is a failure, not a hang
 while not full.exists():
