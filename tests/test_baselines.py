@@ -3,14 +3,18 @@ fixed-mask properties every budgeted method must have."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
+from prunebench import paths
 from prunebench.baselines.edgepopup import fast_topk_mask
 from prunebench.data.prepared import DeviceData, load_prepared
 from prunebench.errors import PrunebenchError
@@ -116,6 +120,118 @@ def test_magnitude_ft_prunes_between_phases_and_finetunes_with_own_lr(data):
     assert nonzero_flat(model).sum() == budget_count(nonzero_flat(model).size, 0.8)
     default = build("magnitude_ft", 0.8)[1]
     assert default.ft_lr() == pytest.approx(0.01) and default.ft_epochs() == 1
+
+
+def test_magnitude_phases_and_extraction_records():
+    """history.csv's phase names and metrics.json's method_* entries of the three magnitude
+    methods, written out (mutations of the phase name or of a key or value fail here)."""
+    model, method = build("magnitude", 0.8, epochs=3)
+    method.prepare(model)
+    assert [(p.name, p.epochs) for p in method.phases()] == [("train", 3)]
+    assert method.extract(model) == {"pruned_when": "after training"}
+    model, method = build("magnitude_ft", 0.8, ft_epochs=2, ft_lr=0.003)
+    method.prepare(model)
+    assert method.extract(model) == {"pruned_when": "after dense phase", "ft_lr": 0.003,
+                                     "ft_epochs": 2}
+    model, method = build("magnitude_init", 0.8)
+    method.prepare(model)
+    assert method.extract(model) == {"pruned_when": "at initialisation",
+                                     "rescale_factors": "1;1;1;1;1"}  # conv2's five layers
+
+
+def test_magnitude_ft_default_finetuning_is_a_quarter_of_the_epochs():
+    """round(epochs / 4), at least 1: hand-computed for epochs 1, 2, 6, 20, 200."""
+    got = [build("magnitude_ft", 0.8, epochs=e)[1].ft_epochs() for e in (1, 2, 6, 20, 200)]
+    assert got == [1, 1, 2, 5, 50]
+
+
+def test_magnitude_ft_after_a_shared_dense_run_finetunes_at_its_own_lr():
+    """With dense_from: no dense epoch, then the fine-tuning epochs counted after the dense
+    run's epochs, under the fine-tuning lr (the phase is recognised by its name)."""
+    method = build("magnitude_ft", 0.8, epochs=8, ft_lr=0.003, dense_from="unused")[1]
+    phases = method.phases()
+    assert [(p.name, p.epochs, p.epochs_before) for p in phases] == [("dense", 0, 0),
+                                                                      ("finetune", 2, 8)]
+    model = create_model("conv2", 10, 1, 8)
+    assert {g.lr for g in method.param_groups(model, phases[1])} == {0.003}
+
+
+def test_magnitude_pruning_keeps_the_surviving_weights_unscaled():
+    """MP and MP+FT zero the removed weights and leave the kept ones exactly as trained."""
+    for name in ("magnitude", "magnitude_ft"):
+        model, method = build(name, 0.9)
+        method.prepare(model)
+        before = [stored_weight(layer).detach().clone() for _, layer in prunable_layers(model)]
+        if name == "magnitude":
+            method.extract(model)
+        else:
+            method.on_phase_end(model, method.phases()[0])
+        for (_, layer), w in zip(prunable_layers(model), before, strict=True):
+            mask = weight_transform(layer).mask
+            assert torch.equal(stored_weight(layer).detach(), w * mask), name
+
+
+def _dense_run(folder: Path, tensors: dict[str, torch.Tensor], **metrics) -> Path:
+    """A finished-looking dense run folder: metrics.json and network.safetensors only (what
+    dense_from reads); the recipe of `make_ctx` is empty, so method, seed and epoch_selected
+    are all it is compared on."""
+    folder.mkdir()
+    (folder / paths.METRICS).write_text(json.dumps({"method": "dense", "seed": 0, **metrics}))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / paths.NETWORK))
+    return folder
+
+
+def test_dense_from_loads_the_dense_network_and_names_itself_when_refusing(tmp_path):
+    """magnitude loads a dense run whatever epoch it selected; magnitude_ft only one of its last
+    planned epoch (its own dense phase never selects another); each refusal starts with the
+    method and option, and a network that does not fit is named by its file."""
+    torch.manual_seed(5)
+    trained = create_model("conv2", 10, 1, 8).state_dict()
+    folder = _dense_run(tmp_path / "dense", trained, epoch_selected=0)
+    model, method = build("magnitude", 0.8, dense_from=str(folder))
+    method.prepare(model)
+    for name, layer in prunable_layers(model):
+        assert torch.equal(stored_weight(layer), trained[f"{name}.weight"]), name
+    assert method.dense["dense_run_dir"] == str(folder.resolve())
+    other_seed = _dense_run(tmp_path / "seed1", trained, seed=1)
+    model, method = build("magnitude", 0.8, dense_from=str(other_seed))
+    message = (f"method magnitude option dense_from={str(other_seed)!r}: that run differs from "
+               "this one's dense phase in seed=1 (this run: 0)")
+    with pytest.raises(PrunebenchError, match=f"^{re.escape(message)}$"):
+        method.prepare(model)
+    model, method = build("magnitude_ft", 0.8, dense_from=str(folder))
+    message = (f"method magnitude_ft option dense_from={str(folder)!r}: that run differs from "
+               "this one's dense phase in epoch_selected=0 (this run: 1)")
+    with pytest.raises(PrunebenchError, match=f"^{re.escape(message)}$"):
+        method.prepare(model)
+    bad = _dense_run(tmp_path / "bad", {**trained, "features.0.weight": torch.zeros(3)})
+    model, method = build("magnitude", 0.8, dense_from=str(bad))
+    message = (f"{bad / paths.NETWORK}: tensor 'features.0.weight' is torch.float32 [3], the "
+               "network's is torch.float32 [64, 1, 3, 3]")
+    with pytest.raises(PrunebenchError, match=f"^{re.escape(message)}$"):
+        method.prepare(model)
+
+
+def test_magnitude_init_rescale_keeps_each_layers_weight_norm():
+    """rescale=true: each layer's kept initial weights times ||w0|| / ||w0 * mask||, the mask
+    the global top-K of |w0|; the factors recorded in layer order, ';'-separated."""
+    model, method = build("magnitude_init", 0.9, rescale=True)
+    layers = prunable_layers(model)
+    w0 = [stored_weight(layer).detach().double().clone() for _, layer in layers]
+    flat = torch.cat([w.abs().flatten() for w in w0]).numpy()
+    kept = torch.from_numpy(brute_topk(flat, budget_count(flat.size, 0.9)))
+    method.prepare(model)
+    factors, start = [], 0
+    for (_, layer), w in zip(layers, w0, strict=True):
+        mask = kept[start:start + w.numel()].view_as(w)
+        start += w.numel()
+        factor = float(w.norm() / (w * mask).norm())
+        assert factor > 1.0  # every layer loses some weights, none is emptied
+        torch.testing.assert_close(stored_weight(layer).detach().double(), w * mask * factor,
+                                   rtol=1e-6, atol=0)
+        factors.append(factor)
+    recorded = method.extract(model)["rescale_factors"].split(";")
+    assert [float(f) for f in recorded] == pytest.approx(factors, rel=1e-3)
 
 
 @pytest.mark.parametrize("name", FIXED_MASK_METHODS)
