@@ -43,7 +43,8 @@ def _test_accuracy(saved: prunebench.SavedRun, digits_dir: Path, normalize: bool
 
 @pytest.mark.parametrize(("method", "sparsity", "options"), [
     ("reparam", 0.5, {"epochs": "2"}),
-    ("edgepopup", 0.5, {"epochs": "2", "method.frozen_bias": "true", "normalize": "false"}),
+    pytest.param("edgepopup", 0.5, {"epochs": "2", "method.frozen_bias": "true",
+                                    "normalize": "false"}, marks=pytest.mark.slow),
 ])
 def test_loaded_network_reproduces_the_recorded_accuracy(
         digits_dir: Path, tmp_path: Path, method: str, sparsity: float | None,

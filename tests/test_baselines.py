@@ -501,6 +501,7 @@ def test_supermask_extract_averages_ten_seeded_samples_and_folds_the_mode():
     assert all(weight_transform(layer).mask().eq(1).all() for _, layer in prunable_layers(model))
 
 
+@pytest.mark.slow
 # -- budgets, collapse, registry --------------------------------------------------------------
 def test_layer_collapse_is_recorded(digits_dir, tmp_path):
     # resnet18's last layer empties under global |w| at 99 %: Kaiming-uniform fc weights are
@@ -548,7 +549,9 @@ class _Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("name", list_methods())
+@pytest.mark.parametrize("name", [  # the two proposed methods in the fast tier; every one in slow
+    pytest.param(m, marks=[] if m in ("gumbel", "reparam") else [pytest.mark.slow])
+    for m in list_methods()])
 def test_resume_after_first_epoch_is_identical(name, data):
     """Every registered method: a checkpoint taken after epoch 1, restored into a freshly
     prepared model, continues to exactly the state of an uninterrupted run (magnitude_ft: its

@@ -126,6 +126,7 @@ def test_user_errors_are_one_line(args: list[str], message: str, digits_dir: Pat
     assert not list(tmp_path.rglob("metrics.json"))
 
 
+@pytest.mark.slow
 def test_entry_point_prints_one_line_error_and_exit_code(tmp_path: Path) -> None:
     """The real `python -m prunebench`: a user error is one line on stderr and exit code 1."""
     res = subprocess.run([PYTHON, "-m", "prunebench", "run", "--dataset", "cifar10", "--arch",
@@ -139,6 +140,7 @@ def test_entry_point_prints_one_line_error_and_exit_code(tmp_path: Path) -> None
     assert res.stdout == "" and not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_user_files_and_a_reader_stopping_early_change_nothing(tmp_path: Path) -> None:
     """From a folder holding a user's methods.py and baselines.py (first on `python -m`'s path),
     the method packages are still prunebench's own; `prunebench list | head`: no
@@ -151,6 +153,7 @@ def test_user_files_and_a_reader_stopping_early_change_nothing(tmp_path: Path) -
     assert res.stderr == "", res.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["prepare"], ["run", "--arch", "conv4", "--method", "dense"]])
 def test_same_bad_dataset_same_exit_code_everywhere(command: list[str], tmp_path: Path) -> None:
     """The entry point refuses a dataset it does not know with exit 2 on every subcommand,

@@ -648,6 +648,7 @@ def test_missing_local_archive_named_not_downloaded(tmp_path: Path) -> None:
     assert not missing.exists()
 
 
+@pytest.mark.slow
 def test_cli_prepare_cifar10_from_local_archive(tmp_path: Path) -> None:
     archive = tar_of(cifar10_tree(tmp_path / "tree"), tmp_path / "copy.tar.gz")
     proc = subprocess.run(

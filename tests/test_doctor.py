@@ -49,6 +49,7 @@ def test_a_fake_gpu_is_reported_with_its_memory_and_bf16(
     assert gpus.visible_devices() == ["0"]
 
 
+@pytest.mark.slow
 def test_cpu_probe_trains_one_step_of_each_arch(capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, _ = _run(capsys, "--device", "cpu", "--no-compile")
     assert rc == 0, out

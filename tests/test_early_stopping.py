@@ -14,6 +14,7 @@ from prunebench.plan.config import resolve
 from prunebench.training.run import execute
 
 
+@pytest.mark.slow
 def test_patience_stops_gumbel_before_its_epochs(digits_dir, tmp_path) -> None:
     cfg = resolve("digits", "conv2", "gumbel", None, 0, overrides={
         "data_dir": str(digits_dir), "device": "cpu", "epochs": "40", "patience": "2",

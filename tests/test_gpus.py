@@ -176,6 +176,7 @@ def test_cuda_run_never_falls_back_to_the_cpu(
         resolve_device("cuda:0")
 
 
+@pytest.mark.slow
 def test_gpu_job_without_cuda_fails_before_touching_its_folder(tmp_path: Path) -> None:
     import torch
 

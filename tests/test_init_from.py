@@ -39,6 +39,7 @@ def dense_run(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return run_dir
 
 
+@pytest.mark.slow
 def test_a_run_starts_from_a_dense_runs_network_and_records_it(digits_dir: Path, dense_run: Path,
                                                                tmp_path: Path) -> None:
     """dense with no epoch of its own from a dense run's network: the same network, the same

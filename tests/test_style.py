@@ -174,6 +174,7 @@ def _check_legends(figures: list) -> None:
                     assert not box.overlaps(ax.get_window_extent(renderer)), plan.name
 
 
+@pytest.mark.slow
 def test_quick_figures_one_colour_per_method_everywhere(quick_figures: list) -> None:
     kinds = {plan.kind for plan, _ in quick_figures}
     assert {"accuracy_vs_sparsity", "accuracy_vs_macs", "training_curves",

@@ -92,6 +92,7 @@ def _network(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "network.safetensors")
 
 
+@pytest.mark.slow
 def test_magnitude_from_a_shared_dense_run_equals_the_separate_run(tmp_path: Path,
                                                                    digits_dir: Path) -> None:
     _, dense = _run(tmp_path, digits_dir, "dense", None, "dense")
@@ -107,6 +108,7 @@ def test_magnitude_from_a_shared_dense_run_equals_the_separate_run(tmp_path: Pat
         assert shared["epochs_run"] == alone["epochs_run"] - 2
 
 
+@pytest.mark.slow
 def test_dense_from_refuses_another_recipe_or_an_unfinished_run(tmp_path: Path,
                                                                 digits_dir: Path) -> None:
     from prunebench.errors import PrunebenchError
@@ -290,6 +292,7 @@ def test_window_runs_get_the_slots_they_pack(tmp_path: Path, monkeypatch) -> Non
         os.close(claim.fd)
 
 
+@pytest.mark.slow
 def test_a_dead_packing_worker_ends_the_wait_at_once(tmp_path: Path) -> None:
     """Defect 6: a worker that died at start-up left the window waiting for its ready file for
     the whole remaining budget, its stderr in an unread pipe. Now the wait ends at once, saying
@@ -331,6 +334,7 @@ def test_a_run_killed_by_a_signal_the_window_did_not_send_is_failed(tmp_path: Pa
     assert job.reason.startswith("killed by signal 9 (SIGKILL) (the kernel's OOM killer?)")
 
 
+@pytest.mark.slow
 def test_the_budget_stops_runs_cleanly_and_lists_them_unfinished(tmp_path: Path,
                                                                  digits_dir: Path) -> None:
     """A run still going at the deadline gets SIGTERM, keeps a checkpoint and is listed as

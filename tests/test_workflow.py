@@ -179,6 +179,7 @@ def test_minimal_config_takes_schema_defaults(tmp_path: Path) -> None:
     assert _parse_workflow({"grids": [grid]}, tmp_path) is None
 
 
+@pytest.mark.slow
 def test_budget_option_makes_gumbel_run_per_sparsity(tmp_path: Path) -> None:
     """gumbel has no budget (one `snone` run per seed) unless options.budget is on."""
     workdir = _copy_workflow(tmp_path)
@@ -297,6 +298,7 @@ def _job_count(stdout: str) -> int:
     return int(totals[-1])
 
 
+@pytest.mark.slow
 def test_paper_dry_run_builds_the_grid(tmp_path: Path) -> None:
     """The whole paper grid as a DAG. How long it takes is measured by benchmarks/workflow.py
     (a wall-clock bound here, 120 s for a ~6 s job, said nothing on a loaded machine)."""
@@ -310,6 +312,7 @@ def test_paper_dry_run_builds_the_grid(tmp_path: Path) -> None:
     assert _job_count(out.stdout + out.stderr) == expected
 
 
+@pytest.mark.slow
 def test_paper_resources_follow_the_overrides(tmp_path: Path) -> None:
     """resources.train, then every matching train_overrides entry in order (later wins)."""
     workdir = _copy_workflow(tmp_path)
@@ -336,6 +339,7 @@ def test_paper_resources_follow_the_overrides(tmp_path: Path) -> None:
         assert f"--method {method}" in job and (f"--variant {variant}" in job) == bool(variant)
 
 
+@pytest.mark.slow
 def test_lint_is_clean() -> None:
     out = _snakemake("--lint")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -595,6 +599,7 @@ def test_two_variant_block_dry_run(tmp_path: Path) -> None:
     assert not any(a.startswith("method.") for a in args["gumbel"])
 
 
+@pytest.mark.slow
 def test_snakefile_parses_without_torch(tmp_path: Path) -> None:
     """`snakemake -n` of the papers' grid in a process where torch and timm cannot be imported
     (as with --use-conda, where only the rules' environment has them)."""
@@ -737,6 +742,7 @@ class Keep(PruningMethod):
 '''
 
 
+@pytest.mark.slow
 def test_a_new_method_file_is_all_it_takes(tmp_path: Path) -> None:
     """One file in baselines/ appears in `prunebench list` and in the workflow's grid, with its
     options checked and its budget option read, and no other edit."""
@@ -776,6 +782,7 @@ def test_published_rows_name_one_setting_each() -> None:
         keys.add(key)
 
 
+@pytest.mark.slow
 def test_a_local_dataset_archive_is_prepare_input(tmp_path: Path) -> None:
     """A local copy given as data_roots.cifar10 is prepare_dataset's input (a changed copy
     re-prepares the dataset) and its --root; a download folder is neither an input nor required."""

@@ -198,6 +198,7 @@ def invalid_configs(draw: st.DrawFn) -> tuple[str, dict[str, Any], list[str]]:
     return kind, config, ["grids"]
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=invalid_configs())
@@ -272,6 +273,7 @@ def valid_configs(draw: st.DrawFn) -> tuple[dict[str, Any], int]:
     return config, runs
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=valid_configs())
