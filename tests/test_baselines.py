@@ -16,6 +16,7 @@ from torch import nn
 
 from prunebench import paths
 from prunebench.baselines.edgepopup import fast_topk_mask
+from prunebench.baselines.snip import snip_scores
 from prunebench.data.prepared import DeviceData, load_prepared
 from prunebench.errors import PrunebenchError
 from prunebench.plan.config import TrainConfig, resolve
@@ -324,6 +325,54 @@ def test_snip_batchnorm_mode_is_used_recorded_and_leaves_no_trace(bn_mode, data)
     for key, value in stats.items():
         assert torch.equal(model.state_dict()[key], value), key
     assert method.extract(model)["score_bn_mode"] == bn_mode
+
+
+def test_snip_records_and_the_smallest_samples(data):
+    """metrics.json's method_* entries on a network without BatchNorm; a sample of one image
+    is scored (its own |dL/dw * w|), an empty one refused with the reason."""
+    model, method = build("snip", 0.5, data)
+    method.prepare(model)
+    assert method.extract(model) == {"score_bn_mode": "none (no BatchNorm)",
+                                     "score_images": 100, "rescale_factors": "1;1;1;1;1"}
+    model = build("snip", 0.5)[0]
+    x, y = next(iter(method.ctx.sample_batches(1, 10)))
+    one = [(x[:1], y[:1])]
+    scores, count = snip_scores(model, one, "train")
+    assert count == 1
+    for got, want in zip(scores, independent_snip(model, one, train_mode=True), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6 * float(want.max()))
+    message = "snip: the scoring sample is empty (no training images)"
+    with pytest.raises(PrunebenchError, match=f"^{re.escape(message)}$"):
+        snip_scores(model, [], "train")
+
+
+def test_snip_random_sample_without_the_engines_scoring_batches_is_refused():
+    model, method = build("snip", 0.5, sample="random")
+    message = ("snip: sample=random or sample_augment=true needs the engine's scoring_batches, "
+               "which this context does not lend")
+    with pytest.raises(PrunebenchError, match=f"^{re.escape(message)}$"):
+        method.prepare(model)
+
+
+def test_snip_rescale_keeps_each_layers_weight_norm(data):
+    """rescale=true: the kept initial weights times ||w0|| / ||w0 * mask|| per layer, the mask
+    the global top-K of the SNIP scores; the factors recorded in layer order."""
+    model, method = build("snip", 0.9, data, rescale=True)
+    w0 = [stored_weight(layer).detach().double().clone() for _, layer in prunable_layers(model)]
+    method.prepare(model)
+    flat = torch.cat([sc.flatten() for sc in method.scores]).numpy()
+    kept = torch.from_numpy(brute_topk(flat, budget_count(flat.size, 0.9)))
+    factors, start = [], 0
+    for (_, layer), w in zip(prunable_layers(model), w0, strict=True):
+        mask = kept[start:start + w.numel()].view_as(w)
+        start += w.numel()
+        factor = float(w.norm() / (w * mask).norm())
+        assert factor > 1.0
+        torch.testing.assert_close(stored_weight(layer).detach().double(), w * mask * factor,
+                                   rtol=1e-6, atol=0)
+        factors.append(factor)
+    recorded = method.extract(model)["rescale_factors"].split(";")
+    assert [float(f) for f in recorded] == pytest.approx(factors, rel=1e-3)
 
 
 def test_snip_rejects_unknown_bn_mode():
