@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from prunebench import paths
-from prunebench.baselines.edgepopup import fast_topk_mask
+from prunebench.baselines.edgepopup import fast_topk_mask, signed_kaiming_constant
 from prunebench.baselines.snip import snip_scores
 from prunebench.data.prepared import DeviceData, load_prepared
 from prunebench.errors import PrunebenchError
@@ -412,6 +412,84 @@ def test_edgepopup_fast_topk_equals_the_engines_stable_topk():
                  else torch.randn(n, generator=gen))
             for k in {0, 1, n // 3, n // 2, n - 1, n}:
                 assert torch.equal(fast_topk_mask(x, k), topk_mask(x, k)), (n, ties, k)
+
+
+def test_edgepopup_fast_topk_is_a_bool_mask_at_every_k():
+    x = torch.randn(10, dtype=torch.float64)
+    for k in (-1, 0, 3, 10, 11):
+        mask = fast_topk_mask(x, k)
+        assert mask.dtype == torch.bool and int(mask.sum()) == min(max(k, 0), 10), k
+
+
+@pytest.mark.parametrize("signed_constant", [True, False])
+@pytest.mark.parametrize("keep_weights", [True, False])
+def test_edgepopup_says_it_redraws_the_weights_exactly_when_prepare_does(signed_constant,
+                                                                         keep_weights):
+    """What the engine asks before it refuses init_from weights the method would discard."""
+    model, method = build("edgepopup", 0.5, signed_constant=signed_constant,
+                          keep_weights=keep_weights)
+    before = [layer.weight.detach().clone() for _, layer in prunable_layers(model)]
+    method.prepare(model)
+    changed = any(not torch.equal(stored_weight(layer), w)
+                  for (_, layer), w in zip(prunable_layers(model), before, strict=True))
+    assert method.redraws_weights() is changed is (signed_constant and not keep_weights)
+
+
+def test_edgepopup_scores_group_and_extraction_records():
+    """One SGD group named "scores" holding every layer's scores (the reference conv configs'
+    lr 0.1, momentum 0.9, weight decay 1e-4); metrics.json's method_init names the weights'
+    init and method_weights_nonzero says whether any frozen weight is exactly 0."""
+    model, method = build("edgepopup", 0.5)
+    method.prepare(model)
+    (group,) = method.param_groups(model, Phase("train", 1))
+    assert (group.name, group.optimizer, group.lr, group.momentum, group.weight_decay) == (
+        "scores", "sgd", 0.1, 0.9, 1e-4)
+    assert [id(p) for p in group.params] == [id(weight_transform(layer).scores)
+                                             for _, layer in prunable_layers(model)]
+    assert method.extract(model) == {"init": "signed_constant", "weights_nonzero": True}
+    model, method = build("edgepopup", 0.5, scale_fan=True)
+    method.prepare(model)
+    assert method.extract(model) == {"init": "signed_constant_scaled", "weights_nonzero": True}
+    model, method = build("edgepopup", 0.5, signed_constant=False)
+    method.prepare(model)
+    first = stored_weight(prunable_layers(model)[0][1])
+    with torch.no_grad():
+        first.view(-1)[0] = 1.0
+    assert method.extract(model) == {"init": "kaiming_normal", "weights_nonzero": True}
+    with torch.no_grad():
+        first.view(-1)[0] = 0.0
+    assert method.extract(model)["weights_nonzero"] is False
+
+
+def test_edgepopup_signed_constant_keeps_each_sign_and_gives_zeros_plus():
+    """sign(w) * sqrt(2 / fan_in), + for 0 (fan_in from a single output row here, density 1 by
+    default)."""
+    w = torch.tensor([[0.5, -0.2, 0.0, 1.5, -3.0]])
+    signed_kaiming_constant(w)
+    std = math.sqrt(2 / 5)
+    assert torch.equal(w, torch.tensor([[std, -std, std, std, -std]]))
+
+
+def test_edgepopup_scores_start_kaiming_uniform_with_a_sqrt5():
+    """Kaiming uniform, a = sqrt(5): bound sqrt(2 / (1 + 5)) * sqrt(3 / fan_in) = 1 / sqrt(fan_in),
+    reached to 0.1 % by the 262,144 scores of conv2's 256 x 1024 layer."""
+    model, method = build("edgepopup", 0.5)
+    method.prepare(model)
+    top = float(weight_transform(prunable_layers(model)[2][1]).scores.detach().abs().max())
+    assert 0.999 / 32 < top <= 1 / 32
+
+
+@pytest.mark.parametrize("keep_weights", [False, True])
+def test_edgepopup_resets_norm_affine_unless_it_keeps_the_weights(keep_weights):
+    torch.manual_seed(0)
+    model = TinyBN()
+    with torch.no_grad():
+        model.bn.weight.fill_(2.0)
+        model.bn.bias.fill_(0.5)
+    cls = get_method("edgepopup")
+    cls(cls.hparams_cls(keep_weights=keep_weights), make_ctx(0.5)).prepare(model)
+    want = (2.0, 0.5) if keep_weights else (1.0, 0.0)
+    assert model.bn.weight.eq(want[0]).all() and model.bn.bias.eq(want[1]).all()
 
 
 def test_edgepopup_scaled_init_uses_density():
