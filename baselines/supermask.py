@@ -179,40 +179,40 @@ class Supermask(PruningMethod):
         return [OptimGroup(logits, "logits", "sgd", self.hp.lr, self.hp.momentum,
                            self.hp.weight_decay, schedule)]
 
-    @torch.no_grad()
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
-        masks = _masks(model)
-        total = sum(m.logits.numel() for m in masks)
-        expected = sum(float(torch.sigmoid(m.logits).sum()) for m in masks)
-        mode = sum(int((m.logits >= 0).sum()) for m in masks)
-        return {"expected_density": expected / total, "mode_density": mode / total}
+        with torch.no_grad():  # a block, not a decorator: mutmut mutates no decorated function
+            masks = _masks(model)
+            total = sum(m.logits.numel() for m in masks)
+            expected = sum(float(torch.sigmoid(m.logits).sum()) for m in masks)
+            mode = sum(int((m.logits >= 0).sum()) for m in masks)
+            return {"expected_density": expected / total, "mode_density": mode / total}
 
-    @torch.no_grad()
     def extract(self, model: nn.Module) -> dict[str, Any]:
-        self._set_sampling(model, False)
-        masks = _masks(model)
-        total = sum(m.logits.numel() for m in masks)
-        out: dict[str, Any] = {
-            "folded_mask": "most likely: keep iff logit >= 0",
-            "expected_sparsity": 1 - sum(float(torch.sigmoid(m.logits).sum())
-                                         for m in masks) / total,
-        }
-        if self.ctx.evaluate is None:
-            return out
-        gen = torch.Generator(device=self.ctx.device).manual_seed(self.ctx.seed)
-        accs, sparsities = [], []
-        for _ in range(self.hp.eval_samples):
+        with torch.no_grad():
+            self._set_sampling(model, False)
+            masks = _masks(model)
+            total = sum(m.logits.numel() for m in masks)
+            out: dict[str, Any] = {
+                "folded_mask": "most likely: keep iff logit >= 0",
+                "expected_sparsity": 1 - sum(float(torch.sigmoid(m.logits).sum())
+                                             for m in masks) / total,
+            }
+            if self.ctx.evaluate is None:
+                return out
+            gen = torch.Generator(device=self.ctx.device).manual_seed(self.ctx.seed)
+            accs, sparsities = [], []
+            for _ in range(self.hp.eval_samples):
+                for m in masks:
+                    m.fixed = m.sample(gen)
+                sparsities.append(1 - sum(float(m.fixed.sum()) for m in masks) / total)
+                accs.append(self.ctx.evaluate(model, "test")["top1"])
             for m in masks:
-                m.fixed = m.sample(gen)
-            sparsities.append(1 - sum(float(m.fixed.sum()) for m in masks) / total)
-            accs.append(self.ctx.evaluate(model, "test")["top1"])
-        for m in masks:
-            m.fixed = None
-        mean = sum(accs) / len(accs)
-        std = math.sqrt(sum((a - mean) ** 2 for a in accs) / max(len(accs) - 1, 1))
-        # test_top1: the published figure (Zhou 2019; ASLP), the run's headline accuracy
-        out.update(test_top1=mean, sampled_test_top1_std=std,
-                   sampled_test_top1=";".join(f"{a:.2f}" for a in accs),
-                   sampled_sparsity_mean=sum(sparsities) / len(sparsities),
-                   eval_samples=len(accs))
-        return out
+                m.fixed = None
+            mean = sum(accs) / len(accs)
+            std = math.sqrt(sum((a - mean) ** 2 for a in accs) / max(len(accs) - 1, 1))
+            # test_top1: the published figure (Zhou 2019; ASLP), the run's headline accuracy
+            out.update(test_top1=mean, sampled_test_top1_std=std,
+                       sampled_test_top1=";".join(f"{a:.2f}" for a in accs),
+                       sampled_sparsity_mean=sum(sparsities) / len(sparsities),
+                       eval_samples=len(accs))
+            return out

@@ -267,6 +267,55 @@ def test_masked_weights_stay_exactly_zero(name, data):
     assert trained > 0.5 * k  # the kept weights did train
 
 
+# -- random -----------------------------------------------------------------------------------
+def _random_masks(seed: int, global_seed: int, **options) -> list[torch.Tensor]:
+    model, method = build("random", 0.9, seed=seed, **options)
+    torch.manual_seed(global_seed)  # the global generator must not matter
+    method.prepare(model)
+    return [weight_transform(layer).mask.clone() for _, layer in prunable_layers(model)]
+
+
+def test_random_mask_is_drawn_from_the_run_seed_alone():
+    a, b, c = _random_masks(0, 1), _random_masks(0, 2), _random_masks(1, 1)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(torch.equal(x, z) for x, z in zip(a, c, strict=True))
+
+
+def test_random_scores_are_moved_to_the_runs_device(monkeypatch):
+    """Drawn on the CPU generator, then moved to the run's device (the `meta` device shows it),
+    where the global top-K is taken."""
+    import prunebench.baselines.random as random_module
+
+    seen = []
+    monkeypatch.setattr(random_module, "apply_global_topk",
+                        lambda _m, scores, _k, _r: seen.extend(scores) or [1.0] * len(scores))
+    model, method = build("random", 0.9)
+    method.ctx.device = torch.device("meta")
+    method.prepare(model)
+    assert len(seen) == 5 and all(sc.device.type == "meta" for sc in seen)
+
+
+def test_random_records_and_rescale():
+    """Factors all 1 by default; with rescale=true each layer's kept initial weights times
+    ||w0|| / ||w0 * mask||, the factors recorded in layer order, ';'-separated."""
+    model, method = build("random", 0.9)
+    method.prepare(model)
+    assert method.extract(model) == {"rescale_factors": "1;1;1;1;1"}
+    model, method = build("random", 0.9, rescale=True)
+    w0 = [stored_weight(layer).detach().double().clone() for _, layer in prunable_layers(model)]
+    method.prepare(model)
+    factors = []
+    for (_, layer), w in zip(prunable_layers(model), w0, strict=True):
+        mask = weight_transform(layer).mask
+        factor = float(w.norm() / (w * mask).norm())
+        assert factor > 1.0
+        torch.testing.assert_close(stored_weight(layer).detach().double(), w * mask * factor,
+                                   rtol=1e-6, atol=0)
+        factors.append(factor)
+    recorded = method.extract(model)["rescale_factors"].split(";")
+    assert [float(f) for f in recorded] == pytest.approx(factors, rel=1e-3)
+
+
 # -- SNIP -------------------------------------------------------------------------------------
 def independent_snip(model, batches, train_mode: bool) -> list[torch.Tensor]:
     """|dL/dw * w| for the mean loss over all images, computed in one plain forward."""
