@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import re
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -677,8 +678,89 @@ def test_supermask_extract_averages_ten_seeded_samples_and_folds_the_mode():
     assert all(weight_transform(layer).mask().eq(1).all() for _, layer in prunable_layers(model))
 
 
-@pytest.mark.slow
+def test_supermask_epoch_and_extraction_metrics_are_the_closed_form():
+    """Logits -1, 0, 0.5, 2 repeated in every layer: expected density the mean sigmoid, mode
+    density 3/4 (a logit of exactly 0 is kept); without evaluate, extract records only that
+    and the folded mask's rule."""
+    model, method = build("supermask", None)
+    method.prepare(model)
+    with torch.no_grad():
+        for m in [weight_transform(layer) for _, layer in prunable_layers(model)]:
+            m.logits.copy_(torch.tensor([-1.0, 0.0, 0.5, 2.0]).repeat(m.logits.numel() // 4)
+                           .view_as(m.logits))
+    density = sum(1 / (1 + math.exp(-v)) for v in (-1.0, 0.0, 0.5, 2.0)) / 4
+    metrics = method.epoch_metrics(model)
+    assert metrics == {"expected_density": pytest.approx(density, rel=1e-6),
+                       "mode_density": 0.75}
+    assert method.extract(model.eval()) == {"folded_mask": "most likely: keep iff logit >= 0",
+                                            "expected_sparsity": pytest.approx(1 - density,
+                                                                               rel=1e-6)}
+
+
+@pytest.mark.parametrize("samples", [10, 2, 1])
+def test_supermask_sampled_evaluation_records_mean_std_and_each_sample(samples):
+    """test_top1 the mean, sampled_test_top1_std the sample standard deviation (n - 1; 0 for
+    one sample), each accuracy to 2 decimals; the masks from the run seed alone."""
+    accs = [50.0, 52.5, 47.25, 61.0, 49.5, 55.0, 58.75, 44.0, 51.0, 53.5][:samples]
+    runs = []
+    for global_seed in (1, 2):
+        model, method = build("supermask", None, eval_samples=samples)
+        method.prepare(model)
+        with torch.no_grad():
+            for _, layer in prunable_layers(model):
+                weight_transform(layer).logits.normal_(generator=torch.Generator()
+                                                       .manual_seed(9))
+        values, seen = iter(accs), []
+
+        def evaluate(m, split, values=values, seen=seen):
+            seen.append([weight_transform(layer).mask().clone() for _, layer in
+                         prunable_layers(m)])
+            return {"top1": next(values), "top5": 100.0, "loss": 0.0}
+
+        method.ctx.evaluate = evaluate
+        torch.manual_seed(global_seed)  # the global generator must not matter
+        runs.append((method.extract(model.eval()), seen))
+    (out, seen), (_, seen_again) = runs
+    assert all(torch.equal(a, b) for x, y in zip(seen, seen_again, strict=True)
+               for a, b in zip(x, y, strict=True))
+    assert out["test_top1"] == pytest.approx(statistics.fmean(accs))
+    assert out["sampled_test_top1_std"] == pytest.approx(
+        statistics.stdev(accs) if samples > 1 else 0.0)
+    assert [float(a) for a in out["sampled_test_top1"].split(";")] == accs
+    assert out["eval_samples"] == samples
+
+
+def test_supermask_dynamic_rescale_of_a_layer_keeping_one_weight():
+    """numel / kept with kept = 1: the single kept weight scaled by numel (eval, mode mask)."""
+    model, method = build("supermask", None, dynamic_rescale=True)
+    method.prepare(model)
+    layer = prunable_layers(model)[4][1]  # the 10 x 256 Linear
+    bm = weight_transform(layer)
+    with torch.no_grad():
+        bm.logits.fill_(-1.0)
+        bm.logits[3, 7] = 0.0
+    model.eval()
+    w = stored_weight(layer).detach()
+    want = torch.zeros_like(w)
+    want[3, 7] = w[3, 7] * 2560
+    torch.testing.assert_close(layer.weight.detach(), want)
+
+
+def test_supermask_default_weights_are_kaiming_normal_and_the_run_schedule_is_none():
+    """Default init Kaiming normal (std sqrt(2 / fan_in), here to 2 % over 262,144 weights),
+    not the signed constant; lr_schedule=run leaves the group on the run's schedule."""
+    model, method = build("supermask", None)
+    method.prepare(model)
+    w = stored_weight(prunable_layers(model)[2][1]).detach()  # 256 x 1024
+    assert w.unique().numel() > 1000
+    assert float(w.std()) == pytest.approx(math.sqrt(2 / 1024), rel=0.02)
+    model, method = build("supermask", None, lr_schedule="run")
+    method.prepare(model)
+    assert method.param_groups(model, Phase("train", 1))[0].schedule is None
+
+
 # -- budgets, collapse, registry --------------------------------------------------------------
+@pytest.mark.slow
 def test_layer_collapse_is_recorded(digits_dir, tmp_path):
     # resnet18's last layer empties under global |w| at 99 %: Kaiming-uniform fc weights are
     # small beside the convs' (as in SynFlow's magnitude-at-init collapse). Needs no training.
