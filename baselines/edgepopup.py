@@ -174,7 +174,9 @@ class EdgePopup(PruningMethod):
 
     def extract(self, model: nn.Module) -> dict[str, Any]:
         layers = prunable_layers(model)
-        return {"init": ("signed_constant" + ("_scaled" if self.hp.scale_fan else "")
-                         if self.hp.signed_constant else "kaiming_normal"),
+        init = ("network" if self.hp.keep_weights  # no signed constant over kept weights
+                else "signed_constant" + ("_scaled" if self.hp.scale_fan else "")
+                if self.hp.signed_constant else "kaiming_normal")
+        return {"init": init,
                 "weights_nonzero": all(bool(stored_weight(layer).ne(0).all())
                                        for _, layer in layers)}

@@ -509,6 +509,9 @@ def test_edgepopup_scores_group_and_extraction_records():
     with torch.no_grad():
         first.view(-1)[0] = 0.0
     assert method.extract(model)["weights_nonzero"] is False
+    model, method = build("edgepopup", 0.5, keep_weights=True)  # signed_constant stays True
+    method.prepare(model)
+    assert method.extract(model)["init"] == "network"  # was "signed_constant": none was applied
 
 
 def test_edgepopup_signed_constant_keeps_each_sign_and_gives_zeros_plus():
