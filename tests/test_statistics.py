@@ -143,3 +143,143 @@ def test_a_setting_without_a_pruned_baseline_says_so() -> None:
     row = paired_differences(runs, settings, ["reparam"]).iloc[0]
     assert row["verdict"] == NO_BASELINE and row["n"] == 0 and row["baseline_method"] == ""
     assert math.isnan(row["ci_low_pct"])
+
+
+# Tests written for the survivors of the mutation round (docs/development.md, Mutation testing):
+# scipy.stats' one-sample t test is the oracle of the interval.
+
+
+def _scipy_interval(d: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    from scipy import stats
+
+    ci = stats.ttest_1samp(d, 0.0).confidence_interval(confidence_level=level)
+    return statistics.mean(d), float(ci.low), float(ci.high)
+
+
+def test_t_interval_of_float32_differences_is_computed_in_double_precision() -> None:
+    import numpy as np
+
+    d = [np.float32(v) for v in (0.1, 0.7, 2.3, -1.1)]
+    expected = _scipy_interval([float(v) for v in d])
+    assert t_interval(d) == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+def test_budgets_equal_to_six_decimals_are_one_budget_and_nearby_budgets_are_not() -> None:
+    done = pd.DataFrame([
+        _setting("reparam", 0.9, 80.0),
+        _setting("snip", 0.8, 99.0),  # rounds to the same integer, another budget
+        _setting("magnitude", 0.9000004, 70.0),  # 0.9 to 6 decimals: the same budget
+    ])
+    best = best_baseline(done.iloc[0], done, {"reparam"})
+    assert (best["method"], best["sparsity_target"]) == ("magnitude", 0.9000004)
+
+
+def test_a_dense_setting_is_never_a_baseline_even_without_a_budget() -> None:
+    done = pd.DataFrame([
+        _setting("gumbel", None, 60.0, achieved=0.5),
+        _setting("dense", None, 98.0, achieved=0.0),
+        _setting("supermask", None, 55.0, achieved=0.45),
+    ])
+    assert best_baseline(done.iloc[0], done, {"gumbel"})["method"] == "supermask"
+    assert best_baseline(done.iloc[0], done.iloc[:2], {"gumbel"}) is None
+
+
+def test_equal_baselines_of_one_method_break_ties_by_variant_name() -> None:
+    done = pd.DataFrame([
+        _setting("reparam", 0.9, 80.0),
+        _setting("snip", 0.9, 75.0, variant="b"),
+        _setting("snip", 0.9, 75.0, variant="a"),
+        _setting("snip", 0.9, 75.0, variant="c"),
+    ])
+    assert best_baseline(done.iloc[0], done, {"reparam"})["variant"] == "a"
+
+
+COLUMNS = ["dataset", "arch", "sparsity_target", "method", "variant", "baseline_method",
+           "baseline_variant", "baseline_sparsity_target", "n", "seeds", "mean_difference_pct",
+           "ci_low_pct", "ci_high_pct", "level", "verdict"]
+
+
+def _same(actual: dict[str, object], expected: dict[str, object]) -> None:
+    assert list(actual) == list(expected)
+    for key, value in expected.items():
+        if isinstance(value, float) and math.isnan(value):
+            assert isinstance(actual[key], float) and math.isnan(actual[key]), key
+        else:
+            assert actual[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_every_column_of_a_row_with_and_without_a_baseline() -> None:
+    settings = pd.DataFrame([
+        _setting("reparam", 0.9, 80.55, variant="sc", n=2),
+        _setting("snip", 0.9, 79.5, variant="sc", n=2),
+        _setting("reparam", 0.5, 70.0, n=2, arch="conv2"),  # no baseline on conv2
+    ])
+    runs = pd.DataFrame(_runs("reparam", 0.9, {0: 80.0, 1: 81.1}, variant="sc")
+                        + _runs("snip", 0.9, {0: 79.0, 1: 80.0}, variant="sc"))
+    pairs = paired_differences(runs, settings, ["reparam"])
+    assert list(pairs.columns) == COLUMNS and list(pairs.index) == [0, 1]
+    nan = float("nan")
+    _same(pairs.iloc[0].to_dict(), {
+        "dataset": "cifar10", "arch": "conv2", "sparsity_target": 0.5, "method": "reparam",
+        "variant": "", "baseline_method": "", "baseline_variant": "",
+        "baseline_sparsity_target": nan, "n": 0, "seeds": "", "mean_difference_pct": nan,
+        "ci_low_pct": nan, "ci_high_pct": nan, "level": 0.95, "verdict": NO_BASELINE})
+    mean, low, high = _scipy_interval([80.0 - 79.0, 81.1 - 80.0])
+    assert low > 0  # two seeds are enough for a verdict
+    _same(pairs.iloc[1].to_dict(), {
+        "dataset": "cifar10", "arch": "conv4", "sparsity_target": 0.9, "method": "reparam",
+        "variant": "sc", "baseline_method": "snip", "baseline_variant": "sc",
+        "baseline_sparsity_target": 0.9, "n": 2, "seeds": "0;1", "mean_difference_pct": mean,
+        "ci_low_pct": low, "ci_high_pct": high, "level": 0.95, "verdict": HOLDS})
+
+
+def test_no_proposed_setting_gives_an_empty_table_with_every_column() -> None:
+    settings = pd.DataFrame([_setting("snip", 0.9, 79.5)])
+    runs = pd.DataFrame(_runs("snip", 0.9, {0: 79.0}))
+    pairs = paired_differences(runs, settings, ["reparam"])
+    assert pairs.empty and list(pairs.columns) == COLUMNS
+
+
+def test_a_setting_without_finished_runs_has_no_row_and_one_run_is_too_few() -> None:
+    settings = pd.DataFrame([
+        _setting("reparam", 0.9, 80.0, n=1), _setting("snip", 0.9, 78.5, n=1),
+        _setting("reparam", 0.5, float("nan"), n=0), _setting("snip", 0.5, 90.0, n=1),
+    ])
+    runs = pd.DataFrame(_runs("reparam", 0.9, {3: 80.0}) + _runs("snip", 0.9, {3: 78.5})
+                        + _runs("snip", 0.5, {3: 90.0}))
+    pairs = paired_differences(runs, settings, ["reparam"])
+    assert list(pairs["sparsity_target"]) == [0.9]
+    row = pairs.iloc[0]
+    assert (row["n"], row["seeds"], row["verdict"]) == (1, "3", TOO_FEW)
+    assert row["mean_difference_pct"] == pytest.approx(1.5)
+    assert math.isnan(row["ci_low_pct"]) and math.isnan(row["ci_high_pct"])
+
+
+def test_paired_differences_takes_its_level() -> None:
+    mine, theirs = {0: 80.0, 1: 82.0, 2: 81.0}, {0: 79.0, 1: 81.2, 2: 80.1}
+    row = _pairs(mine, theirs, level=0.9)
+    expected = _scipy_interval([mine[s] - theirs[s] for s in mine], level=0.9)
+    assert (row["mean_difference_pct"], row["ci_low_pct"], row["ci_high_pct"]) == pytest.approx(
+        expected, abs=1e-9)
+    assert row["level"] == 0.9
+
+
+@pytest.mark.parametrize(("mine", "theirs"), [
+    ({0: 80.0, 1: 81.0, 2: 82.0}, {0: 80.0, 1: 81.0, 2: 82.0}),  # the interval is [0, 0]
+    ({0: 80.5, 1: 80.0, 2: 80.25}, {0: 80.25, 1: 80.25, 2: 80.25}),  # 0 < high < 1
+])
+def test_an_interval_that_touches_or_contains_zero_is_not_resolved(
+        mine: dict[int, float], theirs: dict[int, float]) -> None:
+    row = _pairs(mine, theirs)
+    assert row["ci_low_pct"] <= 0 <= row["ci_high_pct"] < 1
+    assert row["verdict"] == UNRESOLVED
+
+
+def test_rows_without_a_budget_come_first() -> None:
+    settings = pd.DataFrame([
+        _setting("gumbel", 0.5, 80.0, variant="sc"),
+        _setting("gumbel", None, 80.0, variant="sc", achieved=0.5),
+    ])
+    pairs = paired_differences(pd.DataFrame(_runs("gumbel", 0.5, {0: 80.0})), settings,
+                               ["gumbel"])
+    assert math.isnan(pairs["sparsity_target"][0]) and pairs["sparsity_target"][1] == 0.5
