@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -54,6 +55,13 @@ REPORT_PDF = "report.pdf"
 GPU_PATHS_ON_CPU_ENV = "PRUNEBENCH_GPU_PATHS_ON_CPU"
 """Test-only switch: the CPU stands in for CUDA (the GPU code paths run there, training/cuda.py;
 a workflow job that holds a fake GPU may train with device=cpu, the SLURM test's node)."""
+
+
+def gpu_paths_on_cpu() -> str | None:
+    """The switch's value ("1" or a torch.compile backend name) when it is on; None when unset
+    or "0"."""
+    value = os.environ.get(GPU_PATHS_ON_CPU_ENV, "").strip()
+    return None if value in ("", "0") else value
 
 # ---- exit codes of `python -m prunebench` -----------------------------------------------------
 

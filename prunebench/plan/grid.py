@@ -206,8 +206,7 @@ def _check_resources(config: dict[str, Any], run: Run, device: str,
     keyed = _resources_with_keys(config, run)
     resources = {k: v for k, (v, _) in keyed.items()}
     folder = f"{run.dataset}/{run.arch}/{paths.method_folder(run.method, run.variant)}"
-    emulated = os.environ.get(paths.GPU_PATHS_ON_CPU_ENV, "").strip() not in ("", "0")
-    if device == "cpu" and requests_gpu(resources) and not emulated:
+    if device == "cpu" and requests_gpu(resources) and paths.gpu_paths_on_cpu() is None:
         gpu_key = keyed["gpu"][1] + ".gpu" if resources.get("gpu") else keyed["gres"][1] + ".gres"
         device_key = next((f"{where.removeprefix('config ')}.device" for where, values
                            in reversed(layers) if "device" in values), "train.device")

@@ -34,9 +34,7 @@ CUBLAS_DETERMINISTIC = ":4096:8"
 
 def forced_backend() -> str | None:
     """The compile backend of the test-only CPU emulation of the GPU paths; None when off."""
-    value = os.environ.get(FORCE_ENV, "").strip()
-    if value in ("", "0"):
-        return None
+    value = paths.gpu_paths_on_cpu()
     return "inductor" if value == "1" else value
 
 
